@@ -1,0 +1,53 @@
+//! Command-line configuration of a node (`riteraft-host --help`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::plugin::PluginLimits;
+
+/// A RiteRaft node: replicates a WebAssembly store plugin with raft.
+///
+/// Start the first node without --join; start every other node with --join pointing at any
+/// member. A node restarted on its --data-dir resumes as the same member.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "riteraft-host", version)]
+pub struct NodeConfig {
+    /// The store plugin: a WebAssembly component built for wasm32-wasip2 with the RiteRaft SDK
+    /// (or any component exporting proto/store.wit).
+    #[arg(long, value_name = "PATH")]
+    pub plugin: PathBuf,
+
+    /// Address to serve peers and clients on (gRPC), e.g. 127.0.0.1:7001.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+
+    /// Address of any member of an existing cluster to join. Without it, an empty data dir
+    /// starts a new one-node cluster.
+    #[arg(long, value_name = "ADDR")]
+    pub join: Option<SocketAddr>,
+
+    /// Where this node keeps its raft log, state and snapshots.
+    #[arg(long, value_name = "DIR", default_value = "riteraft-data")]
+    pub data_dir: PathBuf,
+
+    /// Fuel (about one unit per wasm instruction) for one apply or query of the plugin.
+    #[arg(long, value_name = "N", default_value_t = PluginLimits::default().fuel_per_call)]
+    pub fuel_per_call: u64,
+
+    /// Cap on the plugin's linear memory, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = PluginLimits::default().memory_bytes >> 20)]
+    pub plugin_memory_mib: usize,
+}
+
+impl NodeConfig {
+    /// The plugin limits these flags describe.
+    pub fn plugin_limits(&self) -> PluginLimits {
+        PluginLimits {
+            fuel_per_call: self.fuel_per_call,
+            memory_bytes: self.plugin_memory_mib << 20,
+            ..PluginLimits::default()
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The replicated state machine as the node sees it: a trait, and the answers it gives.
+//!
+//! The node is generic over [`StateMachine`] and never names wasmtime. Two implementations
+//! exist: [`crate::wasm_state_machine::WasmStateMachine`] (the product: a user's plugin) and
+//! [`NativeStateMachine`] (a store compiled into the host, for tests and benchmarks).
+
+use std::cell::RefCell;
+
+use riteraft_plugin_sdk::RawStore;
+
+/// Where an entry sits in the log, and when its leader proposed it. Passed to the store as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyContext {
+    /// The entry's raft log index.
+    pub index: u64,
+    /// The raft term of the entry.
+    pub term: u64,
+    /// Milliseconds since the Unix epoch, stamped by the leader when it proposed the entry.
+    pub timestamp_ms: u64,
+}
+
+/// A deterministic "no" for one entry or query: the same on every replica, so it is replicated
+/// like any answer and returned to the client. The state machine stays usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The store returned an error of its own.
+    #[error("{0}")]
+    Store(String),
+    /// The plugin trapped (a panic, `unreachable`, an out-of-bounds access, ...).
+    #[error("plugin trapped: {0}")]
+    Trapped(String),
+    /// The call used up its fuel (an endless or too long computation).
+    #[error("plugin ran out of fuel after {0} units (endless loop, or too much work for one call)")]
+    OutOfFuel(u64),
+    /// The plugin tried to grow its memory past the configured cap.
+    #[error("plugin exceeded its memory limit of {0} bytes")]
+    OutOfMemory(usize),
+}
+
+/// The answer to one entry or query: bytes from the store, or a deterministic rejection.
+pub type Outcome = Result<Vec<u8>, Rejection>;
+
+/// A failure that leaves this replica's state machine unusable: the node must stop rather than
+/// risk diverging from the other replicas.
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineError {
+    /// Restoring a snapshot failed; the previous state is still in place.
+    #[error("cannot restore snapshot: {0}")]
+    Restore(String),
+    /// Taking a snapshot failed (the plugin trapped or ran out of fuel in `snapshot`).
+    #[error("cannot take snapshot: {0}")]
+    Snapshot(String),
+    /// After a trap, the plugin could not be rebuilt from its checkpoint and replay.
+    #[error("cannot rebuild the plugin instance after a trap: {0}")]
+    Rebuild(String),
+}
+
+/// A deterministic state machine that the node replicates.
+///
+/// Contract (what every implementation must guarantee, and what `tests/state_machine_suite`
+/// checks against each of them):
+/// - `apply` is called once per committed entry in log order. Given the same snapshot and the
+///   same entries, every replica returns the same outcomes and reaches the same snapshot bytes.
+/// - `Ok(Err(rejection))` is a deterministic answer: the entry counts as applied, and a
+///   rejection other than [`Rejection::Store`] leaves the state as it was before the entry.
+/// - `Err(StateMachineError)` means this replica is broken; the caller must stop using it.
+/// - `query` does not change the state, and a rejected query leaves the state as it was.
+/// - `restore` either replaces the whole state or, on error, keeps the previous one.
+pub trait StateMachine: Send {
+    /// Applies one committed entry.
+    fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Outcome, StateMachineError>;
+    /// Answers a read-only query.
+    fn query(&mut self, request: &[u8]) -> Result<Outcome, StateMachineError>;
+    /// The whole state as bytes.
+    fn snapshot(&mut self) -> Result<Vec<u8>, StateMachineError>;
+    /// Replaces the whole state with a snapshot's.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError>;
+}
+
+/// A store compiled into the host, run through the plugin SDK's own glue: the same bytes in and
+/// out as the wasm plugin, without the sandbox. For tests and for measuring what wasm costs.
+pub struct NativeStateMachine<S: RawStore> {
+    /// The store, in the slot type the SDK's exports use.
+    slot: RefCell<Option<S>>,
+}
+
+impl<S: RawStore> Default for NativeStateMachine<S> {
+    fn default() -> Self {
+        Self {
+            slot: RefCell::new(None),
+        }
+    }
+}
+
+// The slot is only touched through `&mut self`, from whichever thread owns the machine.
+impl<S: RawStore + Send> NativeStateMachine<S> {
+    /// A state machine around `S::default()`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S: RawStore + Send> StateMachine for NativeStateMachine<S> {
+    fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Outcome, StateMachineError> {
+        let ctx = riteraft_plugin_sdk::ApplyContext {
+            index: ctx.index,
+            term: ctx.term,
+            timestamp_ms: ctx.timestamp_ms,
+        };
+        Ok(riteraft_plugin_sdk::__glue::apply(&self.slot, &ctx, entry).map_err(Rejection::Store))
+    }
+
+    fn query(&mut self, request: &[u8]) -> Result<Outcome, StateMachineError> {
+        Ok(riteraft_plugin_sdk::__glue::query(&self.slot, request).map_err(Rejection::Store))
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>, StateMachineError> {
+        Ok(riteraft_plugin_sdk::__glue::snapshot(&self.slot))
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        riteraft_plugin_sdk::__glue::restore(&self.slot, snapshot)
+            .map_err(StateMachineError::Restore)
+    }
+}

@@ -1,0 +1,198 @@
+//! The product's state machine: a user's plugin, run by the [`PluginRuntime`], made robust
+//! against traps.
+//!
+//! A trap can leave an instance half-way through changing its state, so after one the instance
+//! is thrown away and a new one is rebuilt deterministically: restore the last checkpoint (a
+//! snapshot) and replay every entry applied since. The trapping entry itself is not replayed, so
+//! it has no effect, on every replica alike. Checkpoints come for free when the node takes a
+//! snapshot; otherwise one is taken when the replay list outgrows [`ReplayLimits`].
+
+use std::sync::Arc;
+
+use crate::plugin::{CallError, PluginInstance, PluginModule, PluginRuntime};
+use crate::state_machine::{ApplyContext, Outcome, StateMachine, StateMachineError};
+
+/// How much may be applied between checkpoints: this bounds both the memory the replay list
+/// holds and the time a rebuild after a trap takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayLimits {
+    /// Entries applied since the checkpoint: 10,000 keeps a rebuild well under a second.
+    pub max_entries: usize,
+    /// Bytes of entries applied since the checkpoint: 64 MiB.
+    pub max_bytes: usize,
+}
+
+impl Default for ReplayLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A [`StateMachine`] backed by a wasm plugin.
+pub struct WasmStateMachine {
+    runtime: Arc<PluginRuntime>,
+    module: PluginModule,
+    instance: PluginInstance,
+    /// A snapshot of the state before `replay`; `None` means the plugin's initial state.
+    checkpoint: Option<Vec<u8>>,
+    /// Entries applied since `checkpoint`, to replay after a trap.
+    replay: Vec<(ApplyContext, Vec<u8>)>,
+    /// Sum of the entry sizes in `replay`.
+    replay_bytes: usize,
+    limits: ReplayLimits,
+    /// How many times a trap made us rebuild the instance (for status and tests).
+    rebuilds: u64,
+}
+
+impl std::fmt::Debug for WasmStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmStateMachine")
+            .field("module", &self.module)
+            .field("replay", &self.replay.len())
+            .field("rebuilds", &self.rebuilds)
+            .finish()
+    }
+}
+
+impl WasmStateMachine {
+    /// A state machine running a fresh instance of `module`.
+    pub fn new(
+        runtime: Arc<PluginRuntime>,
+        module: PluginModule,
+        limits: ReplayLimits,
+    ) -> Result<Self, StateMachineError> {
+        let instance = runtime.instantiate(&module).map_err(|e| {
+            StateMachineError::Rebuild(format!("cannot instantiate the plugin: {e}"))
+        })?;
+        Ok(Self {
+            runtime,
+            module,
+            instance,
+            checkpoint: None,
+            replay: Vec::new(),
+            replay_bytes: 0,
+            limits,
+            rebuilds: 0,
+        })
+    }
+
+    /// The module this state machine runs.
+    pub fn module(&self) -> &PluginModule {
+        &self.module
+    }
+
+    /// How many times a trap forced a rebuild of the instance.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    /// Remembers an applied entry for replay, taking a checkpoint when the list is full.
+    fn remember(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<(), StateMachineError> {
+        self.replay.push((ctx, entry.to_vec()));
+        self.replay_bytes += entry.len();
+        if self.replay.len() >= self.limits.max_entries
+            || self.replay_bytes >= self.limits.max_bytes
+        {
+            self.snapshot()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces a poisoned instance with a new one holding the state from before the failure.
+    fn rebuild(&mut self) -> Result<(), StateMachineError> {
+        self.rebuilds += 1;
+        tracing::warn!(
+            replay = self.replay.len(),
+            "rebuilding the plugin instance after a trap"
+        );
+        let mut instance = self
+            .runtime
+            .instantiate(&self.module)
+            .map_err(|e| StateMachineError::Rebuild(e.to_string()))?;
+        if let Some(checkpoint) = &self.checkpoint {
+            instance.restore(checkpoint).map_err(|e| {
+                StateMachineError::Rebuild(format!("restoring the checkpoint: {e}"))
+            })?;
+        }
+        for (ctx, entry) in &self.replay {
+            match instance.apply(*ctx, entry) {
+                Ok(_) | Err(CallError::Rejected(_)) => {}
+                Err(CallError::Failed(e)) => {
+                    return Err(StateMachineError::Rebuild(format!(
+                        "entry {} trapped on replay although it did not the first time: {e}",
+                        ctx.index
+                    )));
+                }
+            }
+        }
+        self.instance = instance;
+        Ok(())
+    }
+}
+
+impl StateMachine for WasmStateMachine {
+    fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Outcome, StateMachineError> {
+        match self.instance.apply(ctx, entry) {
+            Ok(output) => {
+                self.remember(ctx, entry)?;
+                Ok(Ok(output))
+            }
+            Err(CallError::Rejected(message)) => {
+                // The store said no, but may have changed state on the way: replay it too.
+                self.remember(ctx, entry)?;
+                Ok(Err(CallError::Rejected(message).into_rejection()))
+            }
+            Err(CallError::Failed(rejection)) => {
+                self.rebuild()?;
+                Ok(Err(rejection))
+            }
+        }
+    }
+
+    fn query(&mut self, request: &[u8]) -> Result<Outcome, StateMachineError> {
+        match self.instance.query(request) {
+            Ok(output) => Ok(Ok(output)),
+            Err(CallError::Rejected(message)) => {
+                Ok(Err(CallError::Rejected(message).into_rejection()))
+            }
+            Err(CallError::Failed(rejection)) => {
+                self.rebuild()?;
+                Ok(Err(rejection))
+            }
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>, StateMachineError> {
+        let snapshot = match self.instance.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                // Leave a usable instance behind, then report: without snapshots the node can
+                // neither compact its log nor serve new members.
+                self.rebuild()?;
+                return Err(StateMachineError::Snapshot(e.to_string()));
+            }
+        };
+        self.checkpoint = Some(snapshot.clone());
+        self.replay.clear();
+        self.replay_bytes = 0;
+        Ok(snapshot)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        let mut instance = self
+            .runtime
+            .instantiate(&self.module)
+            .map_err(|e| StateMachineError::Restore(e.to_string()))?;
+        instance
+            .restore(snapshot)
+            .map_err(|e| StateMachineError::Restore(e.to_string()))?;
+        self.instance = instance;
+        self.checkpoint = Some(snapshot.to_vec());
+        self.replay.clear();
+        self.replay_bytes = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! The plugin runtime against real wasm plugins: loading errors, the sandbox's limits, recovery
+//! after traps, and determinism.
+
+use std::sync::Arc;
+
+use riteraft_host::plugin::{LoadError, PluginLimits, PluginRuntime};
+use riteraft_host::state_machine::{ApplyContext, Rejection, StateMachine};
+use riteraft_host::wasm_state_machine::{ReplayLimits, WasmStateMachine};
+use riteraft_test_support::plugin;
+
+/// Small limits so the misbehaving plugin hits them quickly.
+fn test_limits() -> PluginLimits {
+    PluginLimits {
+        fuel_per_call: 50_000_000,
+        memory_bytes: 64 << 20,
+        ..PluginLimits::default()
+    }
+}
+
+fn runtime() -> Arc<PluginRuntime> {
+    Arc::new(PluginRuntime::new(test_limits()).unwrap())
+}
+
+fn machine(runtime: &Arc<PluginRuntime>, name: &str) -> WasmStateMachine {
+    let module = runtime.load_file(&plugin(name)).unwrap();
+    WasmStateMachine::new(runtime.clone(), module, ReplayLimits::default()).unwrap()
+}
+
+fn ctx(index: u64) -> ApplyContext {
+    ApplyContext {
+        index,
+        term: 1,
+        timestamp_ms: 1_700_000_000_000 + index,
+    }
+}
+
+fn text(outcome: Result<Vec<u8>, Rejection>) -> Result<String, Rejection> {
+    outcome.map(|bytes| String::from_utf8(bytes).unwrap())
+}
+
+#[test]
+fn each_bad_file_gets_a_named_error() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = runtime
+        .load_file(&dir.path().join("nope.wasm"))
+        .unwrap_err();
+    assert!(matches!(missing, LoadError::Read { .. }), "{missing}");
+
+    let not_wasm = runtime.load(b"#!/bin/sh\necho hello\n").unwrap_err();
+    assert!(matches!(not_wasm, LoadError::NotWasm), "{not_wasm}");
+
+    // The smallest valid core module: magic and version 1, no sections.
+    let core = runtime.load(b"\0asm\x01\0\0\0").unwrap_err();
+    assert!(matches!(core, LoadError::CoreModule), "{core}");
+    assert!(core.to_string().contains("wasm32-wasip2"), "{core}");
+
+    let mut truncated = std::fs::read(plugin("kv")).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    let invalid = runtime.load(&truncated).unwrap_err();
+    assert!(matches!(invalid, LoadError::Invalid(_)), "{invalid}");
+
+    let missing_export = runtime.load_file(&plugin("missing-export")).unwrap_err();
+    assert!(
+        matches!(missing_export, LoadError::MissingExport("query")),
+        "{missing_export}"
+    );
+    assert!(missing_export.to_string().contains("`query`"));
+
+    let wrong = runtime.load_file(&plugin("wrong-signature")).unwrap_err();
+    assert!(
+        matches!(wrong, LoadError::WrongSignature { name: "query", .. }),
+        "{wrong}"
+    );
+
+    let small = PluginRuntime::new(PluginLimits {
+        module_bytes: 1024,
+        ..test_limits()
+    })
+    .unwrap();
+    let too_large = small.load_file(&plugin("kv")).unwrap_err();
+    assert!(
+        matches!(too_large, LoadError::TooLarge { .. }),
+        "{too_large}"
+    );
+}
+
+#[test]
+fn a_panic_is_an_error_with_its_message_and_has_no_effect() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "misbehaving");
+    assert_eq!(text(sm.apply(ctx(1), b"add 2").unwrap()), Ok("2".into()));
+    let rejection = sm.apply(ctx(2), b"panic").unwrap().unwrap_err();
+    match &rejection {
+        Rejection::Trapped(message) => assert!(message.contains("asked to panic"), "{message}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(text(sm.apply(ctx(3), b"add 3").unwrap()), Ok("5".into()));
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("5".into()));
+    assert_eq!(sm.rebuilds(), 1);
+}
+
+#[test]
+fn an_endless_loop_runs_out_of_fuel_and_the_store_goes_on() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "misbehaving");
+    sm.apply(ctx(1), b"add 1").unwrap().unwrap();
+    let rejection = sm.apply(ctx(2), b"spin").unwrap().unwrap_err();
+    assert_eq!(rejection, Rejection::OutOfFuel(test_limits().fuel_per_call));
+    // A query that loops is stopped the same way, and changes nothing.
+    let rejection = sm.query(b"spin").unwrap().unwrap_err();
+    assert!(
+        matches!(rejection, Rejection::OutOfFuel(_)),
+        "{rejection:?}"
+    );
+    assert_eq!(text(sm.apply(ctx(3), b"add 1").unwrap()), Ok("2".into()));
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_cap_and_the_store_goes_on() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "misbehaving");
+    sm.apply(ctx(1), b"add 7").unwrap().unwrap();
+    let rejection = sm.apply(ctx(2), b"hog").unwrap().unwrap_err();
+    assert_eq!(
+        rejection,
+        Rejection::OutOfMemory(test_limits().memory_bytes)
+    );
+    let rejection = sm.query(b"hog").unwrap().unwrap_err();
+    assert_eq!(
+        rejection,
+        Rejection::OutOfMemory(test_limits().memory_bytes)
+    );
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("7".into()));
+}
+
+#[test]
+fn a_trap_after_a_checkpoint_rebuilds_from_checkpoint_plus_replay() {
+    let runtime = runtime();
+    let module = runtime.load_file(&plugin("misbehaving")).unwrap();
+    let limits = ReplayLimits {
+        max_entries: 3,
+        max_bytes: usize::MAX,
+    };
+    let mut sm = WasmStateMachine::new(runtime.clone(), module, limits).unwrap();
+    for i in 1..=7 {
+        sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+    }
+    sm.apply(ctx(8), b"panic").unwrap().unwrap_err();
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("7".into()));
+}
+
+#[test]
+fn a_plugin_written_without_the_sdk_runs() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "bare-wit");
+    sm.apply(ctx(1), &40u64.to_le_bytes()).unwrap().unwrap();
+    let out = sm.apply(ctx(2), &2u64.to_le_bytes()).unwrap().unwrap();
+    assert_eq!(out, 42u64.to_le_bytes());
+    let err = sm.apply(ctx(3), b"short").unwrap().unwrap_err();
+    assert_eq!(err, Rejection::Store("expected 8 bytes, got 5".into()));
+    let snapshot = sm.snapshot().unwrap();
+    let mut copy = machine(&runtime, "bare-wit");
+    copy.restore(&snapshot).unwrap();
+    assert_eq!(copy.query(b"").unwrap().unwrap(), 42u64.to_le_bytes());
+}
+
+#[test]
+fn a_snapshot_that_does_not_restore_keeps_the_old_state() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "bare-wit");
+    sm.apply(ctx(1), &5u64.to_le_bytes()).unwrap().unwrap();
+    let err = sm.restore(b"not a snapshot").unwrap_err();
+    assert!(err.to_string().contains("expected 8 bytes"), "{err}");
+    assert_eq!(sm.query(b"").unwrap().unwrap(), 5u64.to_le_bytes());
+}
