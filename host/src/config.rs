@@ -32,6 +32,20 @@ pub struct NodeConfig {
     #[arg(long, value_name = "DIR", default_value = "riteraft-data")]
     pub data_dir: PathBuf,
 
+    /// Take a snapshot of the store and compact the raft log after this many entries.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+
+    /// How long a client waits for its write to commit (or a linearizable read to be
+    /// confirmed) before it gets an error, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    pub proposal_timeout_ms: u64,
+
+    /// Refuse writes while less than this much disk space (MiB) is free in --data-dir, so that
+    /// what was accepted can still be logged and snapshotted.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub min_free_disk_mib: u64,
+
     /// Fuel (about one unit per wasm instruction) for one apply or query of the plugin.
     #[arg(long, value_name = "N", default_value_t = PluginLimits::default().fuel_per_call)]
     pub fuel_per_call: u64,

@@ -3,10 +3,21 @@
 //! - [`plugin`]: the sandboxed wasm runtime (the only module that uses wasmtime).
 //! - [`state_machine`]: the trait the node replicates, and a native implementation.
 //! - [`wasm_state_machine`]: the plugin-backed implementation, rebuilt after traps.
+//! - [`node`]: the consensus loop that owns raft, the log store and the state machine.
+//! - [`storage`]: the raft log store; [`log_format`]: what the node puts in entries and snapshots.
+//! - [`transport`] (peers) and [`service`] (gRPC servers); [`server`] wires a node together.
 
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod data_dir;
+pub mod log_format;
+pub mod node;
 pub mod plugin;
+mod raft_log;
+pub mod server;
+pub mod service;
 pub mod state_machine;
+pub mod storage;
+pub mod transport;
 pub mod wasm_state_machine;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use riteraft_host::config::NodeConfig;
-use riteraft_host::plugin::PluginRuntime;
+use riteraft_host::node::NodeExit;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -15,23 +15,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let config = NodeConfig::parse();
-    match run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    match riteraft_host::server::run(config) {
+        Ok(NodeExit::Shutdown | NodeExit::Removed) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("riteraft-host: error: {e:#}");
+            eprintln!("riteraft-host: error: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn run(config: NodeConfig) -> anyhow::Result<()> {
-    let runtime = PluginRuntime::new(config.plugin_limits())?;
-    let module = runtime
-        .load_file(&config.plugin)
-        .map_err(|e| anyhow::anyhow!("cannot load plugin {}: {e}", config.plugin.display()))?;
-    runtime
-        .instantiate(&module)
-        .map_err(|e| anyhow::anyhow!("cannot start plugin {}: {e}", config.plugin.display()))?;
-    tracing::info!(plugin = %config.plugin.display(), sha256 = %module.sha256_hex(), "plugin loaded");
-    anyhow::bail!("the raft node is not built yet: only plugin validation is available")
 }

@@ -2,6 +2,20 @@
 //!
 //! - [`plugin`]: builds the example and test plugins for `wasm32-wasip2` (once per run) and
 //!   returns the path of one, so no `.wasm` binary is ever committed.
+//! - [`ports`]: free loopback ports, never hard-coded.
+//! - [`process`]: [`NodeProcess`], a child process killed when its test ends, however it ends.
+//! - [`cluster`]: [`Cluster`], a local cluster of real `riteraft-host` processes.
+//! - [`wait`]: bounded polling ([`wait_until`]) and a time limit for a whole test ([`within`]).
+
+pub mod cluster;
+pub mod ports;
+pub mod process;
+pub mod wait;
+
+pub use cluster::{Cluster, ClusterOptions};
+pub use ports::{free_addr, free_port};
+pub use process::NodeProcess;
+pub use wait::{wait_until, within};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

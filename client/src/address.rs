@@ -1,0 +1,96 @@
+//! Node addresses: what people type (`127.0.0.1:7001`, `http://node-1:7001`) turned into the
+//! `http://HOST:PORT` URI that tonic connects to, with an error that says what a good one is.
+
+use tonic::codegen::http::uri::Authority;
+
+use crate::ClientError;
+
+/// Turns one address as a user wrote it into the URI to connect to.
+///
+/// Accepts `HOST:PORT` and `http://HOST:PORT` (a trailing `/` is fine); the host may be a name, an
+/// IPv4 address or a bracketed IPv6 address (`[::1]:7001`). The port is required: RiteRaft has no
+/// well-known port, so a missing one is almost certainly a mistake. `https://` is refused because
+/// this client is built without TLS (nodes serve plain HTTP/2).
+pub fn endpoint_uri(address: &str) -> Result<String, ClientError> {
+    let bad = |why: &str| {
+        ClientError::BadAddress(format!(
+            "bad node address {address:?}: {why}; expected HOST:PORT, e.g. 127.0.0.1:7001"
+        ))
+    };
+    let trimmed = address.trim();
+    if trimmed.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let rest = match trimmed.split_once("://") {
+        None => trimmed,
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+            return Err(bad("https (TLS) is not supported, nodes speak plain http"));
+        }
+        Some((scheme, _)) => return Err(bad(&format!("unknown scheme {scheme:?}"))),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') {
+        return Err(bad("a node address has no path"));
+    }
+    if rest.contains('@') {
+        return Err(bad("a node address has no user name"));
+    }
+    let authority: Authority = rest.parse().map_err(|_| bad("it is not HOST:PORT"))?;
+    if authority.host().is_empty() {
+        return Err(bad("the host is missing"));
+    }
+    // `Authority::port` is None both for "no port" and "not a u16": tell them apart by hand
+    // (after the `]` of an IPv6 address, if any).
+    let after_host = rest.rsplit_once(']').map_or(rest, |(_, tail)| tail);
+    if !after_host.contains(':') {
+        return Err(bad("the port is missing"));
+    }
+    match authority.port_u16() {
+        None => Err(bad("the port is not a number from 1 to 65535")),
+        Some(0) => Err(bad("port 0 is not a real port")),
+        Some(_) => Ok(format!("http://{authority}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_host_port_with_or_without_scheme() {
+        for (input, uri) in [
+            ("127.0.0.1:7001", "http://127.0.0.1:7001"),
+            ("  127.0.0.1:7001 ", "http://127.0.0.1:7001"),
+            ("http://127.0.0.1:7001", "http://127.0.0.1:7001"),
+            ("HTTP://node-1:7001/", "http://node-1:7001"),
+            ("localhost:9", "http://localhost:9"),
+            ("[::1]:7001", "http://[::1]:7001"),
+        ] {
+            assert_eq!(endpoint_uri(input).unwrap(), uri, "{input}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_a_node() {
+        for (input, why) in [
+            ("", "empty"),
+            ("127.0.0.1", "port is missing"),
+            ("http://127.0.0.1", "port is missing"),
+            ("127.0.0.1:0", "port 0"),
+            ("127.0.0.1:99999", "1 to 65535"),
+            ("https://127.0.0.1:7001", "https"),
+            ("grpc://127.0.0.1:7001", "unknown scheme"),
+            ("127.0.0.1:7001/raft", "no path"),
+            ("me@127.0.0.1:7001", "no user name"),
+            ("a b:7001", "not HOST:PORT"),
+            (":7001", "host is missing"),
+        ] {
+            let err = endpoint_uri(input).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, ClientError::BadAddress(_)), "{input}");
+            assert!(message.contains(why), "{input}: {message}");
+            assert!(message.contains("expected HOST:PORT"), "{input}: {message}");
+        }
+    }
+}

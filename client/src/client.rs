@@ -1,0 +1,440 @@
+//! [`Client`]: one handle on a whole cluster. Each call goes to the node that answered last and
+//! fails over to the other addresses as the policy in `failover` says, within a per-call timeout.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::address::endpoint_uri;
+use crate::failover::{self, Kind, MAX_PASSES, Verdict};
+use crate::proto::client_client::ClientClient;
+use crate::{Answer, Applied, ClientError, Consistency, Joined, NodeStatus, proto};
+
+/// How long one call may take by default, retries and failovers included. Long enough for a raft
+/// election or two (about a second each) to finish while the client waits, short enough that a
+/// person at the CLI is not left wondering.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to wait for a TCP connection to one node. A node on a reachable network accepts in
+/// milliseconds; after 2 s it is more useful to try the next address than to keep waiting (a
+/// black-holed address would otherwise eat the whole call's timeout).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest gRPC message the client sends or accepts: 16 MiB. tonic's default of 4 MiB for
+/// incoming messages is too small for stores that answer a query with a big value or a range;
+/// 16 MiB is large enough for any reasonable command or answer while a runaway answer still
+/// cannot make the client allocate without bound. Nodes use the same limit (it is exported for
+/// them) so a message one side accepts is never refused by the other.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The generated gRPC client on one node's channel.
+type Grpc = ClientClient<Channel>;
+
+/// A handle on a RiteRaft cluster. Cheap to clone; clones share connections and the memory of
+/// which node answered last.
+///
+/// Connections are made lazily, on the first call that needs them, and remade when a node comes
+/// back. Every call is bounded by [`Client::timeout`], retries included.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+/// What clones of a [`Client`] share.
+struct Shared {
+    nodes: Vec<Node>,
+    /// The index in `nodes` of the node that answered last: where the next call starts.
+    preferred: AtomicUsize,
+    connect_timeout: Duration,
+}
+
+/// One address and its (lazily opened) connection.
+struct Node {
+    /// The address as the user gave it (trimmed), for messages.
+    address: String,
+    endpoint: Endpoint,
+    /// Opened on first use: a tonic channel needs a running tokio runtime, which
+    /// [`Client::connect`] does not require.
+    channel: OnceLock<Channel>,
+}
+
+impl Node {
+    fn new(address: &str, connect_timeout: Duration) -> Result<Node, ClientError> {
+        let uri = endpoint_uri(address)?;
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|error| {
+                ClientError::BadAddress(format!("bad node address {address:?}: {error}"))
+            })?
+            .connect_timeout(connect_timeout)
+            // Requests are small and latency-bound: do not let Nagle hold them back.
+            .tcp_nodelay(true);
+        Ok(Node {
+            address: address.trim().to_string(),
+            endpoint,
+            channel: OnceLock::new(),
+        })
+    }
+
+    fn grpc(&self) -> Grpc {
+        let channel = self
+            .channel
+            .get_or_init(|| self.endpoint.connect_lazy())
+            .clone();
+        ClientClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Where a call may go.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// Any node of the list, with failover.
+    Cluster,
+    /// This node only (it may still be retried while it answers `UNAVAILABLE`).
+    Only(&'a Node),
+}
+
+/// Settings for a [`Client`]; start from [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The longest one call may take, retries included (default [`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest to wait for a connection to one node (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// A client for the nodes at `addresses` (`HOST:PORT`, optionally `http://HOST:PORT`). Checks
+    /// the addresses but connects to nothing yet.
+    pub fn connect<I, S>(self, addresses: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = addresses
+            .into_iter()
+            .map(|address| Node::new(address.as_ref(), self.connect_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(ClientError::BadAddress(
+                "no node address given; pass at least one HOST:PORT, e.g. 127.0.0.1:7001".into(),
+            ));
+        }
+        Ok(Client {
+            shared: Arc::new(Shared {
+                nodes,
+                preferred: AtomicUsize::new(0),
+                connect_timeout: self.connect_timeout,
+            }),
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addresses", &self.addresses().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for the nodes at `addresses` with default settings (see [`ClientBuilder`]).
+    /// Checks the addresses but connects to nothing yet.
+    pub fn connect<I, S>(addresses: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        ClientBuilder::default().connect(addresses)
+    }
+
+    /// Settings for a new client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// The same client, with calls bounded by `timeout` instead (retries included).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest one call may take, retries included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The node addresses, in the order given.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.shared.nodes.iter().map(|node| node.address.as_str())
+    }
+
+    /// Replicates `command` through the log and returns the store's answer to it.
+    ///
+    /// A command is never sent twice unless the cluster said it was not applied (`UNAVAILABLE`,
+    /// `ABORTED`): after [`ClientError::Timeout`] or [`ClientError::ConnectionLost`] it may still
+    /// be applied.
+    pub async fn propose(&self, command: impl Into<Vec<u8>>) -> Result<Applied, ClientError> {
+        let command = command.into();
+        let response = self
+            .call(Kind::Write, Route::Cluster, |mut grpc| {
+                let request = proto::ProposeRequest {
+                    command: command.clone(),
+                };
+                async move { grpc.propose(request).await }
+            })
+            .await?;
+        Ok(Applied::from(response))
+    }
+
+    /// Runs a read-only query on the store.
+    pub async fn query(
+        &self,
+        request: impl Into<Vec<u8>>,
+        consistency: Consistency,
+    ) -> Result<Answer, ClientError> {
+        let request = request.into();
+        let stale = consistency == Consistency::Stale;
+        let response = self
+            .call(Kind::Read, Route::Cluster, |mut grpc| {
+                let request = proto::QueryRequest {
+                    request: request.clone(),
+                    stale,
+                };
+                async move { grpc.query(request).await }
+            })
+            .await?;
+        Ok(Answer::from(response))
+    }
+
+    /// The view of the cluster of the first node that answers.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        self.status_via(Route::Cluster).await
+    }
+
+    /// The view of the cluster of the node at `address` (which need not be one of the client's
+    /// addresses); no failover to other nodes.
+    pub async fn status_of(&self, address: &str) -> Result<NodeStatus, ClientError> {
+        let uri = endpoint_uri(address)?;
+        let known = self
+            .shared
+            .nodes
+            .iter()
+            .find(|node| node.endpoint.uri().to_string().trim_end_matches('/') == uri);
+        match known {
+            Some(node) => self.status_via(Route::Only(node)).await,
+            None => {
+                let node = Node::new(address, self.shared.connect_timeout)?;
+                self.status_via(Route::Only(&node)).await
+            }
+        }
+    }
+
+    async fn status_via(&self, route: Route<'_>) -> Result<NodeStatus, ClientError> {
+        let response = self
+            .call(Kind::Read, route, |mut grpc| async move {
+                grpc.status(proto::StatusRequest {}).await
+            })
+            .await?;
+        Ok(NodeStatus::from(response))
+    }
+
+    /// Adds a new node, serving at `address`, to the cluster; returns the id it was given. This
+    /// is what a starting node does with `--join`.
+    pub async fn join(&self, address: &str) -> Result<Joined, ClientError> {
+        let response = self
+            .call(Kind::Write, Route::Cluster, |mut grpc| {
+                let request = proto::JoinRequest {
+                    address: address.to_string(),
+                };
+                async move { grpc.join(request).await }
+            })
+            .await?;
+        Ok(Joined::from(response))
+    }
+
+    /// Removes node `node_id` from the cluster; a leaving leader hands leadership over first.
+    ///
+    /// `0` means "the node contacted", and then the request goes to the *first* address only,
+    /// without failover: sending it on to another node would remove that node instead.
+    pub async fn leave(&self, node_id: u64) -> Result<(), ClientError> {
+        let route = match node_id {
+            0 => Route::Only(&self.shared.nodes[0]),
+            _ => Route::Cluster,
+        };
+        self.call(Kind::Write, route, |mut grpc| async move {
+            grpc.leave(proto::LeaveRequest { node_id }).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Asks the leader to hand leadership to voter `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
+        self.call(Kind::Write, Route::Cluster, |mut grpc| async move {
+            grpc.transfer_leader(proto::TransferLeaderRequest { to })
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sends one request with the retry policy of [`failover`]: `send` is called once per
+    /// attempt with the client of the node to try.
+    async fn call<T, F, Fut>(
+        &self,
+        kind: Kind,
+        route: Route<'_>,
+        mut send: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Grpc) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut run = Run::default();
+        for pass in 0..MAX_PASSES {
+            let order: Vec<(Option<usize>, &Node)> = match route {
+                Route::Cluster => {
+                    let nodes = &self.shared.nodes;
+                    let start = self.shared.preferred.load(Ordering::Relaxed);
+                    failover::pass_order(start, nodes.len())
+                        .map(|index| (Some(index), &nodes[index]))
+                        .collect()
+                }
+                Route::Only(node) => vec![(None, node)],
+            };
+            for (index, node) in order {
+                let mut aborted_before = false;
+                loop {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(run.out_of_time(self.timeout));
+                    }
+                    let status = match tokio::time::timeout(remaining, send(node.grpc())).await {
+                        Ok(Ok(response)) => {
+                            if let Some(index) = index {
+                                self.shared.preferred.store(index, Ordering::Relaxed);
+                            }
+                            return Ok(response.into_inner());
+                        }
+                        Ok(Err(status)) => status,
+                        Err(_elapsed) => return Err(no_answer(kind, &node.address, self.timeout)),
+                    };
+                    match failover::classify(status, kind, &node.address) {
+                        Verdict::Unreachable(why) => {
+                            if pass == 0 {
+                                run.tried.push(node.address.clone());
+                            }
+                            run.last = why;
+                        }
+                        Verdict::NotNow(why) => {
+                            run.any_up = true;
+                            run.last = why;
+                        }
+                        Verdict::Aborted(why) if aborted_before => {
+                            return Err(ClientError::Aborted(why));
+                        }
+                        Verdict::Aborted(_) => {
+                            // Once: the new leader is usually in place a moment later.
+                            aborted_before = true;
+                            tokio::time::sleep(failover::INITIAL_BACKOFF.min(remaining)).await;
+                            continue;
+                        }
+                        Verdict::Fail(error) => return Err(error),
+                    }
+                    break;
+                }
+            }
+            if !run.any_up {
+                return Err(run.nobody_home());
+            }
+            let pause = failover::backoff(pass);
+            if Instant::now() + pause >= deadline {
+                return Err(run.out_of_time(self.timeout));
+            }
+            tokio::time::sleep(pause).await;
+        }
+        Err(ClientError::Unavailable(format!(
+            "still no leader after {MAX_PASSES} tries of every node; last answer from {}",
+            run.last
+        )))
+    }
+}
+
+/// What one call has seen so far, for its error message.
+#[derive(Default)]
+struct Run {
+    /// Addresses that could not be reached in the first pass.
+    tried: Vec<String>,
+    /// Whether some node answered (with "not now").
+    any_up: bool,
+    /// The last failure, prefixed with its node's address.
+    last: String,
+}
+
+impl Run {
+    fn nobody_home(self) -> ClientError {
+        ClientError::NoNodeReachable {
+            tried: self.tried,
+            last: self.last,
+        }
+    }
+
+    fn out_of_time(self, timeout: Duration) -> ClientError {
+        if self.last.is_empty() {
+            ClientError::Timeout(format!(
+                "the call's {timeout:?} ran out before any node was tried; allow more time"
+            ))
+        } else if self.any_up {
+            ClientError::Unavailable(format!(
+                "no leader within {timeout:?}; last answer from {}",
+                self.last
+            ))
+        } else {
+            self.nobody_home()
+        }
+    }
+}
+
+/// The error for a node that did not answer before the call's deadline.
+fn no_answer(kind: Kind, address: &str, timeout: Duration) -> ClientError {
+    ClientError::Timeout(match kind {
+        Kind::Write => format!(
+            "no answer from {address} within {timeout:?}; the request may still be applied, so check with a query before sending it again"
+        ),
+        Kind::Read => {
+            format!("no answer from {address} within {timeout:?}; try again or allow more time")
+        }
+    })
+}

@@ -1,0 +1,222 @@
+//! A fake RiteRaft node for the client's tests: a real tonic server on 127.0.0.1 (port chosen by
+//! the OS) implementing the `Client` service with scripted failures, so failover, retries and
+//! the CLI can be tested without a cluster.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use riteraft_client::MAX_MESSAGE_BYTES;
+use riteraft_client::proto::client_server::{Client as ClientService, ClientServer};
+use riteraft_client::proto::{
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Member, ProposeRequest,
+    ProposeResponse, QueryRequest, QueryResponse, StatusRequest, StatusResponse,
+    TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response, query_response,
+};
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status};
+
+/// Size of the answer to the query `big`: above tonic's default 4 MiB limit, below ours.
+pub const BIG: usize = 5 * 1024 * 1024;
+
+/// One fake node. Answers: `propose X` -> `ok X` (or the rejection `R` for `reject R`),
+/// `query X` -> `X from node ID` (`(stale)` appended for stale reads; `big` -> [`BIG`] bytes).
+pub struct Fake {
+    pub id: u64,
+    /// Failures for the next calls, in order, before answering normally.
+    next_failures: Mutex<VecDeque<Status>>,
+    /// Fail every call with this code.
+    always: Mutex<Option<Code>>,
+    /// Wait this long before answering a proposal.
+    propose_delay: Mutex<Option<Duration>>,
+    calls: AtomicUsize,
+    /// What was asked, e.g. `propose put a 1`, `leave 3`.
+    log: Mutex<Vec<String>>,
+    index: AtomicU64,
+}
+
+impl Fake {
+    pub fn new(id: u64) -> Arc<Fake> {
+        Arc::new(Fake {
+            id,
+            next_failures: Mutex::default(),
+            always: Mutex::default(),
+            propose_delay: Mutex::default(),
+            calls: AtomicUsize::new(0),
+            log: Mutex::default(),
+            index: AtomicU64::new(0),
+        })
+    }
+
+    pub fn fail_next(&self, statuses: impl IntoIterator<Item = Status>) {
+        self.next_failures.lock().unwrap().extend(statuses);
+    }
+
+    pub fn fail_always(&self, code: Code) {
+        *self.always.lock().unwrap() = Some(code);
+    }
+
+    pub fn delay_proposals(&self, delay: Duration) {
+        *self.propose_delay.lock().unwrap() = Some(delay);
+    }
+
+    /// Calls received, failed ones included.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The calls answered normally.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Counts a call and fails it if scripted to; otherwise logs `what`.
+    fn enter(&self, what: String) -> Result<(), Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(code) = *self.always.lock().unwrap() {
+            return Err(Status::new(
+                code,
+                format!("node {} is scripted to fail", self.id),
+            ));
+        }
+        if let Some(status) = self.next_failures.lock().unwrap().pop_front() {
+            return Err(status);
+        }
+        self.log.lock().unwrap().push(what);
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl ClientService for Fake {
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let command = String::from_utf8_lossy(&request.into_inner().command).into_owned();
+        let shown: String = command.chars().take(40).collect();
+        self.enter(format!("propose {shown}"))?;
+        let delay = *self.propose_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let index = self.index.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = match command.strip_prefix("reject ") {
+            Some(why) => propose_response::Result::Rejection(why.to_string()),
+            None if command.len() > 100 => {
+                propose_response::Result::Output(format!("ok {} bytes", command.len()).into())
+            }
+            None => propose_response::Result::Output(format!("ok {command}").into()),
+        };
+        Ok(Response::new(ProposeResponse {
+            index,
+            result: Some(result),
+        }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let QueryRequest { request, stale } = request.into_inner();
+        let text = String::from_utf8_lossy(&request).into_owned();
+        self.enter(format!("query {text} stale={stale}"))?;
+        let result = if text == "big" {
+            query_response::Result::Output(vec![b'x'; BIG])
+        } else if let Some(why) = text.strip_prefix("reject ") {
+            query_response::Result::Rejection(why.to_string())
+        } else {
+            let stale = if stale { " (stale)" } else { "" };
+            query_response::Result::Output(format!("{text} from node {}{stale}", self.id).into())
+        };
+        Ok(Response::new(QueryResponse {
+            applied_index: self.index.load(Ordering::SeqCst),
+            result: Some(result),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.enter("status".into())?;
+        Ok(Response::new(StatusResponse {
+            id: self.id,
+            role: if self.id == 1 { "leader" } else { "follower" }.into(),
+            leader_id: 1,
+            term: 3,
+            commit_index: 12,
+            applied_index: 11,
+            members: vec![
+                Member {
+                    id: 1,
+                    address: "127.0.0.1:7001".into(),
+                },
+                Member {
+                    id: 2,
+                    address: "127.0.0.1:7002".into(),
+                },
+            ],
+            plugin_sha256: "5ca1ab1e".into(),
+            plugin_version: String::new(),
+            snapshot_index: 10,
+            upgrades: vec![Upgrade {
+                index: 4,
+                sha256: "5ca1ab1e".into(),
+                timestamp_ms: 86_400_000,
+                version: "2.0".into(),
+            }],
+        }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let address = request.into_inner().address;
+        self.enter(format!("join {address}"))?;
+        Ok(Response::new(JoinResponse {
+            id: 9,
+            members: vec![Member { id: 9, address }],
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<LeaveResponse>, Status> {
+        self.enter(format!("leave {}", request.into_inner().node_id))?;
+        Ok(Response::new(LeaveResponse {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        self.enter(format!("transfer {}", request.into_inner().to))?;
+        Ok(Response::new(TransferLeaderResponse {}))
+    }
+}
+
+/// Serves `fake` on 127.0.0.1 with a port the OS picks; returns `127.0.0.1:PORT`. The server
+/// lives as long as the test's runtime.
+pub async fn serve(fake: Arc<Fake>) -> String {
+    let incoming = TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = incoming.local_addr().unwrap();
+    let service = ClientServer::from_arc(fake)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tokio::spawn(
+        Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming),
+    );
+    address.to_string()
+}
+
+/// An address where nothing listens: a port the OS just gave us, closed again at once.
+pub fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}

@@ -1,0 +1,1104 @@
+//! The consensus loop: one thread owns the raft-rs `RawNode`, the log store and the state
+//! machine. Everything else talks to it through [`NodeHandle`] (a bounded channel), so nothing
+//! here is shared or locked.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
+use tokio::sync::oneshot;
+
+use crate::log_format::{
+    ClusterState, DecodeError, EntryPayload, SNAPSHOT_FORMAT, SnapshotData, encode,
+};
+use crate::state_machine::{ApplyContext, Rejection, StateMachine, StateMachineError};
+use crate::storage::{LogStore, StorageError};
+use crate::transport::Transport;
+
+/// Most requests handled between two Ready rounds: bounds the latency one round adds, while
+/// letting a burst of proposals share one fsync.
+const MAX_REQUESTS_PER_ROUND: usize = 4096;
+
+/// Tuning of a node. The defaults suit a LAN or loopback cluster.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// One raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before an election (raft randomises up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot (and compact the log) after this many entries since the last one.
+    pub snapshot_entries: u64,
+    /// ... or once the log holds this many bytes of entries.
+    pub snapshot_log_bytes: u64,
+    /// Entries kept in the log behind a snapshot, for followers that are only a little behind.
+    pub log_entries_kept: u64,
+    /// How long a client waits for its proposal (or linearizable read) before an error.
+    pub request_timeout: Duration,
+    /// Largest command accepted; bigger ones are refused before they reach the log.
+    pub max_command_bytes: usize,
+    /// Most bytes in one append message to a follower (raft `max_size_per_msg`).
+    pub max_append_bytes: u64,
+    /// Most append messages in flight to one follower (raft `max_inflight_msgs`).
+    pub max_inflight_appends: usize,
+    /// sha256 of the store module, for status.
+    pub plugin_sha256: [u8; 32],
+    /// The directory the log lives in, watched for free space.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Below this much free space on `data_dir`, proposals are refused ("disk full") so the
+    /// log and snapshots still have room to finish what was already accepted.
+    pub min_free_disk_bytes: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_entries: 10_000,
+            snapshot_log_bytes: 256 << 20,
+            log_entries_kept: 1_000,
+            request_timeout: Duration::from_secs(5),
+            max_command_bytes: 4 << 20,
+            max_append_bytes: 1 << 20,
+            max_inflight_appends: 256,
+            plugin_sha256: [0; 32],
+            data_dir: None,
+            min_free_disk_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Why a request to the node was not served. Each maps to one gRPC status for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// Another node leads; the request should go there.
+    #[error("node {leader_id} is the leader")]
+    NotLeader { leader_id: u64, address: String },
+    /// No leader is known (an election is running, or this node is cut off).
+    #[error(
+        "no leader is known (an election is running, or this node is cut off from the cluster)"
+    )]
+    NoLeader,
+    /// The request was not completed in time; a proposal may still be applied later.
+    #[error("{0}")]
+    Timeout(String),
+    /// The proposal was replaced by another leader's entry and will never be applied.
+    #[error("{0}")]
+    Aborted(String),
+    /// The request is malformed or too large.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request does not fit the cluster's current state.
+    #[error("{0}")]
+    Precondition(String),
+    /// The node cannot take the request now; retry shortly.
+    #[error("{0}")]
+    Busy(String),
+    /// The disk is (nearly) full: writes are refused until space is freed.
+    #[error("{0}")]
+    DiskFull(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// Why the node stopped.
+#[derive(Debug)]
+pub enum NodeExit {
+    /// Every handle was dropped (shutdown).
+    Shutdown,
+    /// This node was removed from the cluster.
+    Removed,
+}
+
+/// A failure that stops the node: continuing could make this replica diverge or lose data.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFatal {
+    /// The state machine is broken.
+    #[error(transparent)]
+    StateMachine(#[from] StateMachineError),
+    /// The log store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A replicated record could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// raft-rs refused something it must accept.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// The answer to a proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Where the command landed in the log.
+    pub index: u64,
+    /// The store's answer.
+    pub outcome: Result<Vec<u8>, Rejection>,
+}
+
+/// The answer to a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    /// The applied index of the state that answered.
+    pub applied_index: u64,
+    /// The store's answer.
+    pub outcome: Result<Vec<u8>, Rejection>,
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The new member's id.
+    pub id: u64,
+    /// All members after the join.
+    pub members: BTreeMap<u64, String>,
+}
+
+/// A node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: &'static str,
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub members: BTreeMap<u64, String>,
+    pub plugin_sha256: [u8; 32],
+}
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// What the consensus loop can be asked to do.
+pub enum Request {
+    /// A raft message from a peer.
+    Raft(Box<Message>),
+    /// Replicate a command.
+    Propose {
+        command: Vec<u8>,
+        reply: Reply<Applied>,
+    },
+    /// Answer a query, linearizably unless `stale`.
+    Query {
+        request: Vec<u8>,
+        stale: bool,
+        reply: Reply<Answered>,
+    },
+    /// Report this node's view.
+    Status { reply: Reply<NodeStatus> },
+    /// Add the node at `address` (leader only).
+    AddNode {
+        address: String,
+        reply: Reply<Joined>,
+    },
+    /// Remove node `id` (leader only).
+    RemoveNode { id: u64, reply: Reply<()> },
+    /// Hand leadership to node `to` (leader only).
+    TransferLeader { to: u64, reply: Reply<()> },
+    /// The transport could not deliver to this peer.
+    Unreachable(u64),
+    /// A snapshot to this peer was delivered (`true`) or not.
+    SnapshotSent(u64, bool),
+    /// The leader says this node was removed from the cluster at this index.
+    Removed(u64),
+}
+
+/// A cloneable way to reach the consensus loop from async code.
+#[derive(Clone)]
+pub struct NodeHandle {
+    sender: SyncSender<Request>,
+}
+
+impl NodeHandle {
+    /// Sends a request without waiting: for raft messages and transport reports. A full queue
+    /// drops it (raft retransmits; reports are hints).
+    pub fn send(&self, request: Request) -> bool {
+        self.sender.try_send(request).is_ok()
+    }
+
+    /// Like [`NodeHandle::send`], but gives the request back when the queue is full.
+    pub fn try_send(&self, request: Request) -> Result<(), Request> {
+        match self.sender.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) => Err(request),
+        }
+    }
+
+    /// Sends a request and waits for its reply.
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        match self.sender.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(NodeError::Busy(
+                    "the node is overloaded (request queue full); retry shortly".into(),
+                ));
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(NodeError::Stopped),
+        }
+        answer.await.unwrap_or(Err(NodeError::Stopped))
+    }
+}
+
+/// The bounded queue into the consensus loop: 64k requests is a few seconds of peak load;
+/// beyond it clients get "overloaded" instead of unbounded memory growth.
+pub fn channel() -> (NodeHandle, Receiver<Request>) {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(65_536);
+    (NodeHandle { sender }, receiver)
+}
+
+struct PendingProposal {
+    request_id: u64,
+    deadline: Instant,
+    reply: Reply<Applied>,
+}
+
+enum PendingConf {
+    Add { id: u64, reply: Reply<Joined> },
+    Remove { reply: Reply<()> },
+}
+
+impl PendingConf {
+    fn fail(self, error: NodeError) {
+        match self {
+            PendingConf::Add { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            PendingConf::Remove { reply } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+struct PendingQuery {
+    request: Vec<u8>,
+    reply: Reply<Answered>,
+}
+
+struct ReadBatch {
+    queries: Vec<PendingQuery>,
+    deadline: Instant,
+    /// When the read index was last requested: raft-rs drops requests it cannot serve yet
+    /// (no leader, or a new leader without a commit in its term), so we ask again.
+    asked: Instant,
+}
+
+/// The consensus loop's state.
+pub struct Node<S: StateMachine, L: LogStore> {
+    id: u64,
+    raw: RawNode<L>,
+    state_machine: S,
+    cluster: ClusterState,
+    applied: u64,
+    options: NodeOptions,
+    transport: Arc<Transport>,
+    next_request_id: u64,
+    /// The last timestamp this node stamped on a proposal, to keep them increasing.
+    last_stamp_ms: u64,
+    /// Proposals by the log index they were appended at.
+    proposals: BTreeMap<u64, PendingProposal>,
+    /// The conf change in flight, by log index (raft allows one at a time).
+    conf_change: Option<(u64, Instant, PendingConf)>,
+    transfer: Option<(u64, Instant, Reply<()>)>,
+    /// Linearizable queries received this round, to share one read index.
+    new_reads: Vec<PendingQuery>,
+    /// Read batches waiting for raft to confirm a read index, by batch id.
+    reads_waiting: HashMap<u64, ReadBatch>,
+    /// Read batches with a confirmed read index, waiting for the state machine to apply it.
+    reads_ready: VecDeque<(u64, ReadBatch)>,
+    next_read_id: u64,
+    removed: bool,
+    /// Why writes are refused for lack of disk space, checked every tick.
+    disk_full: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// raft-rs logs through slog; send it to our tracing log.
+fn raft_logger() -> slog::Logger {
+    slog::Logger::root(crate::raft_log::TracingDrain, slog::o!())
+}
+
+impl<S: StateMachine, L: LogStore> Node<S, L> {
+    /// A node with id `id` over `store`. `cluster` is the replicated state matching the store's
+    /// snapshot (empty for a node that has just joined and waits for the leader's snapshot).
+    pub fn new(
+        id: u64,
+        store: L,
+        state_machine: S,
+        cluster: ClusterState,
+        transport: Arc<Transport>,
+        options: NodeOptions,
+    ) -> Result<Self, NodeFatal> {
+        let applied = store.latest_snapshot().get_metadata().index;
+        let config = raft::Config {
+            id,
+            election_tick: options.election_ticks,
+            heartbeat_tick: options.heartbeat_ticks,
+            applied,
+            max_size_per_msg: options.max_append_bytes,
+            max_inflight_msgs: options.max_inflight_appends,
+            check_quorum: true,
+            pre_vote: true,
+            // Bounds memory held by entries proposed but not yet committed: 64 MiB; beyond
+            // it proposals are refused ("overloaded") instead of piling up.
+            max_uncommitted_size: 64 << 20,
+            ..Default::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, store, &raft_logger())?;
+        transport.set_members(&cluster.members);
+        Ok(Self {
+            id,
+            raw,
+            state_machine,
+            cluster,
+            applied,
+            options,
+            transport,
+            next_request_id: 1,
+            last_stamp_ms: 0,
+            proposals: BTreeMap::new(),
+            conf_change: None,
+            transfer: None,
+            new_reads: Vec::new(),
+            reads_waiting: HashMap::new(),
+            reads_ready: VecDeque::new(),
+            next_read_id: 1,
+            removed: false,
+            disk_full: None,
+        })
+    }
+
+    /// Starts an election at once (a freshly bootstrapped single node becomes leader now).
+    pub fn campaign(&mut self) -> Result<(), NodeFatal> {
+        self.raw.campaign()?;
+        Ok(())
+    }
+
+    /// Runs the loop until shutdown, removal or a fatal error.
+    ///
+    /// Each round: wait for requests until the next tick is due, handle every queued request
+    /// (a burst shares one round), tick if due, then process the Ready (see `on_ready`).
+    pub fn run(mut self, requests: Receiver<Request>) -> Result<NodeExit, NodeFatal> {
+        let mut next_tick = Instant::now() + self.options.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match requests.recv_timeout(wait) {
+                Ok(request) => {
+                    self.handle(request)?;
+                    for request in requests.try_iter().take(MAX_REQUESTS_PER_ROUND) {
+                        self.handle(request)?;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(NodeExit::Shutdown),
+            }
+            self.ask_read_index();
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = (next_tick + self.options.tick).max(now);
+                self.expire(now);
+                self.check_disk();
+            }
+            self.on_ready()?;
+            if self.removed {
+                self.fail_all(NodeError::Aborted(
+                    "this node was removed from the cluster".into(),
+                ));
+                return Ok(NodeExit::Removed);
+            }
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The error for a request that needs the leader, sent to a non-leader.
+    fn not_leader(&self) -> NodeError {
+        let leader_id = self.raw.raft.leader_id;
+        match self.cluster.members.get(&leader_id) {
+            Some(address) if leader_id != self.id => NodeError::NotLeader {
+                leader_id,
+                address: address.clone(),
+            },
+            _ => NodeError::NoLeader,
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Result<(), NodeFatal> {
+        match request {
+            Request::Raft(message) => {
+                // Messages from removed or unknown peers are dropped by raft-rs itself.
+                if let Err(e) = self.raw.step(*message) {
+                    tracing::debug!("dropped a raft message: {e}");
+                }
+            }
+            Request::Propose { command, reply } => self.propose(command, reply),
+            Request::Query {
+                request,
+                stale,
+                reply,
+            } => self.query(request, stale, reply)?,
+            Request::Status { reply } => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Request::AddNode { address, reply } => self.add_node(address, reply),
+            Request::RemoveNode { id, reply } => self.remove_node(id, reply),
+            Request::TransferLeader { to, reply } => self.transfer_leader(to, reply),
+            Request::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Request::SnapshotSent(peer, delivered) => {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(peer, status);
+            }
+            Request::Removed(index) => {
+                tracing::warn!(index, "the leader removed this node from the cluster");
+                self.removed = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, command: Vec<u8>, reply: Reply<Applied>) {
+        if command.len() > self.options.max_command_bytes {
+            let _ = reply.send(Err(NodeError::Invalid(format!(
+                "the command is {} bytes; the limit is {} bytes",
+                command.len(),
+                self.options.max_command_bytes
+            ))));
+            return;
+        }
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if let Some(why) = &self.disk_full {
+            let _ = reply.send(Err(NodeError::DiskFull(why.clone())));
+            return;
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.last_stamp_ms = now_ms().max(self.last_stamp_ms);
+        let payload = EntryPayload::Command {
+            proposer: self.id,
+            request_id,
+            timestamp_ms: self.last_stamp_ms,
+            command,
+        };
+        if let Err(e) = self.raw.propose(vec![], encode(&payload)) {
+            let _ = reply.send(Err(NodeError::Busy(format!(
+                "the leader cannot take proposals right now ({e}); retry shortly"
+            ))));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        self.proposals.insert(
+            index,
+            PendingProposal {
+                request_id,
+                deadline: Instant::now() + self.options.request_timeout,
+                reply,
+            },
+        );
+    }
+
+    fn query(
+        &mut self,
+        request: Vec<u8>,
+        stale: bool,
+        reply: Reply<Answered>,
+    ) -> Result<(), NodeFatal> {
+        if stale {
+            let outcome = self.state_machine.query(&request)?;
+            let _ = reply.send(Ok(Answered {
+                applied_index: self.applied,
+                outcome,
+            }));
+        } else if self.raw.raft.leader_id == raft::INVALID_ID {
+            let _ = reply.send(Err(NodeError::NoLeader));
+        } else {
+            self.new_reads.push(PendingQuery { request, reply });
+        }
+        Ok(())
+    }
+
+    /// Asks raft for one read index covering every linearizable query of this round, and again
+    /// for batches raft has not answered within a few ticks.
+    fn ask_read_index(&mut self) {
+        let now = Instant::now();
+        if !self.new_reads.is_empty() {
+            let id = self.next_read_id;
+            self.next_read_id += 1;
+            self.raw.read_index(id.to_le_bytes().to_vec());
+            let batch = ReadBatch {
+                queries: std::mem::take(&mut self.new_reads),
+                deadline: now + self.options.request_timeout,
+                asked: now,
+            };
+            self.reads_waiting.insert(id, batch);
+        }
+        let retry_after = self.options.tick * 3;
+        for (id, batch) in self.reads_waiting.iter_mut() {
+            if now.duration_since(batch.asked) >= retry_after {
+                batch.asked = now;
+                self.raw.read_index(id.to_le_bytes().to_vec());
+            }
+        }
+    }
+
+    fn add_node(&mut self, address: String, reply: Reply<Joined>) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if let Some(id) = self.cluster.id_of(&address) {
+            // Already a member (a retried join): same answer again.
+            let _ = reply.send(Ok(Joined {
+                id,
+                members: self.cluster.members.clone(),
+            }));
+            return;
+        }
+        let id = self.cluster.next_node_id;
+        let change = ConfChange {
+            change_type: ConfChangeType::AddNode,
+            node_id: id,
+            context: address.into_bytes().into(),
+            ..Default::default()
+        };
+        self.propose_conf_change(change, PendingConf::Add { id, reply });
+    }
+
+    fn remove_node(&mut self, id: u64, reply: Reply<()>) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if !self.cluster.members.contains_key(&id) {
+            let _ = reply.send(Err(NodeError::Precondition(format!(
+                "node {id} is not a member of the cluster"
+            ))));
+            return;
+        }
+        if self.cluster.members.len() == 1 {
+            let _ = reply.send(Err(NodeError::Precondition(
+                "cannot remove the last member of the cluster".into(),
+            )));
+            return;
+        }
+        if id == self.id {
+            // A leaving leader hands over first: the most up-to-date follower takes over,
+            // then the new leader removes us. The caller retries.
+            let successor = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(peer, _)| **peer != self.id)
+                .max_by_key(|(_, progress)| progress.matched)
+                .map(|(peer, _)| *peer);
+            if let Some(successor) = successor {
+                self.raw.transfer_leader(successor);
+            }
+            let _ = reply.send(Err(NodeError::Busy(format!(
+                "handing leadership to node {} before leaving",
+                successor.unwrap_or(0)
+            ))));
+            return;
+        }
+        let change = ConfChange {
+            change_type: ConfChangeType::RemoveNode,
+            node_id: id,
+            ..Default::default()
+        };
+        self.propose_conf_change(change, PendingConf::Remove { reply });
+    }
+
+    fn propose_conf_change(&mut self, change: ConfChange, pending: PendingConf) {
+        if self.conf_change.is_some() {
+            pending.fail(NodeError::Busy(
+                "another membership change is in progress; retry shortly".into(),
+            ));
+            return;
+        }
+        if let Err(e) = self.raw.propose_conf_change(vec![], change) {
+            pending.fail(NodeError::Busy(format!(
+                "cannot change membership now ({e}); retry shortly"
+            )));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        let deadline = Instant::now() + self.options.request_timeout;
+        self.conf_change = Some((index, deadline, pending));
+    }
+
+    fn transfer_leader(&mut self, to: u64, reply: Reply<()>) {
+        if self.raw.raft.leader_id == to {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if !self.cluster.members.contains_key(&to) {
+            let _ = reply.send(Err(NodeError::Precondition(format!(
+                "node {to} is not a member of the cluster"
+            ))));
+            return;
+        }
+        self.raw.transfer_leader(to);
+        let deadline = Instant::now() + self.options.request_timeout;
+        if let Some((_, _, previous)) = self.transfer.replace((to, deadline, reply)) {
+            let _ = previous.send(Err(NodeError::Aborted(
+                "superseded by another leadership transfer".into(),
+            )));
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let role = match self.raw.raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        NodeStatus {
+            id: self.id,
+            role,
+            leader_id: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+            commit_index: self.raw.raft.raft_log.committed,
+            applied_index: self.applied,
+            snapshot_index: self.raw.store().latest_snapshot().get_metadata().index,
+            members: self.cluster.members.clone(),
+            plugin_sha256: self.options.plugin_sha256,
+        }
+    }
+
+    /// Refuses writes while the data dir's free space is under the reserve, and says so once.
+    fn check_disk(&mut self) {
+        let Some(dir) = &self.options.data_dir else {
+            return;
+        };
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot check free disk space: {e}");
+                return;
+            }
+        };
+        let full = free < self.options.min_free_disk_bytes;
+        match (&self.disk_full, full) {
+            (None, true) => {
+                let why = format!(
+                    "disk full: {} MiB free in {}, writes need at least {} MiB; free some \
+                     space (writes resume by themselves)",
+                    free >> 20,
+                    dir.display(),
+                    self.options.min_free_disk_bytes >> 20
+                );
+                tracing::error!("{why}");
+                self.disk_full = Some(why);
+            }
+            (Some(_), false) => {
+                tracing::info!(
+                    free_mib = free >> 20,
+                    "disk space available again; accepting writes"
+                );
+                self.disk_full = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Fails requests whose time is up.
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in expired {
+            if let Some(p) = self.proposals.remove(&index) {
+                let _ = p.reply.send(Err(NodeError::Timeout(format!(
+                    "the proposal was not committed within {:?} (is this node cut off from \
+                     the leader?); it may still be applied later",
+                    self.options.request_timeout
+                ))));
+            }
+        }
+        let expired: Vec<u64> = self
+            .reads_waiting
+            .iter()
+            .filter(|(_, b)| b.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut late: Vec<ReadBatch> = expired
+            .into_iter()
+            .filter_map(|id| self.reads_waiting.remove(&id))
+            .collect();
+        // Confirmed reads whose index this node has not applied in time (it fell behind).
+        while self
+            .reads_ready
+            .front()
+            .is_some_and(|(_, batch)| batch.deadline <= now)
+        {
+            late.extend(self.reads_ready.pop_front().map(|(_, batch)| batch));
+        }
+        for batch in late {
+            for query in batch.queries {
+                let _ = query.reply.send(Err(NodeError::Timeout(
+                    "the read could not be confirmed with the leader in time; retry, or read \
+                     with --stale"
+                        .into(),
+                )));
+            }
+        }
+        if let Some((_, _, pending)) = self
+            .conf_change
+            .take_if(|(_, deadline, _)| *deadline <= now)
+        {
+            pending.fail(NodeError::Timeout(
+                "the membership change was not committed in time".into(),
+            ));
+        }
+        if let Some((to, _, reply)) = self.transfer.take_if(|(_, deadline, _)| *deadline <= now) {
+            let _ = reply.send(Err(NodeError::Timeout(format!(
+                "node {to} did not take over leadership in time"
+            ))));
+        }
+    }
+
+    fn fail_all(&mut self, error: NodeError) {
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+        let waiting = std::mem::take(&mut self.reads_waiting).into_values();
+        let ready = std::mem::take(&mut self.reads_ready)
+            .into_iter()
+            .map(|(_, b)| b);
+        for batch in waiting.chain(ready) {
+            for query in batch.queries {
+                let _ = query.reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Processes one Ready, in the order raft-rs documents ("Processing the Ready State"):
+    /// 1. send the messages (a leader may send before it persists: it counts itself later);
+    /// 2. install a snapshot received from the leader;
+    /// 3. note confirmed read indexes, apply the committed entries;
+    /// 4. persist new entries and the hard state, with one sync (group commit);
+    /// 5. send the messages that had to wait for that persistence (votes, append responses);
+    /// 6. advance, then send and apply what the light ready holds;
+    /// 7. serve reads whose index is now applied, and take a snapshot if the log is long.
+    fn on_ready(&mut self) -> Result<(), NodeFatal> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+
+        self.send(ready.take_messages());
+
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone())?;
+        }
+
+        self.note_read_states(ready.take_read_states());
+        self.apply(ready.take_committed_entries())?;
+
+        self.raw.mut_store().persist(ready.entries(), ready.hs())?;
+
+        self.send(ready.take_persisted_messages());
+
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+
+        self.serve_reads()?;
+        self.check_transfer();
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            if !self.transport.send(message) {
+                if is_snapshot {
+                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
+                self.raw.report_unreachable(to);
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), NodeFatal> {
+        let index = snapshot.get_metadata().index;
+        let data = SnapshotData::decode(&snapshot.data)?;
+        tracing::info!(
+            index,
+            bytes = snapshot.data.len(),
+            "installing a snapshot from the leader"
+        );
+        self.state_machine.restore(&data.store)?;
+        self.cluster = data.cluster;
+        self.transport.set_members(&self.cluster.members);
+        self.raw.mut_store().install_snapshot(snapshot)?;
+        self.applied = index;
+        Ok(())
+    }
+
+    fn note_read_states(&mut self, states: Vec<ReadState>) {
+        for state in states {
+            let Ok(id) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(batch) = self.reads_waiting.remove(&u64::from_le_bytes(id)) {
+                self.reads_ready.push_back((state.index, batch));
+            }
+        }
+    }
+
+    fn serve_reads(&mut self) -> Result<(), NodeFatal> {
+        while self
+            .reads_ready
+            .front()
+            .is_some_and(|(index, _)| *index <= self.applied)
+        {
+            let (_, batch) = self.reads_ready.pop_front().expect("checked above");
+            for query in batch.queries {
+                let outcome = self.state_machine.query(&query.request)?;
+                let _ = query.reply.send(Ok(Answered {
+                    applied_index: self.applied,
+                    outcome,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_transfer(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if let Some((_, _, reply)) = self.transfer.take_if(|(to, _, _)| *to == leader) {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeFatal> {
+        for entry in entries {
+            let index = entry.index;
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    // A new leader's empty entry.
+                    self.resolve_proposal(index, None);
+                }
+                EntryType::EntryNormal => {
+                    let payload: EntryPayload =
+                        crate::log_format::decode("log entry", &entry.data)?;
+                    match payload {
+                        EntryPayload::Command {
+                            proposer,
+                            request_id,
+                            timestamp_ms,
+                            command,
+                        } => {
+                            let timestamp_ms = timestamp_ms.max(self.cluster.last_timestamp_ms);
+                            self.cluster.last_timestamp_ms = timestamp_ms;
+                            let ctx = ApplyContext {
+                                index,
+                                term: entry.term,
+                                timestamp_ms,
+                            };
+                            let outcome = self.state_machine.apply(ctx, &command)?;
+                            let mine = (proposer == self.id).then_some((request_id, outcome));
+                            self.resolve_proposal(index, mine);
+                        }
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let change = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(raft::Error::CodecError)?;
+                    self.apply_conf_change(index, change)?;
+                    self.resolve_proposal(index, None);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    tracing::error!(index, "ignoring a joint-consensus conf change: unsupported");
+                    self.resolve_proposal(index, None);
+                }
+            }
+            self.applied = index;
+            // raft-rs turns a conf change it cannot take now into an empty entry: the change
+            // pending at this index was not applied, and never will be.
+            if let Some((_, _, pending)) = self
+                .conf_change
+                .take_if(|(pending, _, _)| *pending <= index)
+            {
+                pending.fail(NodeError::Busy(
+                    "the membership change was refused (another one is in progress); retry".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers the client waiting for the entry at `index`, if any: with the outcome when the
+    /// entry is its proposal, with "aborted" when another leader's entry took the slot.
+    fn resolve_proposal(&mut self, index: u64, mine: Option<(u64, Result<Vec<u8>, Rejection>)>) {
+        let Some(pending) = self.proposals.remove(&index) else {
+            return;
+        };
+        let answer = match mine {
+            Some((request_id, outcome)) if request_id == pending.request_id => {
+                Ok(Applied { index, outcome })
+            }
+            _ => Err(NodeError::Aborted(
+                "the proposal was lost to a leader change and will not be applied; retry".into(),
+            )),
+        };
+        let _ = pending.reply.send(answer);
+    }
+
+    fn apply_conf_change(&mut self, index: u64, change: ConfChange) -> Result<(), NodeFatal> {
+        let conf_state = self.raw.apply_conf_change(&change)?;
+        self.raw.mut_store().set_conf_state(conf_state)?;
+        let node = change.node_id;
+        match change.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let address = String::from_utf8_lossy(&change.context).into_owned();
+                tracing::info!(node, %address, index, "node added to the cluster");
+                self.cluster.members.insert(node, address);
+                self.cluster.next_node_id = self.cluster.next_node_id.max(node + 1);
+            }
+            ConfChangeType::RemoveNode => {
+                tracing::info!(node, index, "node removed from the cluster");
+                let address = self.cluster.members.remove(&node);
+                if node == self.id {
+                    self.removed = true;
+                } else if let (true, Some(address)) = (self.is_leader(), address) {
+                    self.transport.notify_removed(node, address, index);
+                }
+            }
+        }
+        self.transport.set_members(&self.cluster.members);
+        if matches!(&self.conf_change, Some((pending_index, _, _)) if *pending_index == index) {
+            let (_, _, pending) = self.conf_change.take().expect("checked above");
+            match pending {
+                PendingConf::Add { id, reply } => {
+                    let answer = if id == node {
+                        Ok(Joined {
+                            id,
+                            members: self.cluster.members.clone(),
+                        })
+                    } else {
+                        Err(NodeError::Aborted(
+                            "the join was lost to a leader change".into(),
+                        ))
+                    };
+                    let _ = reply.send(answer);
+                }
+                PendingConf::Remove { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot and compacts the log once enough has been applied since the last one.
+    fn maybe_snapshot(&mut self) -> Result<(), NodeFatal> {
+        let store = self.raw.store();
+        let last_snapshot = store.latest_snapshot().get_metadata().index;
+        let since = self.applied.saturating_sub(last_snapshot);
+        let due = since >= self.options.snapshot_entries
+            || store.log_bytes() >= self.options.snapshot_log_bytes
+            || store.snapshot_requested();
+        if since == 0 || !due {
+            return Ok(());
+        }
+        let term = raft::Storage::term(store, self.applied)?;
+        let conf_state: ConfState = self.raw.raft.prs().conf().to_conf_state();
+        let data = SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            cluster: self.cluster.clone(),
+            plugin_sha256: self.options.plugin_sha256,
+            store: self.state_machine.snapshot()?,
+        };
+        let mut snapshot = Snapshot {
+            data: encode(&data).into(),
+            ..Default::default()
+        };
+        let meta = snapshot.mut_metadata();
+        meta.index = self.applied;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        let compact_index = self.applied.saturating_sub(self.options.log_entries_kept);
+        tracing::info!(
+            index = self.applied,
+            bytes = snapshot.data.len(),
+            "took a snapshot"
+        );
+        self.raw
+            .mut_store()
+            .compact_to_snapshot(snapshot, compact_index)?;
+        Ok(())
+    }
+}
+
+/// The snapshot that starts a new cluster: node 1 alone, with the store's initial state.
+pub fn bootstrap_snapshot(
+    address: String,
+    store_snapshot: Vec<u8>,
+    plugin_sha256: [u8; 32],
+) -> (Snapshot, ClusterState) {
+    let cluster = ClusterState {
+        members: BTreeMap::from([(1, address)]),
+        next_node_id: 2,
+        last_timestamp_ms: 0,
+    };
+    let data = SnapshotData {
+        format: SNAPSHOT_FORMAT,
+        cluster: cluster.clone(),
+        plugin_sha256,
+        store: store_snapshot,
+    };
+    let mut snapshot = Snapshot {
+        data: encode(&data).into(),
+        ..Default::default()
+    };
+    let meta = snapshot.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.mut_conf_state().voters = vec![1];
+    (snapshot, cluster)
+}

@@ -1,0 +1,295 @@
+//! Starts a node: plugin, log store, consensus thread, gRPC server; then waits for the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use riteraft_client::proto::JoinRequest;
+use riteraft_client::proto::client_client::ClientClient;
+use riteraft_client::proto::client_server::ClientServer;
+use riteraft_client::proto::raft_server::RaftServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::NodeConfig;
+use crate::data_dir::{DataDir, DataDirError, write_identity};
+use crate::log_format::{ClusterState, SnapshotData};
+use crate::node::{self, Node, NodeExit, NodeFatal, NodeOptions};
+use crate::plugin::{LoadError, PluginRuntime, RuntimeError};
+use crate::service::NodeService;
+use crate::state_machine::{StateMachine, StateMachineError};
+use crate::storage::{DiskLogStore, LogStore, StorageError};
+use crate::transport::{MAX_MESSAGE_BYTES, Transport};
+use crate::wasm_state_machine::{ReplayLimits, WasmStateMachine};
+
+/// How long a joining node keeps asking the cluster to add it.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a node could not start, or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The plugin file is unusable.
+    #[error("cannot load plugin {path}: {source}")]
+    Plugin { path: String, source: LoadError },
+    /// The wasm engine could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The plugin could not be started.
+    #[error("cannot start the plugin: {0}")]
+    StateMachine(#[from] StateMachineError),
+    /// The listen address is unusable (in use, or not local).
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    /// Joining the cluster failed.
+    #[error("cannot join the cluster at {address}: {reason}")]
+    Join { address: String, reason: String },
+    /// The log store failed at start.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The data dir cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The consensus loop stopped on a fatal error.
+    #[error("the node stopped: {0}")]
+    Fatal(#[from] NodeFatal),
+    /// The consensus thread panicked (e.g. the log store could not sync: a full disk).
+    #[error(
+        "the consensus thread crashed; see the log above. The data dir is intact: restart the node"
+    )]
+    Crashed,
+    /// Threads or the async runtime could not be started.
+    #[error("cannot start: {0}")]
+    Start(#[from] std::io::Error),
+}
+
+/// Runs a node until it is removed, shut down by a signal, or fails.
+pub fn run(config: NodeConfig) -> Result<NodeExit, RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let plugins = Arc::new(PluginRuntime::new(config.plugin_limits())?);
+    let module = plugins
+        .load_file(&config.plugin)
+        .map_err(|source| RunError::Plugin {
+            path: config.plugin.display().to_string(),
+            source,
+        })?;
+    let plugin_sha256 = module.sha256();
+    tracing::info!(plugin = %config.plugin.display(), sha256 = %module.sha256_hex(), "plugin loaded");
+    let mut state_machine = WasmStateMachine::new(plugins, module, ReplayLimits::default())?;
+
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.listen))
+        .map_err(|source| RunError::Listen {
+            address: config.listen.to_string(),
+            source,
+        })?;
+    let address = config.listen.to_string();
+
+    let data_dir = DataDir::inspect(&config.data_dir)?;
+    data_dir.check_address(&address)?;
+    let (id, store, cluster) = match data_dir {
+        DataDir::Member(path, identity) => {
+            let store = DiskLogStore::open(&path)?;
+            let snapshot = store.latest_snapshot();
+            if snapshot.get_metadata().index == 0 {
+                // A node that joined but stopped before the leader's snapshot reached it.
+                let Some(target) = config.join.filter(|_| identity.node_id != 1) else {
+                    return Err(RunError::Storage(StorageError::Inconsistent(format!(
+                        "data dir {} holds node {} but none of the cluster's state; restart it \
+                         with --join ADDR, or start over with an empty data dir",
+                        path.display(),
+                        identity.node_id
+                    ))));
+                };
+                let (id, cluster) = runtime.block_on(join(target.to_string(), address.clone()))?;
+                if id != identity.node_id {
+                    return Err(RunError::Join {
+                        address: target.to_string(),
+                        reason: format!(
+                            "the cluster knows this address as node {id}, not {}",
+                            identity.node_id
+                        ),
+                    });
+                }
+                (id, store, cluster)
+            } else {
+                let data = SnapshotData::decode(&snapshot.data).map_err(NodeFatal::from)?;
+                state_machine.restore(&data.store)?;
+                if config.join.is_some() {
+                    tracing::info!("already a member: --join is ignored on restart");
+                }
+                tracing::info!(
+                    id = identity.node_id,
+                    snapshot = snapshot.get_metadata().index,
+                    "resuming from the data dir; replaying the log through the plugin"
+                );
+                (identity.node_id, store, data.cluster)
+            }
+        }
+        DataDir::Empty(path) => {
+            let (id, cluster, snapshot) = match config.join {
+                None => {
+                    let (snapshot, cluster) = node::bootstrap_snapshot(
+                        address.clone(),
+                        state_machine.snapshot()?,
+                        plugin_sha256,
+                    );
+                    tracing::info!(%address, "starting a new cluster as node 1");
+                    (1, cluster, Some(snapshot))
+                }
+                Some(target) => {
+                    let (id, cluster) =
+                        runtime.block_on(join(target.to_string(), address.clone()))?;
+                    tracing::info!(id, %target, "joined the cluster");
+                    (id, cluster, None)
+                }
+            };
+            std::fs::create_dir_all(&path).map_err(StorageError::from)?;
+            // A joiner records who it is at once (a restart re-joins if the leader's snapshot
+            // has not arrived yet); the first node only once its cluster exists on disk.
+            if snapshot.is_none() {
+                write_identity(&path, id, &address)?;
+            }
+            let mut store = DiskLogStore::open(&path)?;
+            if let Some(snapshot) = snapshot {
+                store.install_snapshot(snapshot)?;
+                write_identity(&path, id, &address)?;
+            }
+            (id, store, cluster)
+        }
+    };
+
+    let (handle, requests) = node::channel();
+    let transport = Arc::new(Transport::new(id, handle.clone(), runtime.handle().clone()));
+    let options = NodeOptions {
+        snapshot_entries: config.snapshot_entries,
+        request_timeout: Duration::from_millis(config.proposal_timeout_ms),
+        plugin_sha256,
+        data_dir: Some(config.data_dir.clone()),
+        min_free_disk_bytes: config.min_free_disk_mib << 20,
+        ..NodeOptions::default()
+    };
+    let mut node = Node::new(id, store, state_machine, cluster, transport, options)?;
+    if config.join.is_none() {
+        node.campaign()?;
+    }
+
+    let service = NodeService::new(handle);
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            RaftServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ClientServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    runtime.spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("the gRPC server stopped: {e}");
+        }
+    });
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let _ = done_tx.send(node.run(requests));
+        })?;
+
+    runtime.block_on(async {
+        tokio::select! {
+            result = done_rx => match result {
+                Ok(Ok(NodeExit::Removed)) => {
+                    // Let the answer to whoever asked us to leave go out.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    tracing::info!("removed from the cluster; exiting");
+                    Ok(NodeExit::Removed)
+                }
+                Ok(Ok(exit)) => Ok(exit),
+                Ok(Err(fatal)) => Err(RunError::Fatal(fatal)),
+                // The thread ended without a word: it panicked (its message is in the log).
+                Err(_) => Err(RunError::Crashed),
+            },
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                Ok(NodeExit::Shutdown)
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Asks the cluster at `target` to add this node, retrying while it is busy or electing.
+async fn join(target: String, address: String) -> Result<(u64, ClusterState), RunError> {
+    let fail = |reason: String| RunError::Join {
+        address: target.clone(),
+        reason,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| fail(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(15));
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut client = ClientClient::new(
+                endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?,
+            );
+            client
+                .join(JoinRequest {
+                    address: address.clone(),
+                })
+                .await
+        };
+        match attempt.await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let cluster = ClusterState {
+                    members: response
+                        .members
+                        .into_iter()
+                        .map(|m| (m.id, m.address))
+                        .collect(),
+                    next_node_id: response.id + 1,
+                    last_timestamp_ms: 0,
+                };
+                return Ok((response.id, cluster));
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+                ) && Instant::now() + backoff < deadline =>
+            {
+                tracing::info!("join not accepted yet ({}); retrying", status.message());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(status) => return Err(fail(status.message().to_string())),
+        }
+    }
+}

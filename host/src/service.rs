@@ -1,0 +1,363 @@
+//! The gRPC services a node serves: `Raft` for its peers and `Client` for everyone else.
+//!
+//! Any node accepts any client call. Calls that need the leader (propose, join, leave,
+//! transfer) are forwarded to it once; linearizable reads are served locally after raft
+//! confirms a read index, so they need no forwarding.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::Message;
+use riteraft_client::proto::client_client::ClientClient;
+use riteraft_client::proto::client_server::Client;
+use riteraft_client::proto::raft_server::Raft;
+use riteraft_client::proto::{
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Member, ProposeRequest,
+    ProposeResponse, QueryRequest, QueryResponse, RaftBatch, SendAck, SnapshotChunk, StatusRequest,
+    StatusResponse, TransferLeaderRequest, TransferLeaderResponse, propose_response,
+    query_response,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::{NodeError, NodeHandle, Request as NodeRequest};
+use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
+
+/// Metadata key marking a call forwarded by another node, so it is never forwarded again.
+const FORWARDED: &str = "riteraft-forwarded";
+/// How long a forwarded call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leaving leader waits for a successor before giving up.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Both services, over one node.
+#[derive(Clone)]
+pub struct NodeService {
+    node: NodeHandle,
+    /// Connections to leaders, by address, reused across forwarded calls.
+    leaders: std::sync::Arc<Mutex<HashMap<String, ClientClient<Channel>>>>,
+}
+
+impl NodeService {
+    pub fn new(node: NodeHandle) -> Self {
+        Self {
+            node,
+            leaders: Default::default(),
+        }
+    }
+
+    fn leader_client(&self, address: &str) -> Result<ClientClient<Channel>, Status> {
+        let mut leaders = self.leaders.lock().expect("leaders lock");
+        if let Some(client) = leaders.get(address) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Status::internal(format!("bad leader address {address}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(FORWARD_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = ClientClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        leaders.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// The gRPC status for a node error.
+pub fn status_of(error: NodeError) -> Status {
+    let message = error.to_string();
+    match error {
+        NodeError::NotLeader { .. } | NodeError::NoLeader | NodeError::Busy(_) => {
+            Status::unavailable(message)
+        }
+        NodeError::Stopped => Status::unavailable(message),
+        NodeError::Timeout(_) => Status::deadline_exceeded(message),
+        NodeError::Aborted(_) => Status::aborted(message),
+        NodeError::Invalid(_) => Status::invalid_argument(message),
+        NodeError::Precondition(_) => Status::failed_precondition(message),
+        NodeError::DiskFull(_) => Status::resource_exhausted(message),
+    }
+}
+
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
+fn mark_forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, "1".parse().expect("valid metadata"));
+    request
+}
+
+/// Calls the leader with `call` when `result` says another node leads (and this call was not
+/// itself forwarded); otherwise maps the result.
+macro_rules! or_forward {
+    ($self:ident, $request:ident, $result:expr, |$client:ident, $forwarded:ident| $call:expr) => {
+        match $result {
+            Err(NodeError::NotLeader { address, .. }) if !forwarded(&$request) => {
+                let mut $client = $self.leader_client(&address)?;
+                let $forwarded = mark_forwarded($request.into_inner());
+                $call
+                    .await
+                    .map_err(|status| unreached_leader(status, &address))
+            }
+            Err(error) => Err(status_of(error)),
+            Ok(value) => Ok(value),
+        }
+    };
+}
+
+/// A forwarded call's failure as the client should see it. The leader's own answers keep their
+/// code; a failure to reach it at all (tonic reports `Unknown`/`Cancelled`/`Internal` "transport
+/// error") becomes `UNAVAILABLE` — but a write that was in flight may already be applied, so
+/// for that case the message says so and the code is `DEADLINE_EXCEEDED`, which clients do not
+/// retry blindly.
+fn unreached_leader(status: Status, address: &str) -> Status {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::Ok => status,
+        _ if status.message().contains("connect") => Status::unavailable(format!(
+            "cannot reach the leader at {address}: {}",
+            status.message()
+        )),
+        _ => Status::deadline_exceeded(format!(
+            "lost contact with the leader at {address} ({}); a write in flight may or may not \
+             have been applied",
+            status.message()
+        )),
+    }
+}
+
+fn members(map: &BTreeMap<u64, String>) -> Vec<Member> {
+    map.iter()
+        .map(|(id, address)| Member {
+            id: *id,
+            address: address.clone(),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Client for NodeService {
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let command = request.get_ref().command.clone();
+        let result = self
+            .node
+            .call(|reply| NodeRequest::Propose { command, reply })
+            .await
+            .map(|applied| {
+                let result = match applied.outcome {
+                    Ok(output) => propose_response::Result::Output(output),
+                    Err(rejection) => propose_response::Result::Rejection(rejection.to_string()),
+                };
+                Response::new(ProposeResponse {
+                    result: Some(result),
+                    index: applied.index,
+                })
+            });
+        or_forward!(self, request, result, |client, forwarded| client
+            .propose(forwarded))
+    }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let QueryRequest { request, stale } = request.into_inner();
+        let answered = self
+            .node
+            .call(|reply| NodeRequest::Query {
+                request,
+                stale,
+                reply,
+            })
+            .await
+            .map_err(status_of)?;
+        let result = match answered.outcome {
+            Ok(output) => query_response::Result::Output(output),
+            Err(rejection) => query_response::Result::Rejection(rejection.to_string()),
+        };
+        Ok(Response::new(QueryResponse {
+            result: Some(result),
+            applied_index: answered.applied_index,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let status = self
+            .node
+            .call(|reply| NodeRequest::Status { reply })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(StatusResponse {
+            id: status.id,
+            role: status.role.to_string(),
+            leader_id: status.leader_id,
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            members: members(&status.members),
+            plugin_sha256: hex::encode(status.plugin_sha256),
+            plugin_version: String::new(),
+            snapshot_index: status.snapshot_index,
+            upgrades: Vec::new(),
+        }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let address = request.get_ref().address.clone();
+        if address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "the joining node's address {address:?} is not HOST:PORT"
+            )));
+        }
+        let result = self
+            .node
+            .call(|reply| NodeRequest::AddNode { address, reply })
+            .await
+            .map(|joined| {
+                Response::new(JoinResponse {
+                    id: joined.id,
+                    members: members(&joined.members),
+                })
+            });
+        or_forward!(self, request, result, |client, forwarded| client
+            .join(forwarded))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<LeaveResponse>, Status> {
+        let mut id = request.get_ref().node_id;
+        if id == 0 {
+            id = self
+                .node
+                .call(|reply| NodeRequest::Status { reply })
+                .await
+                .map_err(status_of)?
+                .id;
+        }
+        // A leaving leader first hands leadership over (the node answers Busy meanwhile), then
+        // the request goes to the new leader: retry until then, within a bound.
+        let deadline = Instant::now() + LEAVE_TIMEOUT;
+        loop {
+            let result = self
+                .node
+                .call(|reply| NodeRequest::RemoveNode { id, reply })
+                .await;
+            match result {
+                Ok(()) => return Ok(Response::new(LeaveResponse {})),
+                Err(NodeError::NotLeader { address, .. }) if !forwarded(&request) => {
+                    let mut client = self.leader_client(&address)?;
+                    return client
+                        .leave(mark_forwarded(LeaveRequest { node_id: id }))
+                        .await;
+                }
+                Err(NodeError::Busy(_) | NodeError::NoLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(status_of(error)),
+            }
+        }
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let to = request.get_ref().to;
+        let result = self
+            .node
+            .call(|reply| NodeRequest::TransferLeader { to, reply })
+            .await
+            .map(|()| Response::new(TransferLeaderResponse {}));
+        or_forward!(self, request, result, |client, forwarded| client
+            .transfer_leader(forwarded))
+    }
+}
+
+fn decode_message(bytes: &[u8]) -> Result<Message, Status> {
+    Message::parse_from_bytes(bytes)
+        .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))
+}
+
+#[tonic::async_trait]
+impl Raft for NodeService {
+    async fn send(&self, request: Request<RaftBatch>) -> Result<Response<SendAck>, Status> {
+        let batch = request.into_inner();
+        if batch.removed_at_index > 0 {
+            self.node.send(NodeRequest::Removed(batch.removed_at_index));
+        }
+        for bytes in &batch.messages {
+            let message = decode_message(bytes)?;
+            // A full queue drops the message: raft retransmits.
+            self.node.send(NodeRequest::Raft(Box::new(message)));
+        }
+        Ok(Response::new(SendAck {}))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let mut chunks = request.into_inner();
+        let header = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let mut message = decode_message(&header.message)?;
+        if header.data_len > MAX_SNAPSHOT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a snapshot of {} bytes exceeds the limit of {MAX_SNAPSHOT_BYTES}",
+                header.data_len
+            )));
+        }
+        let mut data = Vec::with_capacity(header.data_len as usize);
+        while let Some(chunk) = chunks.message().await? {
+            if data.len() as u64 + chunk.data.len() as u64 > header.data_len {
+                return Err(Status::invalid_argument("snapshot longer than announced"));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() as u64 != header.data_len {
+            return Err(Status::invalid_argument(format!(
+                "snapshot truncated: {} of {} bytes",
+                data.len(),
+                header.data_len
+            )));
+        }
+        message.mut_snapshot().data = data.into();
+        // The snapshot is precious: wait (boundedly) for room in the queue rather than drop it.
+        let mut request = Some(NodeRequest::Raft(Box::new(message)));
+        for _ in 0..50 {
+            match self.node.try_send(request.take().expect("set")) {
+                Ok(()) => return Ok(Response::new(SendAck {})),
+                Err(back) => {
+                    request = Some(back);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        Err(Status::unavailable(
+            "the node is overloaded; snapshot not taken",
+        ))
+    }
+}

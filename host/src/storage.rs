@@ -1,0 +1,409 @@
+//! Where a node keeps its raft log, hard state, membership and latest snapshot.
+//!
+//! [`LogStore`] is what the node needs beyond raft-rs' read-only [`raft::Storage`]: the writes of
+//! the Ready loop, each durable when it returns. [`DiskLogStore`] is the real one;
+//! [`MemLogStore`] keeps everything in memory, for tests. One test suite runs against both.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+mod disk;
+
+pub use disk::DiskLogStore;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+
+/// A failure to read or write the node's durable state. The node cannot go on safely after one.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The underlying files could not be written or synced (e.g. the disk is full).
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The request contradicts what is stored (a bug, or a damaged store).
+    #[error("inconsistent raft log: {0}")]
+    Inconsistent(String),
+}
+
+/// The writes of the Ready loop. Every method is durable when it returns `Ok`.
+///
+/// Contract: entries are contiguous from `first_index()`, `term(first_index() - 1)` is known,
+/// and the latest snapshot's index is at least `first_index() - 1`.
+pub trait LogStore: raft::Storage + Send + 'static {
+    /// Appends `entries` (replacing any conflicting suffix) and records `hard_state`: one sync
+    /// for both (the group commit of a Ready).
+    fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError>;
+
+    /// Records a new commit index (from a `LightReady`).
+    fn set_commit(&mut self, commit: u64) -> Result<(), StorageError>;
+
+    /// Records the membership in force after applying a conf change.
+    fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StorageError>;
+
+    /// Installs a snapshot received from the leader: the log is replaced by it.
+    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError>;
+
+    /// Records a snapshot this node took of its own state, then drops the log entries up to
+    /// `compact_index` (at most the snapshot's index: entries after it stay, so that a follower
+    /// a little behind can still catch up from the log instead of a whole snapshot).
+    fn compact_to_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        compact_index: u64,
+    ) -> Result<(), StorageError>;
+
+    /// The latest snapshot (its index is 0 when there is none).
+    fn latest_snapshot(&self) -> &Snapshot;
+
+    /// The bytes of log entries kept after the latest snapshot.
+    fn log_bytes(&self) -> u64;
+
+    /// Whether raft asked for a snapshot newer than the latest one (e.g. for a follower that
+    /// joined after it was taken). The node then takes one; raft asks again and gets it.
+    fn snapshot_requested(&self) -> bool;
+}
+
+/// A [`LogStore`] in memory.
+#[derive(Debug, Default)]
+pub struct MemLogStore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: Snapshot,
+    /// Index and term of the last entry dropped from the log (0, 0 for none).
+    truncated: (u64, u64),
+    /// Entries after `truncated`: `entries[0].index == truncated.0 + 1`.
+    entries: Vec<Entry>,
+    entry_bytes: u64,
+    /// Set by `snapshot()` (which only has `&self`) when the latest snapshot will not do.
+    snapshot_requested: AtomicBool,
+}
+
+impl MemLogStore {
+    /// An empty store: a node that has not joined any cluster yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Index of the last entry dropped from the log.
+    fn offset(&self) -> u64 {
+        self.truncated.0
+    }
+}
+
+impl raft::Storage for MemLogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.offset() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        let last = self.offset() + self.entries.len() as u64;
+        if high > last + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let offset = self.offset() + 1;
+        let mut entries = self.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let (truncated_index, truncated_term) = self.truncated;
+        if index == truncated_index {
+            return Ok(truncated_term);
+        }
+        if index < truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        match self.entries.get((index - truncated_index - 1) as usize) {
+            Some(entry) => Ok(entry.term),
+            None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.offset() + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.offset() + self.entries.len() as u64)
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot.get_metadata();
+        let conf = meta.get_conf_state();
+        let knows_peer = conf.voters.contains(&to) || conf.learners.contains(&to);
+        if meta.index < request_index || !knows_peer {
+            // A follower ignores a snapshot whose membership does not include it.
+            self.snapshot_requested.store(true, Ordering::Relaxed);
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+impl LogStore for MemLogStore {
+    fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        if let Some(first) = entries.first() {
+            let offset = self.offset() + 1;
+            if first.index < offset {
+                return Err(StorageError::Inconsistent(format!(
+                    "append at {} before the start of the log after {}",
+                    first.index,
+                    offset - 1
+                )));
+            }
+            let keep = (first.index - offset) as usize;
+            if keep > self.entries.len() {
+                return Err(StorageError::Inconsistent(format!(
+                    "append at {} leaves a gap after {}",
+                    first.index,
+                    offset - 1 + self.entries.len() as u64
+                )));
+            }
+            for dropped in self.entries.drain(keep..) {
+                self.entry_bytes -= dropped.data.len() as u64;
+            }
+            for entry in entries {
+                self.entry_bytes += entry.data.len() as u64;
+            }
+            self.entries.extend_from_slice(entries);
+        }
+        if let Some(hard_state) = hard_state {
+            self.hard_state = hard_state.clone();
+        }
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
+        self.hard_state.commit = commit;
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StorageError> {
+        self.conf_state = conf_state;
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        let meta = snapshot.get_metadata();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.conf_state = meta.get_conf_state().clone();
+        self.entries.clear();
+        self.entry_bytes = 0;
+        self.truncated = (meta.index, meta.term);
+        self.snapshot = snapshot;
+        Ok(())
+    }
+
+    fn compact_to_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        compact_index: u64,
+    ) -> Result<(), StorageError> {
+        let index = snapshot.get_metadata().index;
+        let last = self.offset() + self.entries.len() as u64;
+        if index > last || compact_index > index {
+            return Err(StorageError::Inconsistent(format!(
+                "snapshot at {index} (compacting to {compact_index}) beyond the log's end {last}"
+            )));
+        }
+        if compact_index > self.offset() {
+            let term = raft::Storage::term(self, compact_index)
+                .map_err(|e| StorageError::Inconsistent(e.to_string()))?;
+            let drop = (compact_index - self.offset()) as usize;
+            for dropped in self.entries.drain(..drop) {
+                self.entry_bytes -= dropped.data.len() as u64;
+            }
+            self.truncated = (compact_index, term);
+        }
+        self.snapshot = snapshot;
+        self.snapshot_requested.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    fn log_bytes(&self) -> u64 {
+        self.entry_bytes
+    }
+
+    fn snapshot_requested(&self) -> bool {
+        self.snapshot_requested.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One suite for every `LogStore`: the contract above, checked against each.
+
+    use raft::Storage;
+
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![0; 10].into(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(index: u64, term: u64, voters: Vec<u64>) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = index;
+        snapshot.mut_metadata().term = term;
+        snapshot.mut_metadata().mut_conf_state().voters = voters;
+        snapshot.data = vec![7; 100].into();
+        snapshot
+    }
+
+    fn all(store: &impl LogStore, low: u64, high: u64) -> raft::Result<Vec<Entry>> {
+        store.entries(low, high, None, GetEntriesContext::empty(false))
+    }
+
+    fn append_overwrites_a_conflicting_suffix(mut store: impl LogStore) {
+        store
+            .persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
+        store.persist(&[entry(2, 2)], None).unwrap();
+        assert_eq!(store.last_index().unwrap(), 2);
+        assert_eq!(store.term(2).unwrap(), 2);
+        assert_eq!(all(&store, 1, 3).unwrap().len(), 2);
+        assert!(store.persist(&[entry(9, 2)], None).is_err(), "a gap");
+    }
+
+    fn compaction_keeps_the_entries_behind_the_snapshot(mut store: impl LogStore) {
+        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
+        store.persist(&entries, None).unwrap();
+        store
+            .compact_to_snapshot(snapshot(8, 1, vec![1]), 6)
+            .unwrap();
+        assert_eq!(store.first_index().unwrap(), 7);
+        assert_eq!(store.term(6).unwrap(), 1);
+        assert!(store.term(5).is_err());
+        assert_eq!(all(&store, 7, 11).unwrap().len(), 4);
+        assert!(all(&store, 5, 8).is_err());
+        assert_eq!(store.snapshot(8, 1).unwrap().get_metadata().index, 8);
+        // Node 2 is not in the snapshot's membership: a newer one is requested.
+        assert!(store.snapshot(8, 2).is_err());
+        assert!(store.snapshot_requested());
+    }
+
+    fn an_installed_snapshot_replaces_the_log(mut store: impl LogStore) {
+        store.persist(&[entry(1, 1), entry(2, 1)], None).unwrap();
+        store.install_snapshot(snapshot(20, 3, vec![1, 2])).unwrap();
+        assert_eq!(store.first_index().unwrap(), 21);
+        assert_eq!(store.last_index().unwrap(), 20);
+        assert_eq!(store.term(20).unwrap(), 3);
+        let state = store.initial_state().unwrap();
+        assert_eq!(state.hard_state.commit, 20);
+        assert_eq!(state.conf_state.voters, vec![1, 2]);
+        store.persist(&[entry(21, 3)], None).unwrap();
+        assert_eq!(store.last_index().unwrap(), 21);
+    }
+
+    #[test]
+    fn mem_store_meets_the_contract() {
+        append_overwrites_a_conflicting_suffix(MemLogStore::new());
+        compaction_keeps_the_entries_behind_the_snapshot(MemLogStore::new());
+        an_installed_snapshot_replaces_the_log(MemLogStore::new());
+    }
+
+    #[test]
+    fn disk_store_meets_the_contract() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        append_overwrites_a_conflicting_suffix(DiskLogStore::open(dirs[0].path()).unwrap());
+        compaction_keeps_the_entries_behind_the_snapshot(
+            DiskLogStore::open(dirs[1].path()).unwrap(),
+        );
+        an_installed_snapshot_replaces_the_log(DiskLogStore::open(dirs[2].path()).unwrap());
+    }
+
+    #[test]
+    fn disk_store_reopens_with_everything_it_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = DiskLogStore::open(dir.path()).unwrap();
+            assert!(store.is_empty());
+            store.install_snapshot(snapshot(1, 1, vec![1])).unwrap();
+            let entries: Vec<_> = (2..=30).map(|i| entry(i, 2)).collect();
+            let hard_state = HardState {
+                term: 2,
+                vote: 1,
+                commit: 25,
+                ..Default::default()
+            };
+            store.persist(&entries, Some(&hard_state)).unwrap();
+            store
+                .compact_to_snapshot(snapshot(25, 2, vec![1, 2]), 20)
+                .unwrap();
+            store
+                .set_conf_state(ConfState {
+                    voters: vec![1, 2, 3],
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let store = DiskLogStore::open(dir.path()).unwrap();
+        assert!(!store.is_empty());
+        let state = store.initial_state().unwrap();
+        assert_eq!((state.hard_state.term, state.hard_state.vote), (2, 1));
+        assert_eq!(state.hard_state.commit, 25);
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(store.first_index().unwrap(), 21);
+        assert_eq!(store.last_index().unwrap(), 30);
+        assert_eq!(store.latest_snapshot().get_metadata().index, 25);
+        assert_eq!(all(&store, 21, 31).unwrap().len(), 10);
+        // Only the newest snapshot file is kept.
+        let files = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 1);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = DiskLogStore::open(dir.path()).unwrap();
+            store.install_snapshot(snapshot(5, 1, vec![1])).unwrap();
+        }
+        let file = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        let error = DiskLogStore::open(dir.path()).err().expect("refused");
+        assert!(error.to_string().contains("checksum"), "{error}");
+    }
+}

@@ -1,0 +1,444 @@
+//! [`DiskLogStore`]: the durable [`LogStore`], on raft-engine (TiKV's log store for raft-rs).
+//!
+//! Why raft-engine: it is built for exactly this (an append-mostly raft log with a little
+//! key-value state beside it), keeps recent entries' positions in memory, recovers by scanning
+//! its files and tolerates a torn tail, and writes a whole batch with one sync — the group
+//! commit of a Ready.
+//!
+//! Layout under the directory given to [`DiskLogStore::open`]:
+//! - `raft-log/`: raft-engine's files: the entries, the hard state, the conf state and the
+//!   point the log was truncated at;
+//! - `snapshots/snapshot-<index>.snap`: the latest snapshot (an older one may linger until the
+//!   newer is durable), each a magic line, the sha256 of the rest, then the raft snapshot.
+//!
+//! Order of writes, so that a crash at any point leaves a consistent store: a snapshot file is
+//! durable (temp file, fsync, rename, fsync of the directory) before the log is truncated
+//! behind it, and older snapshot files are deleted only after that.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use raft_engine::{Command, Engine, LogBatch, MessageExt, ReadableSize};
+use sha2::{Digest, Sha256};
+
+use super::{LogStore, StorageError};
+
+/// raft-engine keeps logs for many raft groups; we have one.
+const GROUP: u64 = 1;
+const HARD_STATE: &[u8] = b"hard_state";
+const CONF_STATE: &[u8] = b"conf_state";
+/// Index and term of the last entry dropped from the log, 16 bytes little-endian.
+const TRUNCATED: &[u8] = b"truncated";
+/// First line of every snapshot file.
+const SNAPSHOT_MAGIC: &[u8] = b"RITERAFT-SNAPSHOT-1\n";
+
+#[derive(Clone)]
+struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+    fn index(entry: &Entry) -> u64 {
+        entry.index
+    }
+}
+
+/// A [`LogStore`] on disk.
+pub struct DiskLogStore {
+    engine: Engine,
+    snapshot_dir: PathBuf,
+    /// Cached copies of what is on disk.
+    hard_state: HardState,
+    conf_state: ConfState,
+    truncated: (u64, u64),
+    snapshot: Snapshot,
+    /// Bytes of entries appended since the log was last truncated (an estimate of its size).
+    log_bytes: u64,
+    snapshot_requested: AtomicBool,
+}
+
+fn io_error(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Io(std::io::Error::other(e.to_string()))
+}
+
+fn damaged(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Inconsistent(e.to_string())
+}
+
+impl DiskLogStore {
+    /// Opens (or creates) the store in `dir`, recovering from a crash at any point.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let snapshot_dir = dir.join("snapshots");
+        fs::create_dir_all(&snapshot_dir)?;
+        let config = raft_engine::Config {
+            dir: dir.join("raft-log").display().to_string(),
+            // Two cores here: recovery threads beyond that only contend.
+            recovery_threads: 2,
+            // Rotate files at 64 MiB and purge once 256 MiB are on disk, so a long-running
+            // node's log stays a few hundred MiB behind its snapshots.
+            target_file_size: ReadableSize::mb(64),
+            purge_threshold: ReadableSize::mb(256),
+            ..Default::default()
+        };
+        let engine = Engine::open(config).map_err(io_error)?;
+        let hard_state = engine
+            .get_message::<HardState>(GROUP, HARD_STATE)
+            .map_err(damaged)?
+            .unwrap_or_default();
+        let conf_state = engine
+            .get_message::<ConfState>(GROUP, CONF_STATE)
+            .map_err(damaged)?
+            .unwrap_or_default();
+        let truncated = match engine.get(GROUP, TRUNCATED) {
+            Some(bytes) if bytes.len() == 16 => (
+                u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
+            ),
+            Some(bytes) => {
+                return Err(damaged(format!(
+                    "truncation record of {} bytes",
+                    bytes.len()
+                )));
+            }
+            None => (0, 0),
+        };
+        let snapshot = read_latest_snapshot(&snapshot_dir)?.unwrap_or_default();
+        let mut store = Self {
+            engine,
+            snapshot_dir,
+            hard_state,
+            conf_state,
+            truncated,
+            snapshot,
+            log_bytes: 0,
+            snapshot_requested: AtomicBool::new(false),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// Finishes an `install_snapshot` that a crash interrupted: the snapshot file is durable
+    /// but the log still predates it.
+    fn recover(&mut self) -> Result<(), StorageError> {
+        let meta = self.snapshot.get_metadata();
+        if meta.index <= self.truncated.0 {
+            return Ok(());
+        }
+        let matches_log = raft::Storage::term(self, meta.index).ok() == Some(meta.term);
+        if !matches_log {
+            tracing::warn!(
+                index = meta.index,
+                "completing an interrupted snapshot install"
+            );
+            let snapshot = self.snapshot.clone();
+            self.reset_to(&snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this store holds anything at all (a node that never started has nothing).
+    pub fn is_empty(&self) -> bool {
+        self.hard_state == HardState::default()
+            && self.snapshot.get_metadata().index == 0
+            && self.engine.last_index(GROUP).is_none()
+    }
+
+    fn last(&self) -> u64 {
+        self.engine
+            .last_index(GROUP)
+            .unwrap_or(self.truncated.0)
+            .max(self.truncated.0)
+    }
+
+    /// Replaces the whole log by `snapshot`'s point.
+    fn reset_to(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let meta = snapshot.get_metadata();
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = hard_state.commit.max(meta.index);
+        hard_state.term = hard_state.term.max(meta.term);
+        let mut batch = LogBatch::default();
+        batch.add_command(GROUP, Command::Clean);
+        batch
+            .put_message(GROUP, HARD_STATE.to_vec(), &hard_state)
+            .map_err(io_error)?;
+        batch
+            .put_message(GROUP, CONF_STATE.to_vec(), meta.get_conf_state())
+            .map_err(io_error)?;
+        batch
+            .put(GROUP, TRUNCATED.to_vec(), truncation(meta.index, meta.term))
+            .map_err(io_error)?;
+        self.engine.write(&mut batch, true).map_err(io_error)?;
+        self.hard_state = hard_state;
+        self.conf_state = meta.get_conf_state().clone();
+        self.truncated = (meta.index, meta.term);
+        self.log_bytes = 0;
+        Ok(())
+    }
+
+    /// Writes `snapshot` durably, then deletes every older snapshot file.
+    fn save_snapshot_file(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let index = snapshot.get_metadata().index;
+        let body = snapshot.write_to_bytes().map_err(io_error)?;
+        let path = self.snapshot_dir.join(format!("snapshot-{index:020}.snap"));
+        let temp = path.with_extension("tmp");
+        {
+            let mut file = File::create(&temp)?;
+            file.write_all(SNAPSHOT_MAGIC)?;
+            file.write_all(&Sha256::digest(&body))?;
+            file.write_all(&body)?;
+            file.sync_all()?;
+        }
+        fs::rename(&temp, &path)?;
+        File::open(&self.snapshot_dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Deletes snapshot files older than `index` (only once the one at `index` is durable).
+    fn remove_snapshots_before(&self, index: u64) -> Result<(), StorageError> {
+        for (file_index, path) in snapshot_files(&self.snapshot_dir)? {
+            if file_index < index {
+                fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncation(index: u64, term: u64) -> Vec<u8> {
+    let mut bytes = index.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&term.to_le_bytes());
+    bytes
+}
+
+/// Snapshot files in `dir` with their index, newest first.
+fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(index) = name
+            .strip_prefix("snapshot-")
+            .and_then(|rest| rest.strip_suffix(".snap"))
+            .and_then(|index| index.parse::<u64>().ok())
+        {
+            files.push((index, path));
+        } else if name.ends_with(".tmp") {
+            // A snapshot whose write a crash interrupted: never renamed, never used.
+            let _ = fs::remove_file(&path);
+        }
+    }
+    files.sort_by_key(|(index, _)| std::cmp::Reverse(*index));
+    Ok(files)
+}
+
+/// Reads and checks one snapshot file.
+pub fn read_snapshot_file(path: &Path) -> Result<Snapshot, StorageError> {
+    let bytes = fs::read(path)?;
+    let damaged_file = |why: &str| damaged(format!("snapshot file {}: {why}", path.display()));
+    let rest = bytes
+        .strip_prefix(SNAPSHOT_MAGIC)
+        .ok_or_else(|| damaged_file("not a RiteRaft snapshot"))?;
+    if rest.len() < 32 {
+        return Err(damaged_file("truncated"));
+    }
+    let (checksum, body) = rest.split_at(32);
+    if Sha256::digest(body).as_slice() != checksum {
+        return Err(damaged_file("checksum mismatch (the file is damaged)"));
+    }
+    Snapshot::parse_from_bytes(body).map_err(|e| damaged_file(&e.to_string()))
+}
+
+/// The newest snapshot in `dir`. A damaged newest file is an error, not skipped: the log
+/// behind it may already be truncated, so an older snapshot would silently lose writes.
+fn read_latest_snapshot(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
+    match snapshot_files(dir)?.first() {
+        Some((_, path)) => read_snapshot_file(path).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl raft::Storage for DiskLogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated.0 {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        let max_size = max_size.into().map(|size| size as usize);
+        self.engine
+            .fetch_entries_to::<EntryExt>(GROUP, low, high, max_size, &mut entries)
+            .map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))))?;
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        if index == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if index < self.truncated.0 {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        match self.engine.get_entry::<EntryExt>(GROUP, index) {
+            Ok(Some(entry)) => Ok(entry.term),
+            Ok(None) => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+            Err(e) => Err(raft::Error::Store(RaftStorageError::Other(Box::new(e)))),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot.get_metadata();
+        let conf = meta.get_conf_state();
+        let knows_peer = conf.voters.contains(&to) || conf.learners.contains(&to);
+        if meta.index < request_index || !knows_peer {
+            self.snapshot_requested.store(true, Ordering::Relaxed);
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+impl LogStore for DiskLogStore {
+    fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        if let Some(first) = entries.first()
+            && (first.index <= self.truncated.0 || first.index > self.last() + 1)
+        {
+            return Err(StorageError::Inconsistent(format!(
+                "append at {} outside the log ({}..={})",
+                first.index,
+                self.truncated.0 + 1,
+                self.last() + 1
+            )));
+        }
+        let mut batch = LogBatch::default();
+        batch
+            .add_entries::<EntryExt>(GROUP, entries)
+            .map_err(io_error)?;
+        if let Some(hard_state) = hard_state {
+            batch
+                .put_message(GROUP, HARD_STATE.to_vec(), hard_state)
+                .map_err(io_error)?;
+        }
+        self.engine.write(&mut batch, true).map_err(io_error)?;
+        self.log_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
+        if let Some(hard_state) = hard_state {
+            self.hard_state = hard_state.clone();
+        }
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
+        if commit == self.hard_state.commit {
+            return Ok(());
+        }
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = commit;
+        // Not synced: a lost commit index is re-learned from the leader, and entries are
+        // applied only once committed on a quorum anyway.
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, HARD_STATE.to_vec(), &hard_state)
+            .map_err(io_error)?;
+        self.engine.write(&mut batch, false).map_err(io_error)?;
+        self.hard_state = hard_state;
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StorageError> {
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, CONF_STATE.to_vec(), &conf_state)
+            .map_err(io_error)?;
+        self.engine.write(&mut batch, true).map_err(io_error)?;
+        self.conf_state = conf_state;
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        self.save_snapshot_file(&snapshot)?;
+        self.reset_to(&snapshot)?;
+        let index = snapshot.get_metadata().index;
+        self.snapshot = snapshot;
+        self.remove_snapshots_before(index)?;
+        Ok(())
+    }
+
+    fn compact_to_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        compact_index: u64,
+    ) -> Result<(), StorageError> {
+        let index = snapshot.get_metadata().index;
+        if index > self.last() || compact_index > index {
+            return Err(StorageError::Inconsistent(format!(
+                "snapshot at {index} (compacting to {compact_index}) beyond the log's end {}",
+                self.last()
+            )));
+        }
+        self.save_snapshot_file(&snapshot)?;
+        if compact_index > self.truncated.0 {
+            let term = raft::Storage::term(self, compact_index)
+                .map_err(|e| StorageError::Inconsistent(e.to_string()))?;
+            let mut batch = LogBatch::default();
+            batch
+                .put(GROUP, TRUNCATED.to_vec(), truncation(compact_index, term))
+                .map_err(io_error)?;
+            self.engine.write(&mut batch, true).map_err(io_error)?;
+            self.engine.compact_to(GROUP, compact_index + 1);
+            self.truncated = (compact_index, term);
+            self.log_bytes = 0;
+            self.engine.purge_expired_files().map_err(io_error)?;
+        }
+        self.snapshot = snapshot;
+        self.snapshot_requested.store(false, Ordering::Relaxed);
+        self.remove_snapshots_before(index)?;
+        Ok(())
+    }
+
+    fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    fn snapshot_requested(&self) -> bool {
+        self.snapshot_requested.load(Ordering::Relaxed)
+    }
+}

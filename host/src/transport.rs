@@ -1,0 +1,283 @@
+//! Raft messages between nodes, over gRPC.
+//!
+//! The consensus loop hands each outgoing message to [`Transport::send`], which never blocks:
+//! every peer has a bounded queue drained by its own task. The task sends what has queued up
+//! as one batch per call, one call at a time (so messages arrive in order), reconnects with
+//! backoff after a failure, and reports the failure to raft as "unreachable". Snapshots go as a
+//! stream of chunks, since one can be far larger than a gRPC message may be.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use riteraft_client::proto::raft_client::RaftClient;
+use riteraft_client::proto::{RaftBatch, SnapshotChunk};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::node::{NodeHandle, Request};
+
+/// Messages queued for one peer before new ones are dropped (and the peer reported
+/// unreachable): enough for a few seconds of full-speed replication.
+const PEER_QUEUE: usize = 4096;
+/// Most messages in one batch.
+const MAX_BATCH_MESSAGES: usize = 512;
+/// Most bytes in one batch, well under [`MAX_MESSAGE_BYTES`].
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Largest gRPC message a node sends or accepts (a batch, a snapshot chunk, a command): the
+/// same limit the client library uses.
+pub const MAX_MESSAGE_BYTES: usize = riteraft_client::MAX_MESSAGE_BYTES;
+/// Size of one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest snapshot a node accepts: 4 GiB, the most a wasm32 store can address.
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
+/// How long one batch may take before the peer counts as unreachable.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reconnect backoff: doubles from the first to the second value.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// Delivers raft messages to the other members.
+pub struct Transport {
+    /// Reports delivery failures back to the consensus loop.
+    node: NodeHandle,
+    runtime: tokio::runtime::Handle,
+    self_id: u64,
+    peers: Mutex<HashMap<u64, Peer>>,
+}
+
+struct Peer {
+    address: String,
+    queue: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Transport {
+    /// A transport for node `self_id`, running its tasks on `runtime`.
+    pub fn new(self_id: u64, node: NodeHandle, runtime: tokio::runtime::Handle) -> Self {
+        Self {
+            node,
+            runtime,
+            self_id,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queues a message for its peer. `false` when it cannot be queued (unknown peer, or its
+    /// queue is full): the caller reports the peer unreachable.
+    pub fn send(&self, message: Message) -> bool {
+        let peers = self.peers.lock().expect("peers lock");
+        match peers.get(&message.to) {
+            Some(peer) => peer.queue.try_send(message).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Makes the set of peers match the membership: starts tasks for new members, stops those
+    /// of removed ones, restarts those whose address changed.
+    pub fn set_members(&self, members: &BTreeMap<u64, String>) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        peers.retain(|id, peer| members.get(id) == Some(&peer.address));
+        for (id, address) in members {
+            if *id == self.self_id || peers.contains_key(id) {
+                continue;
+            }
+            let (queue, receiver) = mpsc::channel(PEER_QUEUE);
+            let task =
+                self.runtime
+                    .spawn(deliver(*id, address.clone(), receiver, self.node.clone()));
+            peers.insert(
+                *id,
+                Peer {
+                    address: address.clone(),
+                    queue,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Tells a removed node that it was removed (it may never see its removal commit, since the
+    /// leader stops replicating to it). Best effort: a few tries, then give up.
+    pub fn notify_removed(&self, id: u64, address: String, index: u64) {
+        self.runtime.spawn(async move {
+            for attempt in 0..5u32 {
+                let sent = async {
+                    let mut client = connect(&address).await?;
+                    let batch = RaftBatch {
+                        messages: vec![],
+                        removed_at_index: index,
+                    };
+                    client
+                        .send(batch)
+                        .await
+                        .map_err(|e| e.message().to_string())?;
+                    Ok::<(), String>(())
+                };
+                match tokio::time::timeout(SEND_TIMEOUT, sent).await {
+                    Ok(Ok(())) => return,
+                    _ => tokio::time::sleep(BACKOFF.0 * 2u32.pow(attempt)).await,
+                }
+            }
+            tracing::warn!(node = id, %address, "could not tell the removed node it was removed");
+        });
+    }
+}
+
+async fn connect(address: &str) -> Result<RaftClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    Ok(RaftClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The task that drains one peer's queue.
+async fn deliver(id: u64, address: String, mut queue: mpsc::Receiver<Message>, node: NodeHandle) {
+    let mut client: Option<RaftClient<Channel>> = None;
+    let mut backoff = BACKOFF.0;
+    let mut carried: Option<Message> = None;
+    loop {
+        let first = match carried.take() {
+            Some(message) => message,
+            None => match queue.recv().await {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let delivered = if first.get_msg_type() == MessageType::MsgSnapshot {
+            let delivered = send_snapshot(&mut client, &address, first).await;
+            node.send(Request::SnapshotSent(id, delivered));
+            delivered
+        } else {
+            let mut bytes = 0;
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                let encoded = message
+                    .write_to_bytes()
+                    .expect("raft messages always encode");
+                bytes += encoded.len();
+                batch.push(encoded);
+                if bytes >= MAX_BATCH_BYTES || batch.len() >= MAX_BATCH_MESSAGES {
+                    break;
+                }
+                match queue.try_recv() {
+                    Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot => carried = Some(m),
+                    Ok(m) => next = Some(m),
+                    Err(_) => {}
+                }
+            }
+            send_batch(&mut client, &address, batch).await
+        };
+        if delivered {
+            backoff = BACKOFF.0;
+            continue;
+        }
+        tracing::debug!(peer = id, %address, "peer unreachable");
+        client = None;
+        node.send(Request::Unreachable(id));
+        // What queued up meanwhile is stale: raft resends from the peer's progress.
+        if let Some(message) = carried.take() {
+            drop_message(id, &node, message);
+        }
+        while let Ok(message) = queue.try_recv() {
+            drop_message(id, &node, message);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF.1);
+    }
+}
+
+/// Drops a queued message; a snapshot must be reported, or raft waits for it forever.
+fn drop_message(id: u64, node: &NodeHandle, message: Message) {
+    if message.get_msg_type() == MessageType::MsgSnapshot {
+        node.send(Request::SnapshotSent(id, false));
+    }
+}
+
+async fn ensure_client<'a>(
+    client: &'a mut Option<RaftClient<Channel>>,
+    address: &str,
+) -> Result<&'a mut RaftClient<Channel>, String> {
+    if client.is_none() {
+        *client = Some(connect(address).await?);
+    }
+    Ok(client.as_mut().expect("just set"))
+}
+
+async fn send_batch(
+    client: &mut Option<RaftClient<Channel>>,
+    address: &str,
+    messages: Vec<Vec<u8>>,
+) -> bool {
+    let call = async {
+        let client = ensure_client(client, address).await?;
+        client
+            .send(RaftBatch {
+                messages,
+                removed_at_index: 0,
+            })
+            .await
+            .map_err(|e| e.message().to_string())
+    };
+    matches!(tokio::time::timeout(SEND_TIMEOUT, call).await, Ok(Ok(_)))
+}
+
+async fn send_snapshot(
+    client: &mut Option<RaftClient<Channel>>,
+    address: &str,
+    mut message: Message,
+) -> bool {
+    let data = std::mem::take(&mut message.mut_snapshot().data);
+    let header = SnapshotChunk {
+        message: message
+            .write_to_bytes()
+            .expect("raft messages always encode"),
+        data_len: data.len() as u64,
+        data: Vec::new(),
+    };
+    let chunks: Vec<SnapshotChunk> = std::iter::once(header)
+        .chain(
+            data.chunks(SNAPSHOT_CHUNK_BYTES)
+                .map(|chunk| SnapshotChunk {
+                    message: Vec::new(),
+                    data_len: 0,
+                    data: chunk.to_vec(),
+                }),
+        )
+        .collect();
+    // A generous bound: 10 s plus one second per 16 MiB.
+    let timeout = Duration::from_secs(10 + (data.len() as u64 >> 24));
+    tracing::info!(to = message.to, bytes = data.len(), "sending a snapshot");
+    let call = async {
+        let client = ensure_client(client, address).await?;
+        client
+            .install_snapshot(tokio_stream::iter(chunks))
+            .await
+            .map_err(|e| e.message().to_string())
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(to = message.to, "sending a snapshot failed: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(to = message.to, "sending a snapshot timed out");
+            false
+        }
+    }
+}
