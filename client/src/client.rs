@@ -299,6 +299,38 @@ impl Client {
         Ok(())
     }
 
+    /// Uploads `module` (a store plugin) and switches the whole cluster to it at one log entry;
+    /// with `dry_run`, only checks that it loads and can restore the current state. The
+    /// upload goes in 1 MiB chunks; a refused module is [`ClientError::FailedPrecondition`]
+    /// with the reason. Never re-sent after a timeout (it may still be applied).
+    pub async fn deploy(
+        &self,
+        module: &[u8],
+        dry_run: bool,
+    ) -> Result<crate::Deployed, ClientError> {
+        /// Chunk size: well under the gRPC message limit.
+        const CHUNK: usize = 1 << 20;
+        let response = self
+            .call(Kind::Write, Route::Cluster, |mut grpc| {
+                let chunks: Vec<proto::DeployChunk> = module
+                    .chunks(CHUNK)
+                    .map(|data| proto::DeployChunk {
+                        data: data.to_vec(),
+                        dry_run,
+                    })
+                    .collect();
+                async move { grpc.deploy(tokio_stream::iter(chunks)).await }
+            })
+            .await?;
+        Ok(crate::Deployed {
+            sha256: response.sha256,
+            version: (!response.version.is_empty()).then_some(response.version),
+            index: response.index,
+            unchanged: response.unchanged,
+            message: response.message,
+        })
+    }
+
     /// Asks the leader to hand leadership to voter `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
         self.call(Kind::Write, Route::Cluster, |mut grpc| async move {

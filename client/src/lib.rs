@@ -34,7 +34,7 @@ pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
 };
 pub use error::ClientError;
-pub use types::{Answer, Applied, Consistency, Joined, Member, NodeStatus, Upgrade};
+pub use types::{Answer, Applied, Consistency, Deployed, Joined, Member, NodeStatus, Upgrade};
 
 /// The gRPC messages and services of `proto/riteraft.proto` (client and server stubs).
 pub mod proto {

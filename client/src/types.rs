@@ -95,6 +95,21 @@ pub struct Joined {
     pub members: Vec<Member>,
 }
 
+/// The answer to a deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployed {
+    /// sha256 of the module, in hex.
+    pub sha256: String,
+    /// The module's version string, if it exports one.
+    pub version: Option<String>,
+    /// The log index of the deploy entry (0 for a dry run).
+    pub index: u64,
+    /// The module was already active: nothing changed.
+    pub unchanged: bool,
+    /// What happened, for people.
+    pub message: String,
+}
+
 /// Proto strings use "" for "none".
 fn non_empty(text: String) -> Option<String> {
     if text.is_empty() { None } else { Some(text) }

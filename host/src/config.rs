@@ -46,6 +46,11 @@ pub struct NodeConfig {
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub min_free_disk_mib: u64,
 
+    /// For benchmarks: run the `kv` example store compiled into the host instead of the
+    /// plugin, to measure what the wasm sandbox costs. --plugin is still loaded and checked.
+    #[arg(long)]
+    pub builtin_kv: bool,
+
     /// Fuel (about one unit per wasm instruction) for one apply or query of the plugin.
     #[arg(long, value_name = "N", default_value_t = PluginLimits::default().fuel_per_call)]
     pub fuel_per_call: u64,

@@ -21,6 +21,28 @@ pub enum EntryPayload {
         /// The command, in the store's own encoding.
         command: Vec<u8>,
     },
+    /// New code for the store: from this entry on, every replica runs `module`.
+    Deploy {
+        /// As for a command: who waits for the answer.
+        proposer: u64,
+        request_id: u64,
+        timestamp_ms: u64,
+        /// The WebAssembly component's bytes.
+        module: Vec<u8>,
+    },
+}
+
+/// One switch of the store's code, as recorded in the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeRecord {
+    /// The log index of the deploy entry.
+    pub index: u64,
+    /// sha256 of the new module.
+    pub sha256: [u8; 32],
+    /// The leader's timestamp of the entry.
+    pub timestamp_ms: u64,
+    /// The new module's version string.
+    pub version: String,
 }
 
 /// The replicated part of the node's own state: who is in the cluster, and where.
@@ -34,7 +56,12 @@ pub struct ClusterState {
     /// The latest timestamp handed to the store. Timestamps given to the store never go
     /// backwards, even when a new leader's clock is behind the old one's.
     pub last_timestamp_ms: u64,
+    /// Every switch of the store's code, oldest first (at most [`MAX_UPGRADES_KEPT`]).
+    pub upgrades: Vec<UpgradeRecord>,
 }
+
+/// Upgrade records kept in the replicated state: enough history for people, bounded size.
+pub const MAX_UPGRADES_KEPT: usize = 100;
 
 impl ClusterState {
     /// The id of the member at `address`, if any.
@@ -55,12 +82,15 @@ pub struct SnapshotData {
     pub cluster: ClusterState,
     /// sha256 of the store module that produced `store`.
     pub plugin_sha256: [u8; 32],
+    /// That module's bytes, so any node can run the cluster's current code whatever plugin it
+    /// was started with (empty for a store built into the host).
+    pub module: Vec<u8>,
     /// The store's own snapshot bytes.
     pub store: Vec<u8>,
 }
 
 /// The current [`SnapshotData::format`].
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 /// A log entry or snapshot that this node cannot decode: written by an incompatible version,
 /// or damaged.

@@ -15,9 +15,10 @@ use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use crate::log_format::{
-    ClusterState, DecodeError, EntryPayload, SNAPSHOT_FORMAT, SnapshotData, encode,
+    ClusterState, DecodeError, EntryPayload, MAX_UPGRADES_KEPT, SNAPSHOT_FORMAT, SnapshotData,
+    UpgradeRecord, encode,
 };
-use crate::state_machine::{ApplyContext, Rejection, StateMachine, StateMachineError};
+use crate::state_machine::{ApplyContext, ModuleInfo, Rejection, StateMachine, StateMachineError};
 use crate::storage::{LogStore, StorageError};
 use crate::transport::Transport;
 
@@ -48,8 +49,9 @@ pub struct NodeOptions {
     pub max_append_bytes: u64,
     /// Most append messages in flight to one follower (raft `max_inflight_msgs`).
     pub max_inflight_appends: usize,
-    /// sha256 of the store module, for status.
-    pub plugin_sha256: [u8; 32],
+    /// Largest module `riteraft deploy` accepts: it travels as one log entry, so it must fit
+    /// in one gRPC message with room to spare (12 MiB; a Rust store is typically 0.2–3 MiB).
+    pub max_module_bytes: usize,
     /// The directory the log lives in, watched for free space.
     pub data_dir: Option<std::path::PathBuf>,
     /// Below this much free space on `data_dir`, proposals are refused ("disk full") so the
@@ -70,7 +72,7 @@ impl Default for NodeOptions {
             max_command_bytes: 4 << 20,
             max_append_bytes: 1 << 20,
             max_inflight_appends: 256,
-            plugin_sha256: [0; 32],
+            max_module_bytes: 12 << 20,
             data_dir: None,
             min_free_disk_bytes: 256 << 20,
         }
@@ -175,7 +177,8 @@ pub struct NodeStatus {
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub members: BTreeMap<u64, String>,
-    pub plugin_sha256: [u8; 32],
+    pub module: ModuleInfo,
+    pub upgrades: Vec<UpgradeRecord>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -189,6 +192,13 @@ pub enum Request {
         command: Vec<u8>,
         reply: Reply<Applied>,
     },
+    /// Replicate new code for the store (leader only).
+    Deploy {
+        module: Vec<u8>,
+        reply: Reply<Applied>,
+    },
+    /// The store's current snapshot, and the code that wrote it (for a deploy's dry run).
+    Snapshot { reply: Reply<(Vec<u8>, ModuleInfo)> },
     /// Answer a query, linearizably unless `stale`.
     Query {
         request: Vec<u8>,
@@ -454,6 +464,11 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 }
             }
             Request::Propose { command, reply } => self.propose(command, reply),
+            Request::Deploy { module, reply } => self.deploy(module, reply),
+            Request::Snapshot { reply } => {
+                let snapshot = self.state_machine.snapshot()?;
+                let _ = reply.send(Ok((snapshot, self.state_machine.module_info())));
+            }
             Request::Query {
                 request,
                 stale,
@@ -491,6 +506,42 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             ))));
             return;
         }
+        self.propose_payload(reply, |proposer, request_id, timestamp_ms| {
+            EntryPayload::Command {
+                proposer,
+                request_id,
+                timestamp_ms,
+                command,
+            }
+        });
+    }
+
+    fn deploy(&mut self, module: Vec<u8>, reply: Reply<Applied>) {
+        if module.len() > self.options.max_module_bytes {
+            let _ = reply.send(Err(NodeError::Invalid(format!(
+                "the module is {} bytes; the limit is {} bytes",
+                module.len(),
+                self.options.max_module_bytes
+            ))));
+            return;
+        }
+        self.propose_payload(reply, |proposer, request_id, timestamp_ms| {
+            EntryPayload::Deploy {
+                proposer,
+                request_id,
+                timestamp_ms,
+                module,
+            }
+        });
+    }
+
+    /// Appends an entry made by `payload` (given proposer, request id and timestamp) to the
+    /// log, and remembers who waits for its answer.
+    fn propose_payload(
+        &mut self,
+        reply: Reply<Applied>,
+        payload: impl FnOnce(u64, u64, u64) -> EntryPayload,
+    ) {
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
             return;
@@ -502,12 +553,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         self.last_stamp_ms = now_ms().max(self.last_stamp_ms);
-        let payload = EntryPayload::Command {
-            proposer: self.id,
-            request_id,
-            timestamp_ms: self.last_stamp_ms,
-            command,
-        };
+        let payload = payload(self.id, request_id, self.last_stamp_ms);
         if let Err(e) = self.raw.propose(vec![], encode(&payload)) {
             let _ = reply.send(Err(NodeError::Busy(format!(
                 "the leader cannot take proposals right now ({e}); retry shortly"
@@ -695,7 +741,8 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             applied_index: self.applied,
             snapshot_index: self.raw.store().latest_snapshot().get_metadata().index,
             members: self.cluster.members.clone(),
-            plugin_sha256: self.options.plugin_sha256,
+            module: self.state_machine.module_info(),
+            upgrades: self.cluster.upgrades.clone(),
         }
     }
 
@@ -871,7 +918,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             bytes = snapshot.data.len(),
             "installing a snapshot from the leader"
         );
-        self.state_machine.restore(&data.store)?;
+        restore_snapshot_data(&mut self.state_machine, &data)?;
         self.cluster = data.cluster;
         self.transport.set_members(&self.cluster.members);
         self.raw.mut_store().install_snapshot(snapshot)?;
@@ -944,6 +991,18 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                             let mine = (proposer == self.id).then_some((request_id, outcome));
                             self.resolve_proposal(index, mine);
                         }
+                        EntryPayload::Deploy {
+                            proposer,
+                            request_id,
+                            timestamp_ms,
+                            module,
+                        } => {
+                            let timestamp_ms = timestamp_ms.max(self.cluster.last_timestamp_ms);
+                            self.cluster.last_timestamp_ms = timestamp_ms;
+                            let outcome = self.upgrade(index, timestamp_ms, &module)?;
+                            let mine = (proposer == self.id).then_some((request_id, outcome));
+                            self.resolve_proposal(index, mine);
+                        }
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -970,6 +1029,43 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             }
         }
         Ok(())
+    }
+
+    /// Applies a deploy entry: the same switch, or the same refusal, on every replica.
+    fn upgrade(
+        &mut self,
+        index: u64,
+        timestamp_ms: u64,
+        module: &[u8],
+    ) -> Result<Result<Vec<u8>, Rejection>, NodeFatal> {
+        let before = self.state_machine.module_info();
+        let info = match self.state_machine.upgrade(module)? {
+            Ok(info) => info,
+            Err(reason) => {
+                tracing::warn!(index, "deploy refused: {reason}");
+                return Ok(Err(Rejection::Store(format!("deploy refused: {reason}"))));
+            }
+        };
+        let sha256 = hex::encode(info.sha256);
+        if info.sha256 == before.sha256 {
+            return Ok(Ok(
+                format!("unchanged: {sha256} is already active").into_bytes()
+            ));
+        }
+        tracing::info!(index, %sha256, version = %info.version, "store code upgraded");
+        if self.cluster.upgrades.len() >= MAX_UPGRADES_KEPT {
+            self.cluster.upgrades.remove(0);
+        }
+        self.cluster.upgrades.push(UpgradeRecord {
+            index,
+            sha256: info.sha256,
+            timestamp_ms,
+            version: info.version.clone(),
+        });
+        Ok(Ok(format!("deployed {sha256} {}", info.version)
+            .trim_end()
+            .to_string()
+            .into_bytes()))
     }
 
     /// Answers the client waiting for the entry at `index`, if any: with the outcome when the
@@ -1051,7 +1147,12 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         let data = SnapshotData {
             format: SNAPSHOT_FORMAT,
             cluster: self.cluster.clone(),
-            plugin_sha256: self.options.plugin_sha256,
+            plugin_sha256: self.state_machine.module_info().sha256,
+            module: self
+                .state_machine
+                .module_bytes()
+                .map(|bytes| bytes.to_vec())
+                .unwrap_or_default(),
             store: self.state_machine.snapshot()?,
         };
         let mut snapshot = Snapshot {
@@ -1078,19 +1179,22 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
 /// The snapshot that starts a new cluster: node 1 alone, with the store's initial state.
 pub fn bootstrap_snapshot(
     address: String,
-    store_snapshot: Vec<u8>,
-    plugin_sha256: [u8; 32],
-) -> (Snapshot, ClusterState) {
+    state_machine: &mut impl StateMachine,
+) -> Result<(Snapshot, ClusterState), StateMachineError> {
     let cluster = ClusterState {
         members: BTreeMap::from([(1, address)]),
         next_node_id: 2,
-        last_timestamp_ms: 0,
+        ..ClusterState::default()
     };
     let data = SnapshotData {
         format: SNAPSHOT_FORMAT,
         cluster: cluster.clone(),
-        plugin_sha256,
-        store: store_snapshot,
+        plugin_sha256: state_machine.module_info().sha256,
+        module: state_machine
+            .module_bytes()
+            .map(|bytes| bytes.to_vec())
+            .unwrap_or_default(),
+        store: state_machine.snapshot()?,
     };
     let mut snapshot = Snapshot {
         data: encode(&data).into(),
@@ -1100,5 +1204,24 @@ pub fn bootstrap_snapshot(
     meta.index = 1;
     meta.term = 1;
     meta.mut_conf_state().voters = vec![1];
-    (snapshot, cluster)
+    Ok((snapshot, cluster))
+}
+
+/// Restores a snapshot's store state, switching to the snapshot's code first when it differs
+/// from the code running now (a node that joins or restarts after a deploy).
+pub fn restore_snapshot_data(
+    state_machine: &mut impl StateMachine,
+    data: &SnapshotData,
+) -> Result<(), StateMachineError> {
+    let running = state_machine.module_info().sha256;
+    if !data.module.is_empty() && data.plugin_sha256 != running {
+        tracing::warn!(
+            cluster = %hex::encode(data.plugin_sha256),
+            started_with = %hex::encode(running),
+            "the cluster runs different store code than --plugin: switching to the cluster's"
+        );
+        state_machine.restore_with_module(&data.module, &data.store)
+    } else {
+        state_machine.restore(&data.store)
+    }
 }

@@ -142,7 +142,14 @@ pub struct PluginRuntime {
     /// WASI (locked down per instance by its context) is the only import plugins may use.
     linker: Linker<Sandbox>,
     limits: PluginLimits,
+    /// Modules compiled so far, by sha256: compiling takes about a second, and a deploy
+    /// validates, dry-runs and applies the same bytes. At most [`MODULE_CACHE`] are kept.
+    cache: std::sync::Mutex<Vec<PluginModule>>,
 }
+
+/// Compiled modules kept by [`PluginRuntime::load_cached`]: the active one, the one being
+/// deployed, and a few recent ones.
+const MODULE_CACHE: usize = 4;
 
 impl std::fmt::Debug for PluginRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,6 +165,8 @@ pub struct PluginModule {
     pre: bindings::StorePre<Sandbox>,
     /// sha256 of the module's bytes: its identity across the cluster.
     sha256: [u8; 32],
+    /// The module's bytes, kept so snapshots can carry the code that wrote them.
+    bytes: Arc<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PluginModule {
@@ -177,6 +186,11 @@ impl PluginModule {
     /// sha256 of the module's bytes, in hex.
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256)
+    }
+
+    /// The module's bytes.
+    pub fn bytes(&self) -> &Arc<Vec<u8>> {
+        &self.bytes
     }
 }
 
@@ -254,7 +268,26 @@ impl PluginRuntime {
             engine,
             linker,
             limits,
+            cache: Default::default(),
         })
+    }
+
+    /// Like [`PluginRuntime::load`], but reuses a module compiled earlier from the same bytes.
+    pub fn load_cached(&self, bytes: &[u8]) -> Result<PluginModule, LoadError> {
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        let cached = |cache: &Vec<PluginModule>| cache.iter().find(|m| m.sha256 == sha256).cloned();
+        if let Some(module) = cached(&self.cache.lock().expect("cache lock")) {
+            return Ok(module);
+        }
+        let module = self.load(bytes)?;
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cached(&cache).is_none() {
+            if cache.len() >= MODULE_CACHE {
+                cache.remove(0);
+            }
+            cache.push(module.clone());
+        }
+        Ok(module)
     }
 
     /// The limits instances run under.
@@ -315,6 +348,7 @@ impl PluginRuntime {
         Ok(PluginModule {
             pre,
             sha256: Sha256::digest(bytes).into(),
+            bytes: Arc::new(bytes.to_vec()),
         })
     }
 
@@ -353,14 +387,33 @@ impl PluginRuntime {
             exports: None,
             limits: self.limits.clone(),
             last: ApplyContext::default(),
+            version: None,
         };
         // Instantiation runs the component's start code, so it gets a budget like any call.
         let fuel = self.limits.fuel_per_call;
         let pre = module.pre.clone();
-        let exports = instance.call(fuel, ApplyContext::default(), |store| {
-            pre.instantiate(store)
+        let (exports, version) = instance.call(fuel, ApplyContext::default(), |store| {
+            let raw = pre.instance_pre().instantiate(&mut *store)?;
+            let exports = bindings::Store::new(&mut *store, &raw)?;
+            // `version` is optional (world `versioned-store`): absent or mistyped means none.
+            let version = match raw.get_typed_func::<(), (String,)>(&mut *store, "version") {
+                Ok(func) => {
+                    let (mut version,) = func.call(&mut *store, ())?;
+                    if version.len() > MAX_VERSION_LEN {
+                        let cut = (0..=MAX_VERSION_LEN)
+                            .rev()
+                            .find(|i| version.is_char_boundary(*i))
+                            .unwrap_or(0);
+                        version.truncate(cut);
+                    }
+                    Some(version)
+                }
+                Err(_) => None,
+            };
+            Ok((exports, version))
         })?;
         instance.exports = Some(Arc::new(exports));
+        instance.version = version;
         Ok(instance)
     }
 }
@@ -384,6 +437,9 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError
     Ok(())
 }
 
+/// Longest version string kept: it is for display.
+const MAX_VERSION_LEN: usize = 200;
+
 /// One live plugin instance. After any [`CallError::Failed`] it must be dropped.
 pub struct PluginInstance {
     store: Store<Sandbox>,
@@ -392,9 +448,16 @@ pub struct PluginInstance {
     limits: PluginLimits,
     /// The last applied entry's context: queries see its time.
     last: ApplyContext,
+    /// What the plugin's `version` export said, if it has one.
+    version: Option<String>,
 }
 
 impl PluginInstance {
+    /// The plugin's own version string, if it exports one.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
     /// Applies one entry.
     pub fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Vec<u8>, CallError> {
         let exports = self.exports();

@@ -15,10 +15,11 @@ use crate::log_format::{ClusterState, SnapshotData};
 use crate::node::{self, Node, NodeExit, NodeFatal, NodeOptions};
 use crate::plugin::{LoadError, PluginRuntime, RuntimeError};
 use crate::service::NodeService;
-use crate::state_machine::{StateMachine, StateMachineError};
+use crate::state_machine::{NativeStateMachine, StateMachine, StateMachineError};
 use crate::storage::{DiskLogStore, LogStore, StorageError};
 use crate::transport::{MAX_MESSAGE_BYTES, Transport};
 use crate::wasm_state_machine::{ReplayLimits, WasmStateMachine};
+use riteraft_plugin_sdk::Typed;
 
 /// How long a joining node keeps asking the cluster to add it.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -76,10 +77,25 @@ pub fn run(config: NodeConfig) -> Result<NodeExit, RunError> {
             path: config.plugin.display().to_string(),
             source,
         })?;
-    let plugin_sha256 = module.sha256();
     tracing::info!(plugin = %config.plugin.display(), sha256 = %module.sha256_hex(), "plugin loaded");
-    let mut state_machine = WasmStateMachine::new(plugins, module, ReplayLimits::default())?;
+    if config.builtin_kv {
+        tracing::warn!(
+            "running the kv store compiled into the host (--builtin-kv), not the plugin"
+        );
+        let state_machine = NativeStateMachine::<Typed<kv::KvStore>>::new();
+        return run_with(config, runtime, state_machine, None);
+    }
+    let state_machine = WasmStateMachine::new(plugins.clone(), module, ReplayLimits::default())?;
+    run_with(config, runtime, state_machine, Some(plugins))
+}
 
+/// Runs a node around `state_machine` (see [`run`]).
+fn run_with<S: StateMachine + 'static>(
+    config: NodeConfig,
+    runtime: tokio::runtime::Runtime,
+    mut state_machine: S,
+    plugins: Option<Arc<PluginRuntime>>,
+) -> Result<NodeExit, RunError> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.listen))
         .map_err(|source| RunError::Listen {
@@ -117,7 +133,7 @@ pub fn run(config: NodeConfig) -> Result<NodeExit, RunError> {
                 (id, store, cluster)
             } else {
                 let data = SnapshotData::decode(&snapshot.data).map_err(NodeFatal::from)?;
-                state_machine.restore(&data.store)?;
+                node::restore_snapshot_data(&mut state_machine, &data)?;
                 if config.join.is_some() {
                     tracing::info!("already a member: --join is ignored on restart");
                 }
@@ -132,11 +148,8 @@ pub fn run(config: NodeConfig) -> Result<NodeExit, RunError> {
         DataDir::Empty(path) => {
             let (id, cluster, snapshot) = match config.join {
                 None => {
-                    let (snapshot, cluster) = node::bootstrap_snapshot(
-                        address.clone(),
-                        state_machine.snapshot()?,
-                        plugin_sha256,
-                    );
+                    let (snapshot, cluster) =
+                        node::bootstrap_snapshot(address.clone(), &mut state_machine)?;
                     tracing::info!(%address, "starting a new cluster as node 1");
                     (1, cluster, Some(snapshot))
                 }
@@ -167,7 +180,6 @@ pub fn run(config: NodeConfig) -> Result<NodeExit, RunError> {
     let options = NodeOptions {
         snapshot_entries: config.snapshot_entries,
         request_timeout: Duration::from_millis(config.proposal_timeout_ms),
-        plugin_sha256,
         data_dir: Some(config.data_dir.clone()),
         min_free_disk_bytes: config.min_free_disk_mib << 20,
         ..NodeOptions::default()
@@ -177,7 +189,7 @@ pub fn run(config: NodeConfig) -> Result<NodeExit, RunError> {
         node.campaign()?;
     }
 
-    let service = NodeService::new(handle);
+    let service = NodeService::new(handle, plugins);
     let server = tonic::transport::Server::builder()
         .add_service(
             RaftServer::new(service.clone())
@@ -276,6 +288,7 @@ async fn join(target: String, address: String) -> Result<(u64, ClusterState), Ru
                         .collect(),
                     next_node_id: response.id + 1,
                     last_timestamp_ms: 0,
+                    upgrades: Vec::new(),
                 };
                 return Ok((response.id, cluster));
             }

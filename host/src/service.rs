@@ -14,15 +14,16 @@ use riteraft_client::proto::client_client::ClientClient;
 use riteraft_client::proto::client_server::Client;
 use riteraft_client::proto::raft_server::Raft;
 use riteraft_client::proto::{
-    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Member, ProposeRequest,
-    ProposeResponse, QueryRequest, QueryResponse, RaftBatch, SendAck, SnapshotChunk, StatusRequest,
-    StatusResponse, TransferLeaderRequest, TransferLeaderResponse, propose_response,
-    query_response,
+    DeployChunk, DeployResponse, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Member,
+    ProposeRequest, ProposeResponse, QueryRequest, QueryResponse, RaftBatch, SendAck,
+    SnapshotChunk, StatusRequest, StatusResponse, TransferLeaderRequest, TransferLeaderResponse,
+    Upgrade, propose_response, query_response,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{NodeError, NodeHandle, Request as NodeRequest};
+use crate::plugin::PluginRuntime;
 use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
 
 /// Metadata key marking a call forwarded by another node, so it is never forwarded again.
@@ -32,20 +33,87 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leaving leader waits for a successor before giving up.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest module a deploy uploads (it becomes one log entry; see `NodeOptions`).
+const MAX_MODULE_BYTES: usize = 12 << 20;
+/// Size of the chunks a forwarded deploy is re-sent in.
+const DEPLOY_CHUNK_BYTES: usize = 1 << 20;
+
 /// Both services, over one node.
 #[derive(Clone)]
 pub struct NodeService {
     node: NodeHandle,
+    /// The wasm engine, to validate deployed modules off the consensus thread (none when the
+    /// node runs a store built into the host).
+    plugins: Option<std::sync::Arc<PluginRuntime>>,
     /// Connections to leaders, by address, reused across forwarded calls.
     leaders: std::sync::Arc<Mutex<HashMap<String, ClientClient<Channel>>>>,
 }
 
 impl NodeService {
-    pub fn new(node: NodeHandle) -> Self {
+    pub fn new(node: NodeHandle, plugins: Option<std::sync::Arc<PluginRuntime>>) -> Self {
         Self {
             node,
+            plugins,
             leaders: Default::default(),
         }
+    }
+
+    /// Checks that `module` is a usable store (compiling it: about a second, so on a blocking
+    /// thread), and with `dry_run` that it restores this node's current state.
+    async fn validate(&self, module: &[u8], dry_run: bool) -> Result<DeployResponse, Status> {
+        let plugins = self.plugins.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node runs a store built into the host (--builtin-kv); it cannot be replaced",
+            )
+        })?;
+        let bytes = module.to_vec();
+        let loaded = tokio::task::spawn_blocking({
+            let plugins = plugins.clone();
+            move || plugins.load_cached(&bytes)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let module = loaded.map_err(|e| {
+            Status::failed_precondition(format!("the module is not a usable store: {e}"))
+        })?;
+        let sha256 = module.sha256_hex();
+        if !dry_run {
+            return Ok(DeployResponse {
+                sha256,
+                ..Default::default()
+            });
+        }
+        let (snapshot, active) = self
+            .node
+            .call(|reply| NodeRequest::Snapshot { reply })
+            .await
+            .map_err(status_of)?;
+        let tried = tokio::task::spawn_blocking(move || {
+            let mut instance = plugins
+                .instantiate(&module)
+                .map_err(|e| format!("the module does not start: {e}"))?;
+            instance
+                .restore(&snapshot)
+                .map_err(|e| format!("the module cannot restore the current state: {e}"))?;
+            Ok::<_, String>((
+                instance.version().unwrap_or_default().to_string(),
+                snapshot.len(),
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (version, state_bytes) = tried.map_err(Status::failed_precondition)?;
+        let unchanged = hex::encode(active.sha256) == sha256;
+        Ok(DeployResponse {
+            message: format!(
+                "dry run: the module loads and restores the current state ({state_bytes} bytes); \
+                 nothing was committed"
+            ),
+            sha256,
+            version,
+            index: 0,
+            unchanged,
+        })
     }
 
     fn leader_client(&self, address: &str) -> Result<ClientClient<Channel>, Status> {
@@ -214,10 +282,19 @@ impl Client for NodeService {
             commit_index: status.commit_index,
             applied_index: status.applied_index,
             members: members(&status.members),
-            plugin_sha256: hex::encode(status.plugin_sha256),
-            plugin_version: String::new(),
+            plugin_sha256: hex::encode(status.module.sha256),
+            plugin_version: status.module.version,
             snapshot_index: status.snapshot_index,
-            upgrades: Vec::new(),
+            upgrades: status
+                .upgrades
+                .into_iter()
+                .map(|u| Upgrade {
+                    index: u.index,
+                    sha256: hex::encode(u.sha256),
+                    timestamp_ms: u.timestamp_ms,
+                    version: u.version,
+                })
+                .collect(),
         }))
     }
 
@@ -279,6 +356,31 @@ impl Client for NodeService {
         }
     }
 
+    async fn deploy(
+        &self,
+        request: Request<Streaming<DeployChunk>>,
+    ) -> Result<Response<DeployResponse>, Status> {
+        let was_forwarded = forwarded(&request);
+        let mut chunks = request.into_inner();
+        let mut module = Vec::new();
+        let mut dry_run = None;
+        while let Some(chunk) = chunks.message().await? {
+            dry_run.get_or_insert(chunk.dry_run);
+            if module.len() + chunk.data.len() > MAX_MODULE_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "the module is larger than the limit of {MAX_MODULE_BYTES} bytes"
+                )));
+            }
+            module.extend_from_slice(&chunk.data);
+        }
+        if module.is_empty() {
+            return Err(Status::invalid_argument("the module is empty"));
+        }
+        self.deploy_module(module, dry_run.unwrap_or(false), was_forwarded)
+            .await
+            .map(Response::new)
+    }
+
     async fn transfer_leader(
         &self,
         request: Request<TransferLeaderRequest>,
@@ -291,6 +393,63 @@ impl Client for NodeService {
             .map(|()| Response::new(TransferLeaderResponse {}));
         or_forward!(self, request, result, |client, forwarded| client
             .transfer_leader(forwarded))
+    }
+}
+
+impl NodeService {
+    /// The `Deploy` call, after the upload: validate, then replicate (or forward to the leader).
+    async fn deploy_module(
+        &self,
+        module: Vec<u8>,
+        dry_run: bool,
+        was_forwarded: bool,
+    ) -> Result<DeployResponse, Status> {
+        let validated = self.validate(&module, dry_run).await?;
+        if dry_run {
+            return Ok(validated);
+        }
+        let result = self
+            .node
+            .call(|reply| NodeRequest::Deploy {
+                module: module.clone(),
+                reply,
+            })
+            .await;
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(NodeError::NotLeader { address, .. }) if !was_forwarded => {
+                let mut client = self.leader_client(&address)?;
+                let chunks: Vec<DeployChunk> = module
+                    .chunks(DEPLOY_CHUNK_BYTES)
+                    .map(|data| DeployChunk {
+                        data: data.to_vec(),
+                        dry_run: false,
+                    })
+                    .collect();
+                return client
+                    .deploy(mark_forwarded(tokio_stream::iter(chunks)))
+                    .await
+                    .map(Response::into_inner)
+                    .map_err(|status| unreached_leader(status, &address));
+            }
+            Err(error) => return Err(status_of(error)),
+        };
+        let message = match applied.outcome {
+            Ok(message) => String::from_utf8_lossy(&message).into_owned(),
+            Err(rejection) => return Err(Status::failed_precondition(rejection.to_string())),
+        };
+        let status = self
+            .node
+            .call(|reply| NodeRequest::Status { reply })
+            .await
+            .map_err(status_of)?;
+        Ok(DeployResponse {
+            unchanged: message.starts_with("unchanged"),
+            message,
+            sha256: validated.sha256,
+            version: status.module.version,
+            index: applied.index,
+        })
     }
 }
 

@@ -55,6 +55,15 @@ pub enum StateMachineError {
     Rebuild(String),
 }
 
+/// Which code a state machine runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModuleInfo {
+    /// sha256 of the module's bytes (all zero for a store built into the host).
+    pub sha256: [u8; 32],
+    /// The module's own version string, empty if it has none.
+    pub version: String,
+}
+
 /// A deterministic state machine that the node replicates.
 ///
 /// Contract (what every implementation must guarantee, and what `tests/state_machine_suite`
@@ -75,6 +84,37 @@ pub trait StateMachine: Send {
     fn snapshot(&mut self) -> Result<Vec<u8>, StateMachineError>;
     /// Replaces the whole state with a snapshot's.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError>;
+
+    /// The code this state machine runs.
+    fn module_info(&self) -> ModuleInfo {
+        ModuleInfo::default()
+    }
+
+    /// The bytes of that code, to put in snapshots (none for a store built into the host).
+    fn module_bytes(&self) -> Option<std::sync::Arc<Vec<u8>>> {
+        None
+    }
+
+    /// Switches to new code at this point of the log: the new code restores a snapshot of the
+    /// current state and applies every later entry. `Ok(Err(reason))` is a deterministic
+    /// refusal (the bytes are not a usable store, or cannot read the current state): the old
+    /// code keeps running, on every replica alike.
+    fn upgrade(&mut self, module: &[u8]) -> Result<Result<ModuleInfo, String>, StateMachineError> {
+        let _ = module;
+        Ok(Err(
+            "this node runs a store built into the host; it cannot be replaced".into(),
+        ))
+    }
+
+    /// Replaces code and state at once: a snapshot written by other code (`module`).
+    fn restore_with_module(
+        &mut self,
+        module: &[u8],
+        snapshot: &[u8],
+    ) -> Result<(), StateMachineError> {
+        let _ = module;
+        self.restore(snapshot)
+    }
 }
 
 /// A store compiled into the host, run through the plugin SDK's own glue: the same bytes in and

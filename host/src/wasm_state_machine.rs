@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::plugin::{CallError, PluginInstance, PluginModule, PluginRuntime};
-use crate::state_machine::{ApplyContext, Outcome, StateMachine, StateMachineError};
+use crate::state_machine::{ApplyContext, ModuleInfo, Outcome, StateMachine, StateMachineError};
 
 /// How much may be applied between checkpoints: this bounds both the memory the replay list
 /// holds and the time a rebuild after a trap takes.
@@ -82,6 +82,33 @@ impl WasmStateMachine {
     /// The module this state machine runs.
     pub fn module(&self) -> &PluginModule {
         &self.module
+    }
+
+    /// A fresh instance of `module` holding `snapshot`'s state, or why not.
+    fn instance_from(
+        &self,
+        module: &PluginModule,
+        snapshot: &[u8],
+    ) -> Result<PluginInstance, String> {
+        let mut instance = self
+            .runtime
+            .instantiate(module)
+            .map_err(|e| format!("the new module does not start: {e}"))?;
+        instance
+            .restore(snapshot)
+            .map_err(|e| format!("the new module cannot restore the current state: {e}"))?;
+        Ok(instance)
+    }
+
+    /// Makes `module`, restored from `checkpoint`, the running code.
+    fn switch_to(&mut self, module: PluginModule, instance: PluginInstance, checkpoint: Vec<u8>) {
+        self.module = module;
+        self.instance = instance;
+        // Rebuilds after a trap now restore this (old-format) checkpoint with the new code,
+        // which just proved it can.
+        self.checkpoint = Some(checkpoint);
+        self.replay.clear();
+        self.replay_bytes = 0;
     }
 
     /// How many times a trap forced a rebuild of the instance.
@@ -179,6 +206,55 @@ impl StateMachine for WasmStateMachine {
         self.replay.clear();
         self.replay_bytes = 0;
         Ok(snapshot)
+    }
+
+    fn module_info(&self) -> ModuleInfo {
+        ModuleInfo {
+            sha256: self.module.sha256(),
+            version: self.instance.version().unwrap_or_default().to_string(),
+        }
+    }
+
+    fn module_bytes(&self) -> Option<Arc<Vec<u8>>> {
+        Some(self.module.bytes().clone())
+    }
+
+    fn upgrade(&mut self, module: &[u8]) -> Result<Result<ModuleInfo, String>, StateMachineError> {
+        let new = match self.runtime.load_cached(module) {
+            Ok(new) => new,
+            Err(e) => return Ok(Err(format!("the new module is not a usable store: {e}"))),
+        };
+        if new.sha256() == self.module.sha256() {
+            return Ok(Ok(self.module_info()));
+        }
+        let snapshot = self.snapshot()?;
+        match self.instance_from(&new, &snapshot) {
+            Ok(instance) => {
+                tracing::info!(sha256 = %new.sha256_hex(), "switched to new store code");
+                self.switch_to(new, instance, snapshot);
+                Ok(Ok(self.module_info()))
+            }
+            Err(reason) => Ok(Err(reason)),
+        }
+    }
+
+    fn restore_with_module(
+        &mut self,
+        module: &[u8],
+        snapshot: &[u8],
+    ) -> Result<(), StateMachineError> {
+        let module = self
+            .runtime
+            .load_cached(module)
+            .map_err(|e| StateMachineError::Restore(format!("the snapshot's module: {e}")))?;
+        if module.sha256() == self.module.sha256() {
+            return self.restore(snapshot);
+        }
+        let instance = self
+            .instance_from(&module, snapshot)
+            .map_err(StateMachineError::Restore)?;
+        self.switch_to(module, instance, snapshot.to_vec());
+        Ok(())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {

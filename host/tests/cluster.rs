@@ -675,3 +675,57 @@ async fn a_proposal_to_a_node_cut_off_from_the_leader_fails_in_bounded_time() {
     })
     .await
 }
+
+/// A store snapshot of more than 64 MiB reaches a new node: it travels as a stream of chunks,
+/// each within the gRPC message limit (16 MiB), never as one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_over_64_mib_reaches_a_new_node() {
+    const VALUES: usize = 1100;
+    const VALUE_BYTES: usize = 64 << 10;
+    within(Duration::from_secs(240), async {
+        let cluster = Cluster::start(1, options().snapshot_entries(1000)).await;
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        // Values differ (so no layer can shrink the state by deduplication) and are text.
+        let value = |i: usize| format!("{i:08}{}", "abcdefghijklmnop".repeat(VALUE_BYTES / 16));
+        let commands: Vec<String> = (0..VALUES)
+            .map(|i| format!("put big{i} {}", value(i)))
+            .collect();
+        let started = Instant::now();
+        let answers = cluster
+            .propose_many(leader, commands, 8)
+            .await
+            .unwrap_or_else(|e| panic!("writing {VALUES} values: {e}"));
+        assert!(answers.iter().all(|a| a.is_ok()));
+        eprintln!(
+            "wrote {} MiB in {:?}",
+            (VALUES * VALUE_BYTES) >> 20,
+            started.elapsed()
+        );
+
+        let mut cluster = cluster;
+        let commit = cluster.status(leader).await.unwrap().commit_index;
+        let joined_at = Instant::now();
+        let newcomer = cluster.add_node().await;
+        cluster
+            .wait_for(
+                "the newcomer to catch up",
+                Duration::from_secs(120),
+                async || {
+                    let status = cluster.status(newcomer).await.ok()?;
+                    (status.applied_index >= commit).then_some(())
+                },
+            )
+            .await;
+        eprintln!("node {newcomer} caught up in {:?}", joined_at.elapsed());
+        let status = cluster.status(newcomer).await.unwrap();
+        assert!(status.snapshot_index >= 1000, "{status:?}");
+        for i in [0, 555, VALUES - 1] {
+            let answer = cluster
+                .query(newcomer, &format!("get big{i}"), true)
+                .await
+                .unwrap();
+            assert_eq!(answer, Ok(value(i)), "big{i} on node {newcomer}");
+        }
+    })
+    .await
+}

@@ -47,7 +47,7 @@ pub use serde;
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../proto/store.wit",
-        world: "store",
+        world: "versioned-store",
         pub_export_macro: true,
         export_macro_name: "__export_store_world",
         default_bindings_module: "riteraft_plugin_sdk::__bindings",
@@ -143,6 +143,10 @@ macro_rules! export_raw_store {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__glue::install_panic_hook();
                     STORE.with(|slot| $crate::__glue::restore(slot, &snapshot))
+                }
+
+                fn version() -> ::std::string::String {
+                    <$store as $crate::RawStore>::VERSION.to_string()
                 }
             }
 

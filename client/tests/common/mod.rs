@@ -197,6 +197,22 @@ impl ClientService for Fake {
         self.enter(format!("transfer {}", request.into_inner().to))?;
         Ok(Response::new(TransferLeaderResponse {}))
     }
+
+    async fn deploy(
+        &self,
+        request: Request<tonic::Streaming<riteraft_client::proto::DeployChunk>>,
+    ) -> Result<Response<riteraft_client::proto::DeployResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let mut bytes = 0;
+        while let Some(chunk) = chunks.message().await? {
+            bytes += chunk.data.len();
+        }
+        self.enter(format!("deploy {bytes}"))?;
+        Ok(Response::new(riteraft_client::proto::DeployResponse {
+            message: format!("received {bytes} bytes"),
+            ..Default::default()
+        }))
+    }
 }
 
 /// Serves `fake` on 127.0.0.1 with a port the OS picks; returns `127.0.0.1:PORT`. The server

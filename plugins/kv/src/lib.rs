@@ -47,6 +47,7 @@ impl Store for KvStore {
     type Output = String;
     type Query = KvQuery;
     type QueryOutput = String;
+    const VERSION: &'static str = concat!("kv ", env!("CARGO_PKG_VERSION"));
 
     fn apply(&mut self, _ctx: &ApplyContext, command: KvCommand) -> Result<String, String> {
         match command {

@@ -30,6 +30,8 @@ pub const PLUGINS: &[&str] = &[
     "bare-wit",
     "missing-export",
     "wrong-signature",
+    "kv-v2",
+    "kv-v3-broken",
 ];
 
 /// The workspace root (this crate lives in `tests/support`).

@@ -1,0 +1,196 @@
+//! Hot swap through the raft log: `kv` v1 → v2 while clients write, a broken v3 refused
+//! everywhere, and the new code surviving restarts and reaching new members.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use riteraft_client::proto::{DeployChunk, DeployResponse, propose_response};
+use riteraft_test_support::cluster::{Cluster, ClusterOptions};
+use riteraft_test_support::plugin;
+use riteraft_test_support::wait::within;
+use sha2::{Digest, Sha256};
+use tonic::{Code, Status};
+
+fn options() -> ClusterOptions {
+    ClusterOptions::new(env!("CARGO_BIN_EXE_riteraft-host")).proposal_timeout_ms(2000)
+}
+
+/// Uploads a module through node `via` in 256 KiB chunks (several chunks for every plugin).
+async fn deploy(
+    cluster: &Cluster,
+    via: u64,
+    name: &str,
+    dry_run: bool,
+) -> Result<DeployResponse, Status> {
+    let bytes = std::fs::read(plugin(name)).unwrap();
+    let chunks: Vec<DeployChunk> = bytes
+        .chunks(256 << 10)
+        .map(|data| DeployChunk {
+            data: data.to_vec(),
+            dry_run,
+        })
+        .collect();
+    let mut client = cluster.client(via);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        client.deploy(tokio_stream::iter(chunks)),
+    )
+    .await
+    .expect("deploy answered in time")
+    .map(|response| response.into_inner())
+}
+
+fn sha256_of(name: &str) -> String {
+    hex::encode(Sha256::digest(std::fs::read(plugin(name)).unwrap()))
+}
+
+/// Writes `put w{writer}-{i} {i}` through node `via` until `stop`; returns the indexes of the
+/// acknowledged writes and how many had an unknown outcome.
+async fn writer(
+    cluster: Arc<Cluster>,
+    writer: u64,
+    via: u64,
+    stop: Arc<AtomicBool>,
+) -> (Vec<(u64, String)>, u64) {
+    let mut acknowledged = Vec::new();
+    let mut unknown = 0;
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w{writer}-{i}");
+        match cluster
+            .propose_raw(via, format!("put {key} {i}").into_bytes())
+            .await
+        {
+            Ok(response) => {
+                assert!(
+                    matches!(response.result, Some(propose_response::Result::Output(_))),
+                    "put {key} was rejected: {response:?}"
+                );
+                acknowledged.push((response.index, key));
+            }
+            Err(status) if status.code() == Code::Unavailable || status.code() == Code::Aborted => {
+            }
+            Err(_) => unknown += 1,
+        }
+        i += 1;
+    }
+    (acknowledged, unknown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_upgrades_to_v2_under_load_and_a_broken_v3_is_refused() {
+    within(Duration::from_secs(240), async {
+        let cluster = Arc::new(Cluster::start(3, options()).await);
+        let v1 = sha256_of("kv");
+        let v2 = sha256_of("kv-v2");
+        let ids = cluster.ids();
+        let status = cluster.status(ids[0]).await.unwrap();
+        assert_eq!(status.plugin_sha256, v1);
+        assert_eq!(status.plugin_version, "kv 0.1.0");
+
+        // v2's command does not exist yet: an answer, not an error.
+        let before = cluster.propose(ids[0], "append early x").await.unwrap();
+        assert!(before.unwrap_err().contains("unknown command"));
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, via)| tokio::spawn(writer(cluster.clone(), n as u64, *via, stop.clone())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+
+        // Deploy through a follower: it validates, then forwards to the leader.
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let follower = *ids.iter().find(|id| **id != leader).unwrap();
+        let deployed = deploy(&cluster, follower, "kv-v2", false).await.unwrap();
+        assert_eq!(deployed.sha256, v2);
+        assert_eq!(deployed.version, "kv 2.0.0");
+        assert!(!deployed.unchanged && deployed.index > 0, "{deployed:?}");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut acknowledged = Vec::new();
+        let mut unknown = 0;
+        for writer in writers {
+            let (acked, unsure) = writer.await.unwrap();
+            acknowledged.extend(acked);
+            unknown += unsure;
+        }
+        let after_switch = acknowledged.iter().filter(|(i, _)| *i > deployed.index).count();
+        eprintln!(
+            "{} writes acknowledged ({after_switch} after the switch at {}), {unknown} unknown",
+            acknowledged.len(),
+            deployed.index
+        );
+        assert!(after_switch > 0, "no write landed after the switch: the test proves nothing");
+
+        // v2's new command works through every node.
+        for id in &ids {
+            let answer = cluster.propose(*id, "append counter x").await.unwrap();
+            assert!(answer.unwrap().starts_with("ok: counter = x"));
+        }
+
+        // A broken v3 is refused, the same way everywhere; v2 keeps serving.
+        let refused = deploy(&cluster, leader, "kv-v3-broken", false).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("no migration"), "{refused:?}");
+        let dry = deploy(&cluster, follower, "kv-v3-broken", true).await.unwrap_err();
+        assert!(dry.message().contains("no migration"), "{dry:?}");
+        let again = deploy(&cluster, leader, "kv-v2", false).await.unwrap();
+        assert!(again.unchanged, "{again:?}");
+        let dry = deploy(&cluster, follower, "kv-v2", true).await.unwrap();
+        assert!(dry.unchanged && dry.index == 0, "{dry:?}");
+
+        let commit = cluster.wait_caught_up(Duration::from_secs(20)).await;
+        for id in &ids {
+            let status = cluster.status(*id).await.unwrap();
+            assert!(status.applied_index >= commit);
+            assert_eq!(status.plugin_sha256, v2, "node {id}");
+            assert_eq!(status.plugin_version, "kv 2.0.0", "node {id}");
+            assert_eq!(status.upgrades.len(), 1, "node {id}: {:?}", status.upgrades);
+            assert_eq!(status.upgrades[0].index, deployed.index);
+            // No acknowledged write lost...
+            for (_, key) in &acknowledged {
+                let value = cluster.query(*id, &format!("get {key}"), true).await.unwrap();
+                assert!(value.is_ok(), "node {id} lost {key}");
+            }
+            let counter = cluster.query(*id, "get counter", true).await.unwrap();
+            assert_eq!(counter, Ok("xxx".to_string()), "node {id}");
+            // ... and none applied twice: v2 counts the writes it applied since the switch.
+            let writes: u64 = cluster
+                .query(*id, "writes", true)
+                .await
+                .unwrap()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let expected = after_switch as u64 + 3;
+            assert!(
+                writes >= expected && writes <= expected + unknown,
+                "node {id} applied {writes} writes since the switch; expected {expected} (+{unknown} unknown)"
+            );
+        }
+
+        // A restarted node, and a node joining now with the old --plugin, both run v2.
+        let mut cluster = Arc::try_unwrap(cluster).ok().expect("writers are done");
+        cluster.restart(follower).await;
+        let newcomer = cluster.add_node().await;
+        let commit = cluster.wait_caught_up(Duration::from_secs(30)).await;
+        for id in [follower, newcomer] {
+            cluster
+                .wait_for("the node to catch up", Duration::from_secs(30), async || {
+                    let status = cluster.status(id).await.ok()?;
+                    (status.applied_index >= commit).then_some(())
+                })
+                .await;
+            let status = cluster.status(id).await.unwrap();
+            assert_eq!(status.plugin_sha256, v2, "node {id} after restart/join");
+            let counter = cluster.query(id, "get counter", true).await.unwrap();
+            assert_eq!(counter, Ok("xxx".to_string()), "node {id}");
+        }
+        let answer = cluster.propose(newcomer, "append counter y").await.unwrap();
+        assert_eq!(answer, Ok("ok: counter = xxxy".to_string()));
+    })
+    .await
+}
