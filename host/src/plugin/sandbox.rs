@@ -29,21 +29,27 @@ pub const INSECURE_RANDOM_SEED: u128 = 0x5249_5445_5241_4654_5345_4544_0000_0001
 pub struct CallEnvironment {
     /// The leader's timestamp of the entry being applied (of the last applied, for a query).
     timestamp_ms: AtomicU64,
-    /// Seed of the random stream for this call, derived from the entry's index and term.
-    seed: Mutex<[u8; 32]>,
+    /// The entry whose random stream this call reads: its index and term. The seed itself is
+    /// derived only when the plugin asks for randomness (most calls never do).
+    entry: Mutex<(u64, u64)>,
 }
 
 impl CallEnvironment {
     /// Sets the time and random seed for a call made in the context of `ctx`.
     pub fn enter(&self, ctx: ApplyContext) {
         self.timestamp_ms.store(ctx.timestamp_ms, Ordering::Relaxed);
-        let seed: [u8; 32] = Sha256::new()
+        *self.entry.lock().expect("entry lock is never poisoned") = (ctx.index, ctx.term);
+    }
+
+    /// The seed of the current call's random stream.
+    fn seed(&self) -> [u8; 32] {
+        let (index, term) = *self.entry.lock().expect("entry lock is never poisoned");
+        Sha256::new()
             .chain_update(b"riteraft random seed v1")
-            .chain_update(ctx.index.to_le_bytes())
-            .chain_update(ctx.term.to_le_bytes())
+            .chain_update(index.to_le_bytes())
+            .chain_update(term.to_le_bytes())
             .finalize()
-            .into();
-        *self.seed.lock().expect("seed lock is never poisoned") = seed;
+            .into()
     }
 
     fn now(&self) -> Duration {
@@ -82,7 +88,8 @@ pub struct EntryRandom {
     environment: Arc<CallEnvironment>,
     /// Tells the secure and insecure streams apart.
     stream: &'static [u8],
-    /// The seed the current `counter` belongs to; a new seed restarts the counter.
+    /// The entry the current `counter` belongs to; a new entry restarts the stream.
+    entry: Option<(u64, u64)>,
     seed: [u8; 32],
     counter: u64,
     block: [u8; 32],
@@ -94,6 +101,7 @@ impl EntryRandom {
         Self {
             environment,
             stream,
+            entry: None,
             seed: [0; 32],
             counter: 0,
             block: [0; 32],
@@ -102,13 +110,14 @@ impl EntryRandom {
     }
 
     fn next_byte(&mut self) -> u8 {
-        let seed = *self
+        let entry = *self
             .environment
-            .seed
+            .entry
             .lock()
-            .expect("seed lock is never poisoned");
-        if seed != self.seed {
-            self.seed = seed;
+            .expect("entry lock is never poisoned");
+        if self.entry != Some(entry) {
+            self.entry = Some(entry);
+            self.seed = self.environment.seed();
             self.counter = 0;
             self.used = 32;
         }

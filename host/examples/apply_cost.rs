@@ -1,0 +1,77 @@
+//! Measures what one `apply` costs through the plugin runtime, against the same `kv` logic
+//! compiled natively. A benchmark program, not a test: run it in release,
+//!
+//!     cargo run --release -p riteraft-host --example apply_cost
+//!
+//! It prints the median over several rounds of the per-call time for small `put` commands.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use riteraft_host::plugin::{PluginLimits, PluginRuntime};
+use riteraft_host::state_machine::{ApplyContext, NativeStateMachine, StateMachine};
+use riteraft_host::wasm_state_machine::{ReplayLimits, WasmStateMachine};
+use riteraft_plugin_sdk::Typed;
+
+/// Calls per round, and rounds (the median of which is reported).
+const CALLS: u64 = 20_000;
+const ROUNDS: usize = 7;
+
+fn per_call_ns(machine: &mut impl StateMachine, round: usize) -> f64 {
+    let started = Instant::now();
+    for i in 0..CALLS {
+        let index = round as u64 * CALLS + i + 1;
+        let ctx = ApplyContext {
+            index,
+            term: 1,
+            timestamp_ms: index,
+        };
+        let entry = format!("put k{} v{i}", i % 1000);
+        machine.apply(ctx, entry.as_bytes()).unwrap().unwrap();
+    }
+    started.elapsed().as_nanos() as f64 / CALLS as f64
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let runtime = Arc::new(PluginRuntime::new(PluginLimits::default()).unwrap());
+    let module = runtime
+        .load_file(&riteraft_test_support::plugin("kv"))
+        .unwrap();
+    // Replay limits as in production: checkpoints every 10,000 entries are part of the cost.
+    let mut wasm = WasmStateMachine::new(runtime, module, ReplayLimits::default()).unwrap();
+    let mut native = NativeStateMachine::<Typed<kv::KvStore>>::new();
+    let (mut wasm_ns, mut native_ns) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        wasm_ns.push(per_call_ns(&mut wasm, round));
+        native_ns.push(per_call_ns(&mut native, round));
+    }
+    let (w, n) = (median(wasm_ns.clone()), median(native_ns.clone()));
+    println!("apply of a small `put` (kv), median of {ROUNDS} rounds of {CALLS} calls:");
+    println!(
+        "  wasm plugin: {:.2} µs per call   (rounds: {:?})",
+        w / 1e3,
+        rounded(&wasm_ns)
+    );
+    println!(
+        "  native:      {:.2} µs per call   (rounds: {:?})",
+        n / 1e3,
+        rounded(&native_ns)
+    );
+    println!(
+        "  wasm costs {:.2} µs more per call ({:.1}x native)",
+        (w - n) / 1e3,
+        w / n
+    );
+}
+
+fn rounded(samples: &[f64]) -> Vec<f64> {
+    samples
+        .iter()
+        .map(|ns| (ns / 10.0).round() / 100.0)
+        .collect()
+}
