@@ -457,7 +457,8 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
 
     fn handle(&mut self, request: Request) -> Result<(), NodeFatal> {
         match request {
-            Request::Raft(message) => {
+            Request::Raft(mut message) => {
+                self.tolerate_lost_entries(&mut message);
                 // Messages from removed or unknown peers are dropped by raft-rs itself.
                 if let Err(e) = self.raw.step(*message) {
                     tracing::debug!("dropped a raft message: {e}");
@@ -495,6 +496,42 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             }
         }
         Ok(())
+    }
+
+    /// Copes with a follower that lost log entries it had already synced (its disk lost the
+    /// tail of a file). raft assumes this never happens: the leader keeps believing the
+    /// follower holds them, and raft-rs panics on a heartbeat that commits past the follower's
+    /// log. So a follower commits no further than its log reaches, and a leader that hears a
+    /// follower's log is shorter than it recorded starts over from what the follower has.
+    fn tolerate_lost_entries(&mut self, message: &mut Message) {
+        let last = self.raw.raft.raft_log.last_index();
+        match message.get_msg_type() {
+            MessageType::MsgHeartbeat if message.commit > last => {
+                tracing::warn!(
+                    commit = message.commit,
+                    last,
+                    "the leader commits past this node's log: entries were lost from disk"
+                );
+                message.commit = last;
+            }
+            MessageType::MsgAppendResponse if message.reject && self.is_leader() => {
+                let from = message.from;
+                if let Some(progress) = self.raw.raft.mut_prs().get_mut(from)
+                    && message.reject_hint < progress.matched
+                {
+                    tracing::warn!(
+                        peer = from,
+                        recorded = progress.matched,
+                        has = message.reject_hint,
+                        "a follower lost log entries it had acknowledged; resending them"
+                    );
+                    progress.matched = message.reject_hint;
+                    progress.next_idx = message.reject_hint + 1;
+                    progress.become_probe();
+                }
+            }
+            _ => {}
+        }
     }
 
     fn propose(&mut self, command: Vec<u8>, reply: Reply<Applied>) {

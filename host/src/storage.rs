@@ -66,6 +66,28 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn snapshot_requested(&self) -> bool;
 }
 
+/// `raft::Storage::snapshot` for a store whose latest snapshot is `latest`: it, when it is
+/// recent enough and its membership includes the follower `to` (a follower ignores a snapshot
+/// that does not list it); otherwise "temporarily unavailable", and `requested` is set so the
+/// node takes a new one.
+fn snapshot_for(
+    latest: &Snapshot,
+    requested: &AtomicBool,
+    request_index: u64,
+    to: u64,
+) -> raft::Result<Snapshot> {
+    let meta = latest.get_metadata();
+    let conf = meta.get_conf_state();
+    let knows_peer = conf.voters.contains(&to) || conf.learners.contains(&to);
+    if meta.index < request_index || !knows_peer {
+        requested.store(true, Ordering::Relaxed);
+        return Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ));
+    }
+    Ok(latest.clone())
+}
+
 /// A [`LogStore`] in memory.
 #[derive(Debug, Default)]
 pub struct MemLogStore {
@@ -144,17 +166,7 @@ impl raft::Storage for MemLogStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let meta = self.snapshot.get_metadata();
-        let conf = meta.get_conf_state();
-        let knows_peer = conf.voters.contains(&to) || conf.learners.contains(&to);
-        if meta.index < request_index || !knows_peer {
-            // A follower ignores a snapshot whose membership does not include it.
-            self.snapshot_requested.store(true, Ordering::Relaxed);
-            return Err(raft::Error::Store(
-                RaftStorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
-        Ok(self.snapshot.clone())
+        snapshot_for(&self.snapshot, &self.snapshot_requested, request_index, to)
     }
 }
 

@@ -683,7 +683,9 @@ async fn a_snapshot_over_64_mib_reaches_a_new_node() {
     const VALUES: usize = 1100;
     const VALUE_BYTES: usize = 64 << 10;
     within(Duration::from_secs(240), async {
-        let cluster = Cluster::start(1, options().snapshot_entries(1000)).await;
+        // Big entries on a busy machine: give each write more time than the other tests do.
+        let options = options().snapshot_entries(1000).proposal_timeout_ms(10_000);
+        let cluster = Cluster::start(1, options).await;
         let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
         // Values differ (so no layer can shrink the state by deduplication) and are text.
         let value = |i: usize| format!("{i:08}{}", "abcdefghijklmnop".repeat(VALUE_BYTES / 16));

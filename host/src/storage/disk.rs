@@ -313,16 +313,7 @@ impl raft::Storage for DiskLogStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let meta = self.snapshot.get_metadata();
-        let conf = meta.get_conf_state();
-        let knows_peer = conf.voters.contains(&to) || conf.learners.contains(&to);
-        if meta.index < request_index || !knows_peer {
-            self.snapshot_requested.store(true, Ordering::Relaxed);
-            return Err(raft::Error::Store(
-                RaftStorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
-        Ok(self.snapshot.clone())
+        super::snapshot_for(&self.snapshot, &self.snapshot_requested, request_index, to)
     }
 }
 

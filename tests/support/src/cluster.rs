@@ -55,6 +55,9 @@ pub struct ClusterOptions {
     pub proposal_timeout: Option<Duration>,
     /// More flags for every node.
     pub extra_args: Vec<OsString>,
+    /// Where the nodes' data dirs go (`DATA_ROOT/nodeN`), if not in the cluster's temporary
+    /// directory (e.g. a small filesystem); node logs stay in the temporary directory.
+    pub data_root: Option<PathBuf>,
     /// `RUST_LOG` for the nodes (default `info`, or `$RITERAFT_TEST_LOG` when set).
     pub rust_log: String,
     /// How long a starting node may take to serve `Status` and know a leader. Generous: a
@@ -71,6 +74,7 @@ impl ClusterOptions {
             snapshot_entries: None,
             proposal_timeout: None,
             extra_args: Vec::new(),
+            data_root: None,
             rust_log: std::env::var("RITERAFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
             ready_timeout: Duration::from_secs(30),
         }
@@ -100,6 +104,13 @@ impl ClusterOptions {
         self
     }
 
+    /// Puts each node's `--data-dir` under `root` (as `root/nodeN`) instead of the cluster's
+    /// temporary directory. The harness does not remove them: `root` is the caller's.
+    pub fn data_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.data_root = Some(root.into());
+        self
+    }
+
     /// How long the harness waits for the answer to a `Propose`, `Query`, `Leave` or
     /// `TransferLeader`: the node's own proposal timeout plus a margin, so that the node's
     /// error (not the harness's) is what a test sees.
@@ -117,8 +128,11 @@ struct Node {
     /// tests call them from inside [`Cluster::wait_for`] conditions.
     process: Mutex<NodeProcess>,
     client: ClientClient<Channel>,
-    /// `data/` (the `--data-dir`) and `node.log`; under the cluster's temporary directory.
+    /// `node.log` (and `data/`, unless [`ClusterOptions::data_root`] is set); under the
+    /// cluster's temporary directory.
     dir: PathBuf,
+    /// The node's `--data-dir`.
+    data_dir: PathBuf,
 }
 
 /// A running cluster. Dropping it kills every node; if a test panics, the nodes' logs are
@@ -195,6 +209,11 @@ impl Cluster {
     /// Where node `id`'s output goes.
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.node(id).dir.join("node.log")
+    }
+
+    /// Node `id`'s `--data-dir` (kept across restarts).
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir.clone()
     }
 
     /// A gRPC client of node `id` (cheap to clone; for calls the helpers do not cover, or
@@ -445,11 +464,11 @@ impl Cluster {
     /// rest of the cluster, so wait for that separately.
     pub async fn restart(&mut self, id: u64) {
         self.kill(id);
-        let (addr, dir) = {
+        let (addr, dir, data_dir) = {
             let node = self.node(id);
-            (node.addr, node.dir.clone())
+            (node.addr, node.dir.clone(), node.data_dir.clone())
         };
-        let process = self.spawn(&dir, addr, None);
+        let process = self.spawn(&dir, &data_dir, addr, None);
         // A new channel: the old one may be backing off from the dead process.
         let client = connect(addr);
         let node = self.nodes.get_mut(&id).expect("the node exists");
@@ -480,8 +499,12 @@ impl Cluster {
         self.started += 1;
         let dir = self.root.path().join(format!("node{}", self.started));
         std::fs::create_dir_all(&dir).expect("cannot create a node directory");
+        let data_dir = match &self.options.data_root {
+            Some(root) => root.join(format!("node{}", self.started)),
+            None => dir.join("data"),
+        };
         let addr = free_addr();
-        let mut process = self.spawn(&dir, addr, join);
+        let mut process = self.spawn(&dir, &data_dir, addr, join);
         let client = connect(addr);
         let bootstrap = join.is_none();
         let what = if bootstrap {
@@ -521,13 +544,20 @@ impl Cluster {
                 process: Mutex::new(process),
                 client,
                 dir,
+                data_dir,
             },
         );
         id
     }
 
-    /// Spawns `riteraft-host` for a node living in `dir`.
-    fn spawn(&self, dir: &Path, addr: SocketAddr, join: Option<SocketAddr>) -> NodeProcess {
+    /// Spawns `riteraft-host` for a node logging to `dir` and keeping its state in `data_dir`.
+    fn spawn(
+        &self,
+        dir: &Path,
+        data_dir: &Path,
+        addr: SocketAddr,
+        join: Option<SocketAddr>,
+    ) -> NodeProcess {
         let options = &self.options;
         let mut command = Command::new(&options.binary);
         command
@@ -536,7 +566,7 @@ impl Cluster {
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--data-dir")
-            .arg(dir.join("data"));
+            .arg(data_dir);
         if let Some(join) = join {
             command.arg("--join").arg(join.to_string());
         }
@@ -578,8 +608,9 @@ impl Drop for Cluster {
 }
 
 /// A lazily connecting channel to `addr`: nodes come and go, and tonic reconnects on the next
-/// call. The connect timeout keeps a call to a dead address short.
-fn connect(addr: SocketAddr) -> ClientClient<Channel> {
+/// call. The connect timeout keeps a call to a dead address short. (Public for tests whose
+/// concurrent clients keep their own channels while the cluster restarts nodes.)
+pub fn connect(addr: SocketAddr) -> ClientClient<Channel> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .expect("a socket address is a valid URI")
         .connect_timeout(Duration::from_secs(1))

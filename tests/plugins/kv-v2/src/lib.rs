@@ -35,13 +35,18 @@ struct FormatV1 {
 // The SDK's default snapshot serializes the store itself; v2 writes `FormatV2` instead, so the
 // store type only needs serde to satisfy the trait bound.
 impl Serialize for KvV2 {
-    fn serialize<S: riteraft_plugin_sdk::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+    fn serialize<S: riteraft_plugin_sdk::serde::Serializer>(
+        &self,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         self.format().serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for KvV2 {
-    fn deserialize<D: riteraft_plugin_sdk::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    fn deserialize<D: riteraft_plugin_sdk::serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Self, D::Error> {
         let v2 = FormatV2::deserialize(d)?;
         Ok(KvV2 {
             map: v2.entries.into_iter().collect(),
@@ -53,7 +58,11 @@ impl<'de> Deserialize<'de> for KvV2 {
 impl KvV2 {
     fn format(&self) -> FormatV2 {
         FormatV2 {
-            entries: self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            entries: self
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             writes: self.writes,
         }
     }
@@ -93,7 +102,9 @@ impl FromStr for Command {
                 Ok(Command::Append(key.into(), suffix.into()))
             }
             ("del", key, "") if !key.is_empty() => Ok(Command::Del(key.into())),
-            _ => Err(format!("unknown command {text:?}: put KEY VALUE, append KEY SUFFIX, del KEY")),
+            _ => Err(format!(
+                "unknown command {text:?}: put KEY VALUE, append KEY SUFFIX, del KEY"
+            )),
         }
     }
 }
@@ -115,7 +126,9 @@ impl FromStr for Query {
             ("get", key, "") if !key.is_empty() => Ok(Query::Get(key.into())),
             ("keys", prefix, "") => Ok(Query::Keys(prefix.into())),
             ("writes", "", "") => Ok(Query::Writes),
-            _ => Err(format!("unknown query {text:?}: get KEY, keys [PREFIX], writes")),
+            _ => Err(format!(
+                "unknown query {text:?}: get KEY, keys [PREFIX], writes"
+            )),
         }
     }
 }
