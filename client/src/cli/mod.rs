@@ -1,13 +1,15 @@
 //! The `riteraft` command line: its arguments (clap), running one command with the library's
 //! [`Client`], and the exit code. How answers look (text or `--json`) is in [`render`].
 
+#[path = "../bench/mod.rs"]
+mod bench;
 mod render;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use riteraft_client::{Client, Consistency};
 
 use render::Report;
@@ -81,7 +83,19 @@ enum Command {
         #[arg(long, value_name = "ID")]
         to: u64,
     },
-    // Reserved for later: `deploy` (replace the store's module) and `bench` (load generator).
+    /// Load the cluster with kv writes and reads; print throughput and latency. Without
+    /// --cluster (flag or RITERAFT_CLUSTER) it starts a local 3-node cluster and stops it after.
+    Bench(bench::BenchArgs),
+    /// Replace the store's code in the running cluster: upload a plugin (.wasm), have the leader
+    /// validate it, and switch every replica to it at one log entry. The new code restores the
+    /// old code's snapshot; if it cannot, nothing changes and this exits non-zero.
+    Deploy {
+        /// The new plugin: a WebAssembly component built for wasm32-wasip2.
+        module: std::path::PathBuf,
+        /// Only check that the module loads and can restore the current state; commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Checks one `--cluster` address, so that a typo is a usage error (exit 2) naming the flag.
@@ -151,6 +165,46 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             Report::Done {
                 text: format!("asked the leader to hand leadership to node {to}"),
                 json: serde_json::json!({ "ok": true, "to": to }),
+            }
+        }
+        Command::Deploy { module, dry_run } => {
+            let bytes = std::fs::read(&module)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", module.display()))?;
+            let deployed = client.deploy(&bytes, dry_run).await?;
+            let version = deployed.version.as_deref().unwrap_or("no version");
+            let text = if dry_run {
+                format!(
+                    "{} ({version}, sha256 {})",
+                    deployed.message, deployed.sha256
+                )
+            } else if deployed.unchanged {
+                format!(
+                    "unchanged: {} ({version}) is already active",
+                    deployed.sha256
+                )
+            } else {
+                format!(
+                    "deployed {} ({version}) at log index {}: every node now runs it",
+                    deployed.sha256, deployed.index
+                )
+            };
+            Report::Done {
+                text,
+                json: serde_json::to_value(&deployed)?,
+            }
+        }
+        Command::Bench(args) => {
+            // `--cluster` has a default; the bench starts a cluster of its own unless the user
+            // named one.
+            let target = if bench::cluster_was_given(Cli::command(), std::env::args_os()) {
+                bench::Target::Cluster(cli.cluster.clone())
+            } else {
+                bench::Target::Local
+            };
+            let outcome = bench::run(args, target, cli.timeout).await?;
+            Report::Done {
+                text: outcome.text(),
+                json: outcome.json(),
             }
         }
     })
