@@ -7,7 +7,6 @@ use riteraft_client::proto::JoinRequest;
 use riteraft_client::proto::client_client::ClientClient;
 use riteraft_client::proto::client_server::ClientServer;
 use riteraft_client::proto::raft_server::RaftServer;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::NodeConfig;
 use crate::data_dir::{DataDir, DataDirError, write_identity};
@@ -201,7 +200,11 @@ fn run_with<S: StateMachine + 'static>(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming(TcpListenerStream::new(listener));
+        .serve_with_incoming(
+            // No Nagle: raft messages and replies are small and latency-bound; with Nagle and
+            // delayed ACKs every round trip can stall ~40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        );
     runtime.spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("the gRPC server stopped: {e}");
