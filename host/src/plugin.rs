@@ -382,6 +382,10 @@ impl PluginRuntime {
         };
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
+        // What one call may hand back to the host (a snapshot is the biggest): as much as the
+        // plugin's memory can hold. wasmtime's default of 128 MiB would make every snapshot of a
+        // larger store trap, on every replica at once.
+        store.set_hostcall_fuel(self.limits.memory_bytes);
         let mut instance = PluginInstance {
             store,
             exports: None,
