@@ -28,9 +28,10 @@ pub struct NodeConfig {
     #[arg(long, value_name = "ADDR")]
     pub join: Option<SocketAddr>,
 
-    /// Where this node keeps its raft log, state and snapshots.
-    #[arg(long, value_name = "DIR", default_value = "riteraft-data")]
-    pub data_dir: PathBuf,
+    /// Where this node keeps its raft log, state and snapshots [default: riteraft-data-PORT,
+    /// PORT being --listen's, so several local nodes never share one by accident].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 
     /// Take a snapshot of the store and compact the raft log after this many entries.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -61,6 +62,13 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The data directory: --data-dir, or `riteraft-data-PORT`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("riteraft-data-{}", self.listen.port())))
+    }
+
     /// The plugin limits these flags describe.
     pub fn plugin_limits(&self) -> PluginLimits {
         PluginLimits {

@@ -103,7 +103,7 @@ fn run_with<S: StateMachine + 'static>(
         })?;
     let address = config.listen.to_string();
 
-    let data_dir = DataDir::inspect(&config.data_dir)?;
+    let data_dir = DataDir::inspect(&config.data_dir())?;
     data_dir.check_address(&address)?;
     let (id, store, cluster) = match data_dir {
         DataDir::Member(path, identity) => {
@@ -179,7 +179,7 @@ fn run_with<S: StateMachine + 'static>(
     let options = NodeOptions {
         snapshot_entries: config.snapshot_entries,
         request_timeout: Duration::from_millis(config.proposal_timeout_ms),
-        data_dir: Some(config.data_dir.clone()),
+        data_dir: Some(config.data_dir()),
         min_free_disk_bytes: config.min_free_disk_mib << 20,
         ..NodeOptions::default()
     };
