@@ -26,6 +26,10 @@ use crate::transport::Transport;
 /// letting a burst of proposals share one fsync.
 const MAX_REQUESTS_PER_ROUND: usize = 4096;
 
+/// Largest module a deploy accepts by default: it travels as one log entry, so it must fit in
+/// one gRPC message with room to spare (a Rust store is typically 0.2–3 MiB).
+pub const MAX_MODULE_BYTES: usize = 12 << 20;
+
 /// Tuning of a node. The defaults suit a LAN or loopback cluster.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -72,7 +76,7 @@ impl Default for NodeOptions {
             max_command_bytes: 4 << 20,
             max_append_bytes: 1 << 20,
             max_inflight_appends: 256,
-            max_module_bytes: 12 << 20,
+            max_module_bytes: MAX_MODULE_BYTES,
             data_dir: None,
             min_free_disk_bytes: 256 << 20,
         }

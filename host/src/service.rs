@@ -22,7 +22,7 @@ use riteraft_client::proto::{
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::{NodeError, NodeHandle, Request as NodeRequest};
+use crate::node::{MAX_MODULE_BYTES, NodeError, NodeHandle, Request as NodeRequest};
 use crate::plugin::PluginRuntime;
 use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
 
@@ -33,8 +33,6 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leaving leader waits for a successor before giving up.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest module a deploy uploads (it becomes one log entry; see `NodeOptions`).
-const MAX_MODULE_BYTES: usize = 12 << 20;
 /// Size of the chunks a forwarded deploy is re-sent in.
 const DEPLOY_CHUNK_BYTES: usize = 1 << 20;
 
@@ -138,10 +136,10 @@ impl NodeService {
 pub fn status_of(error: NodeError) -> Status {
     let message = error.to_string();
     match error {
-        NodeError::NotLeader { .. } | NodeError::NoLeader | NodeError::Busy(_) => {
-            Status::unavailable(message)
-        }
-        NodeError::Stopped => Status::unavailable(message),
+        NodeError::NotLeader { .. }
+        | NodeError::NoLeader
+        | NodeError::Busy(_)
+        | NodeError::Stopped => Status::unavailable(message),
         NodeError::Timeout(_) => Status::deadline_exceeded(message),
         NodeError::Aborted(_) => Status::aborted(message),
         NodeError::Invalid(_) => Status::invalid_argument(message),

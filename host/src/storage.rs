@@ -66,6 +66,32 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn snapshot_requested(&self) -> bool;
 }
 
+/// Checks a `raft::Storage::entries` range against a log holding `(truncated, last]`.
+fn check_range(low: u64, high: u64, truncated: u64, last: u64) -> raft::Result<()> {
+    if low <= truncated {
+        return Err(raft::Error::Store(RaftStorageError::Compacted));
+    }
+    if high > last + 1 {
+        return Err(raft::Error::Store(RaftStorageError::Unavailable));
+    }
+    Ok(())
+}
+
+/// `raft::Storage::term` for indexes the log no longer holds: the truncation point's term, or
+/// "compacted" before it. `None` for indexes after it, which the log itself answers.
+fn term_at_or_before(
+    index: u64,
+    (truncated_index, truncated_term): (u64, u64),
+) -> Option<raft::Result<u64>> {
+    if index == truncated_index {
+        Some(Ok(truncated_term))
+    } else if index < truncated_index {
+        Some(Err(raft::Error::Store(RaftStorageError::Compacted)))
+    } else {
+        None
+    }
+}
+
 /// `raft::Storage::snapshot` for a store whose latest snapshot is `latest`: it, when it is
 /// recent enough and its membership includes the follower `to` (a follower ignores a snapshot
 /// that does not list it); otherwise "temporarily unavailable", and `requested` is set so the
@@ -130,13 +156,12 @@ impl raft::Storage for MemLogStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low <= self.offset() {
-            return Err(raft::Error::Store(RaftStorageError::Compacted));
-        }
-        let last = self.offset() + self.entries.len() as u64;
-        if high > last + 1 {
-            return Err(raft::Error::Store(RaftStorageError::Unavailable));
-        }
+        check_range(
+            low,
+            high,
+            self.offset(),
+            self.offset() + self.entries.len() as u64,
+        )?;
         let offset = self.offset() + 1;
         let mut entries = self.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
         raft::util::limit_size(&mut entries, max_size.into());
@@ -144,14 +169,10 @@ impl raft::Storage for MemLogStore {
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
-        let (truncated_index, truncated_term) = self.truncated;
-        if index == truncated_index {
-            return Ok(truncated_term);
+        if let Some(known) = term_at_or_before(index, self.truncated) {
+            return known;
         }
-        if index < truncated_index {
-            return Err(raft::Error::Store(RaftStorageError::Compacted));
-        }
-        match self.entries.get((index - truncated_index - 1) as usize) {
+        match self.entries.get((index - self.offset() - 1) as usize) {
             Some(entry) => Ok(entry.term),
             None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
         }

@@ -433,18 +433,24 @@ async fn a_removed_follower_exits_and_the_rest_keep_serving() {
         let mut remaining: Vec<u64> = cluster.live_ids();
         remaining.sort_unstable();
         assert_eq!(remaining.len(), 2);
-        wait_members(&cluster, &remaining).await;
-        for &id in &remaining {
-            put(&cluster, id, &format!("after{id}"), "2").await;
-        }
-        for &id in &remaining {
-            assert_get(&cluster, id, "a", "1", false).await;
-            for &writer in &remaining {
-                assert_get(&cluster, id, &format!("after{writer}"), "2", false).await;
-            }
-        }
+        remaining_members_keep_serving(&cluster, &remaining).await;
     })
     .await
+}
+
+/// After a node left: the others are the members, each takes a write, and each reads the
+/// write made before (`a` = 1) and every write made after.
+async fn remaining_members_keep_serving(cluster: &Cluster, remaining: &[u64]) {
+    wait_members(cluster, remaining).await;
+    for &id in remaining {
+        put(cluster, id, &format!("after{id}"), "2").await;
+    }
+    for &id in remaining {
+        assert_get(cluster, id, "a", "1", false).await;
+        for &writer in remaining {
+            assert_get(cluster, id, &format!("after{writer}"), "2", false).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,16 +482,7 @@ async fn a_leaving_leader_hands_over_then_exits_and_the_rest_keep_serving() {
         let mut remaining = cluster.live_ids();
         remaining.sort_unstable();
         assert_eq!(remaining.len(), 2);
-        wait_members(&cluster, &remaining).await;
-        for &id in &remaining {
-            put(&cluster, id, &format!("after{id}"), "2").await;
-        }
-        for &id in &remaining {
-            assert_get(&cluster, id, "a", "1", false).await;
-            for &writer in &remaining {
-                assert_get(&cluster, id, &format!("after{writer}"), "2", false).await;
-            }
-        }
+        remaining_members_keep_serving(&cluster, &remaining).await;
     })
     .await
 }

@@ -276,12 +276,7 @@ impl raft::Storage for DiskLogStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low <= self.truncated.0 {
-            return Err(raft::Error::Store(RaftStorageError::Compacted));
-        }
-        if high > self.last() + 1 {
-            return Err(raft::Error::Store(RaftStorageError::Unavailable));
-        }
+        super::check_range(low, high, self.truncated.0, self.last())?;
         let mut entries = Vec::with_capacity((high - low) as usize);
         let max_size = max_size.into().map(|size| size as usize);
         self.engine
@@ -291,11 +286,8 @@ impl raft::Storage for DiskLogStore {
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
-        if index == self.truncated.0 {
-            return Ok(self.truncated.1);
-        }
-        if index < self.truncated.0 {
-            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        if let Some(known) = super::term_at_or_before(index, self.truncated) {
+            return known;
         }
         match self.engine.get_entry::<EntryExt>(GROUP, index) {
             Ok(Some(entry)) => Ok(entry.term),
