@@ -326,8 +326,11 @@ pub struct Node<S: StateMachine, L: LogStore> {
     /// The conf change in flight, by log index (raft allows one at a time).
     conf_change: Option<(u64, Instant, PendingConf)>,
     transfer: Option<(u64, Instant, Reply<()>)>,
-    /// Linearizable queries received this round, to share one read index.
+    /// Linearizable queries not yet in a batch: they share the next read index.
     new_reads: Vec<PendingQuery>,
+    /// When the oldest of `new_reads` times out: a query waiting for the batch ahead of it
+    /// gets no more time than one sent into a batch at once.
+    new_reads_deadline: Option<Instant>,
     /// Read batches waiting for raft to confirm a read index, by batch id.
     reads_waiting: HashMap<u64, ReadBatch>,
     /// Read batches with a confirmed read index, waiting for the state machine to apply it.
@@ -393,6 +396,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             conf_change: None,
             transfer: None,
             new_reads: Vec::new(),
+            new_reads_deadline: None,
             reads_waiting: HashMap::new(),
             reads_ready: VecDeque::new(),
             next_read_id: 1,
@@ -627,22 +631,31 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         } else if self.raw.raft.leader_id == raft::INVALID_ID {
             let _ = reply.send(Err(NodeError::NoLeader));
         } else {
+            self.new_reads_deadline
+                .get_or_insert_with(|| Instant::now() + self.options.request_timeout);
             self.new_reads.push(PendingQuery { request, reply });
         }
         Ok(())
     }
 
-    /// Asks raft for one read index covering every linearizable query of this round, and again
-    /// for batches raft has not answered within a few ticks.
+    /// Asks raft for one read index covering every linearizable query received since the last
+    /// one was asked, and again for batches raft has not answered within a few ticks.
+    ///
+    /// Only one batch waits for raft at a time (as etcd does): each read index costs a
+    /// heartbeat round to every follower, so under load the queries that arrive during one
+    /// round all share the next, instead of every loop iteration starting a round of its own.
     fn ask_read_index(&mut self) {
         let now = Instant::now();
-        if !self.new_reads.is_empty() {
+        if !self.new_reads.is_empty() && self.reads_waiting.is_empty() {
             let id = self.next_read_id;
             self.next_read_id += 1;
             self.raw.read_index(id.to_le_bytes().to_vec());
             let batch = ReadBatch {
                 queries: std::mem::take(&mut self.new_reads),
-                deadline: now + self.options.request_timeout,
+                deadline: self
+                    .new_reads_deadline
+                    .take()
+                    .unwrap_or(now + self.options.request_timeout),
                 asked: now,
             };
             self.reads_waiting.insert(id, batch);
@@ -885,6 +898,10 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     fn fail_all(&mut self, error: NodeError) {
         for (_, p) in std::mem::take(&mut self.proposals) {
             let _ = p.reply.send(Err(error.clone()));
+        }
+        self.new_reads_deadline = None;
+        for query in std::mem::take(&mut self.new_reads) {
+            let _ = query.reply.send(Err(error.clone()));
         }
         let waiting = std::mem::take(&mut self.reads_waiting).into_values();
         let ready = std::mem::take(&mut self.reads_ready)
