@@ -47,6 +47,13 @@ pub struct NodeConfig {
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub min_free_disk_mib: u64,
 
+    /// Answer linearizable reads on the leader from a lease instead of a heartbeat round to
+    /// the followers (raft ReadIndex): faster, but correct only while the nodes' clocks run at
+    /// about the same rate and the leader is never paused for more than a tick (100 ms) between
+    /// checking its lease and answering. Off by default.
+    #[arg(long)]
+    pub read_lease: bool,
+
     /// For benchmarks: run the `kv` example store compiled into the host instead of the
     /// plugin, to measure what the wasm sandbox costs. --plugin is still loaded and checked.
     #[arg(long)]

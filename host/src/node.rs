@@ -61,6 +61,9 @@ pub struct NodeOptions {
     /// Below this much free space on `data_dir`, proposals are refused ("disk full") so the
     /// log and snapshots still have room to finish what was already accepted.
     pub min_free_disk_bytes: u64,
+    /// Serve linearizable reads on the leader from a lease (see [`Lease`]) instead of a
+    /// heartbeat round per batch of reads. Off by default: it trusts timing (see `Lease`).
+    pub read_lease: bool,
 }
 
 impl Default for NodeOptions {
@@ -79,6 +82,7 @@ impl Default for NodeOptions {
             max_module_bytes: MAX_MODULE_BYTES,
             data_dir: None,
             min_free_disk_bytes: 256 << 20,
+            read_lease: false,
         }
     }
 }
@@ -304,9 +308,33 @@ struct PendingQuery {
 struct ReadBatch {
     queries: Vec<PendingQuery>,
     deadline: Instant,
+    /// When the read index was first requested: the heartbeats that confirm it left no
+    /// earlier, so a lease counted from here is never longer than the followers' promise.
+    first_asked: Instant,
     /// When the read index was last requested: raft-rs drops requests it cannot serve yet
     /// (no leader, or a new leader without a commit in its term), so we ask again.
     asked: Instant,
+}
+
+/// A leader's read lease (`--read-lease`): until `until`, no other node can have become leader,
+/// so a linearizable read may be answered from the leader's state at its commit index without
+/// asking the followers first.
+///
+/// Why it holds: with check_quorum, a follower ignores vote requests until `election_ticks`
+/// of its ticks have passed since it last heard from the leader (at least `election_ticks - 1`
+/// tick lengths, as its first tick may come at once), and a node restarted within that time
+/// does not vote either (see [`Node::ignores_votes`]). A read-index round that a quorum
+/// confirmed started at `first_asked`, so each follower of that quorum heard from the leader
+/// after it: no other leader before `first_asked + (election_ticks - 1) ticks`. The lease ends
+/// one tick earlier ([`Node::lease_length`]), leaving 100 ms (with the default ticks) for the
+/// clocks of the nodes to run at different rates and for the leader to be paused between its
+/// check of the lease and its answer. That margin is the assumption ReadIndex does not make.
+/// A lease is dropped when leadership is handed over or the membership changes.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// The term it was earned in: it never outlives its term.
+    term: u64,
+    until: Instant,
 }
 
 /// The consensus loop's state.
@@ -336,6 +364,16 @@ pub struct Node<S: StateMachine, L: LogStore> {
     /// Read batches with a confirmed read index, waiting for the state machine to apply it.
     reads_ready: VecDeque<(u64, ReadBatch)>,
     next_read_id: u64,
+    /// The leader's read lease, when `options.read_lease` is on and one was earned.
+    lease: Option<Lease>,
+    /// Read-index rounds first asked before this earn no lease: leadership was handed over or
+    /// the membership changed after they started.
+    lease_barrier: Instant,
+    /// A read was answered from the lease since it was last renewed, so it is worth renewing.
+    lease_used: bool,
+    /// When this node started: it ignores vote requests for one election timeout after (see
+    /// [`Node::ignores_votes`]).
+    started: Instant,
     removed: bool,
     /// Why writes are refused for lack of disk space, checked every tick.
     disk_full: Option<String>,
@@ -400,6 +438,10 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             reads_waiting: HashMap::new(),
             reads_ready: VecDeque::new(),
             next_read_id: 1,
+            lease: None,
+            lease_barrier: Instant::now(),
+            lease_used: false,
+            started: Instant::now(),
             removed: false,
             disk_full: None,
         })
@@ -466,6 +508,10 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     fn handle(&mut self, request: Request) -> Result<(), NodeFatal> {
         match request {
             Request::Raft(mut message) => {
+                if self.ignores_votes(&message) {
+                    tracing::debug!(from = message.from, "ignored a vote request: just started");
+                    return Ok(());
+                }
                 self.tolerate_lost_entries(&mut message);
                 // Messages from removed or unknown peers are dropped by raft-rs itself.
                 if let Err(e) = self.raw.step(*message) {
@@ -504,6 +550,19 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             }
         }
         Ok(())
+    }
+
+    /// Whether `message` is a vote request to ignore because this node started less than an
+    /// election timeout ago. A follower ignores vote requests for that long after hearing from
+    /// the leader (raft's check_quorum rule, which read leases rely on), but a restarted node
+    /// has forgotten when it last heard from it; so it keeps quiet for that long after starting.
+    /// Leadership transfers, which the leader itself asks for, are exempt.
+    fn ignores_votes(&self, message: &Message) -> bool {
+        matches!(
+            message.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && message.context != raft::CAMPAIGN_TRANSFER
+            && self.started.elapsed() < self.options.tick * self.options.election_ticks as u32
     }
 
     /// Copes with a follower that lost log entries it had already synced (its disk lost the
@@ -623,19 +682,66 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         reply: Reply<Answered>,
     ) -> Result<(), NodeFatal> {
         if stale {
-            let outcome = self.state_machine.query(&request)?;
-            let _ = reply.send(Ok(Answered {
-                applied_index: self.applied,
-                outcome,
-            }));
+            self.answer(PendingQuery { request, reply })?;
         } else if self.raw.raft.leader_id == raft::INVALID_ID {
             let _ = reply.send(Err(NodeError::NoLeader));
+        } else if let Some(index) = self.lease_read_index() {
+            self.lease_used = true;
+            let query = PendingQuery { request, reply };
+            if index <= self.applied {
+                self.answer(query)?;
+            } else {
+                let now = Instant::now();
+                let batch = ReadBatch {
+                    queries: vec![query],
+                    deadline: now + self.options.request_timeout,
+                    first_asked: now,
+                    asked: now,
+                };
+                self.reads_ready.push_back((index, batch));
+            }
         } else {
             self.new_reads_deadline
                 .get_or_insert_with(|| Instant::now() + self.options.request_timeout);
             self.new_reads.push(PendingQuery { request, reply });
         }
         Ok(())
+    }
+
+    /// How long a read lease lasts from the start of the round that earned it: one tick less
+    /// than the followers' promise not to vote (see [`Lease`]).
+    fn lease_length(&self) -> Duration {
+        self.options.tick * (self.options.election_ticks.saturating_sub(2) as u32)
+    }
+
+    /// The index a linearizable read may be answered at right now from the lease, if this
+    /// node holds a valid one.
+    fn lease_read_index(&self) -> Option<u64> {
+        let lease = self.lease?;
+        let raft = &self.raw.raft;
+        let valid = self.is_leader()
+            && raft.term == lease.term
+            && raft.lead_transferee.is_none()
+            && Instant::now() < lease.until;
+        let committed = raft.raft_log.committed;
+        // A new leader knows what is committed only once an entry of its own term is.
+        (valid && raft.raft_log.term(committed).ok() == Some(raft.term)).then_some(committed)
+    }
+
+    /// Whether the lease, having been used, is past half its length: then a read-index round
+    /// renews it before it runs out, so a steady stream of reads never waits for one.
+    fn lease_wants_renewal(&self) -> bool {
+        self.lease_used
+            && self.lease.is_some_and(|lease| {
+                lease.until.saturating_duration_since(Instant::now()) < self.lease_length() / 2
+            })
+    }
+
+    /// Forgets the lease and refuses one from rounds already under way: leadership is being
+    /// handed over, or the membership changed.
+    fn drop_lease(&mut self) {
+        self.lease = None;
+        self.lease_barrier = Instant::now();
     }
 
     /// Asks raft for one read index covering every linearizable query received since the last
@@ -646,7 +752,9 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     /// round all share the next, instead of every loop iteration starting a round of its own.
     fn ask_read_index(&mut self) {
         let now = Instant::now();
-        if !self.new_reads.is_empty() && self.reads_waiting.is_empty() {
+        let renew = self.lease_wants_renewal();
+        if (!self.new_reads.is_empty() || renew) && self.reads_waiting.is_empty() {
+            self.lease_used = false;
             let id = self.next_read_id;
             self.next_read_id += 1;
             self.raw.read_index(id.to_le_bytes().to_vec());
@@ -656,6 +764,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                     .new_reads_deadline
                     .take()
                     .unwrap_or(now + self.options.request_timeout),
+                first_asked: now,
                 asked: now,
             };
             self.reads_waiting.insert(id, batch);
@@ -721,6 +830,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 .max_by_key(|(_, progress)| progress.matched)
                 .map(|(peer, _)| *peer);
             if let Some(successor) = successor {
+                self.drop_lease();
                 self.raw.transfer_leader(successor);
             }
             let _ = reply.send(Err(NodeError::Busy(format!(
@@ -770,6 +880,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             ))));
             return;
         }
+        self.drop_lease();
         self.raw.transfer_leader(to);
         let deadline = Instant::now() + self.options.request_timeout;
         if let Some((_, _, previous)) = self.transfer.replace((to, deadline, reply)) {
@@ -990,8 +1101,25 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 continue;
             };
             if let Some(batch) = self.reads_waiting.remove(&u64::from_le_bytes(id)) {
+                self.earn_lease(batch.first_asked);
                 self.reads_ready.push_back((state.index, batch));
             }
+        }
+    }
+
+    /// A quorum confirmed a read-index round first asked at `first_asked`: with
+    /// `--read-lease`, that earns (or extends) the leader's lease.
+    fn earn_lease(&mut self, first_asked: Instant) {
+        if !self.options.read_lease || !self.is_leader() || first_asked <= self.lease_barrier {
+            return;
+        }
+        let until = first_asked + self.lease_length();
+        let term = self.raw.raft.term;
+        if self
+            .lease
+            .is_none_or(|lease| lease.term != term || lease.until < until)
+        {
+            self.lease = Some(Lease { term, until });
         }
     }
 
@@ -1003,13 +1131,19 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         {
             let (_, batch) = self.reads_ready.pop_front().expect("checked above");
             for query in batch.queries {
-                let outcome = self.state_machine.query(&query.request)?;
-                let _ = query.reply.send(Ok(Answered {
-                    applied_index: self.applied,
-                    outcome,
-                }));
+                self.answer(query)?;
             }
         }
+        Ok(())
+    }
+
+    /// Answers a query from the state machine as it is now.
+    fn answer(&mut self, query: PendingQuery) -> Result<(), NodeFatal> {
+        let outcome = self.state_machine.query(&query.request)?;
+        let _ = query.reply.send(Ok(Answered {
+            applied_index: self.applied,
+            outcome,
+        }));
         Ok(())
     }
 
@@ -1144,6 +1278,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     }
 
     fn apply_conf_change(&mut self, index: u64, change: ConfChange) -> Result<(), NodeFatal> {
+        self.drop_lease();
         let conf_state = self.raw.apply_conf_change(&change)?;
         self.raw.mut_store().set_conf_state(conf_state)?;
         let node = change.node_id;

@@ -181,6 +181,7 @@ fn run_with<S: StateMachine + 'static>(
         request_timeout: Duration::from_millis(config.proposal_timeout_ms),
         data_dir: Some(config.data_dir()),
         min_free_disk_bytes: config.min_free_disk_mib << 20,
+        read_lease: config.read_lease,
         ..NodeOptions::default()
     };
     let mut node = Node::new(id, store, state_machine, cluster, transport, options)?;

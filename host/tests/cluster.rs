@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use riteraft_client::proto::{ProposeRequest, propose_response};
+use riteraft_client::proto::{ProposeRequest, QueryRequest, propose_response, query_response};
 use riteraft_test_support::{Cluster, ClusterOptions, within};
 use tonic::Code;
 
@@ -510,6 +510,85 @@ async fn leadership_moves_to_the_chosen_follower_on_request() {
         put(&cluster, leader, "after", "transfer").await;
         assert_get(&cluster, target, "after", "transfer", false).await;
         assert_eq!(cluster.status(leader).await.unwrap().leader_id, target);
+    })
+    .await
+}
+
+/// With `--read-lease` the leader answers linearizable reads from its lease, without a round
+/// to the followers. A leader frozen (SIGSTOP) while the others elect a new leader and take a
+/// write must not answer from its old state when it wakes up: its lease has run out, so every
+/// answer it gives is the new value or an error, never the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_its_read_lease_never_answers_a_stale_read() {
+    within(TEST_LIMIT, async {
+        let cluster = Cluster::start(3, options().arg("--read-lease")).await;
+        let old = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        put(&cluster, old, "k", "old").await;
+        for node in cluster.ids() {
+            assert_get(&cluster, node, "k", "old", false).await;
+        }
+
+        cluster.pause(old);
+        let others = followers(&cluster, old);
+        let new = cluster
+            .wait_for(
+                "a new leader among the others",
+                ELECTION_LIMIT,
+                async || {
+                    for &id in &others {
+                        if cluster.status(id).await.ok()?.role == "leader" {
+                            return Some(id);
+                        }
+                    }
+                    None
+                },
+            )
+            .await;
+        put(&cluster, new, "k", "new").await;
+
+        // Queries sent while it is frozen wait in its socket and race, when it wakes, with the
+        // new leader's messages; then more right after.
+        let early: Vec<_> = (0..8)
+            .map(|_| {
+                let mut client = cluster.client(old);
+                tokio::spawn(async move {
+                    let request = QueryRequest {
+                        request: b"get k".to_vec(),
+                        stale: false,
+                    };
+                    match client.query(request).await.map(|r| r.into_inner().result) {
+                        Ok(Some(query_response::Result::Output(value))) => {
+                            Ok(String::from_utf8_lossy(&value).into_owned())
+                        }
+                        Ok(other) => Err(format!("{other:?}")),
+                        Err(status) => Err(status.to_string()),
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cluster.resume(old);
+        let mut answers = Vec::new();
+        for query in early {
+            answers.push(query.await.expect("query task"));
+        }
+        for _ in 0..20 {
+            answers.push(match cluster.query(old, "get k", false).await {
+                Ok(answer) => answer,
+                Err(status) => Err(status.to_string()),
+            });
+        }
+        eprintln!("answers of the woken leader: {answers:?}");
+        for value in answers.iter().flatten() {
+            assert_eq!(
+                value, "new",
+                "a stale read from the woken leader: {answers:?}"
+            );
+        }
+        assert!(
+            answers.iter().any(|answer| answer.is_ok()),
+            "the woken node, now a follower, serves linearizable reads again: {answers:?}"
+        );
     })
     .await
 }

@@ -43,6 +43,8 @@ pub struct LocalOptions {
     pub plugin: PathBuf,
     /// `--builtin-kv`: the kv store compiled into the host instead of the plugin.
     pub native: bool,
+    /// More flags for every node (`--node-arg`).
+    pub node_args: Vec<String>,
     /// Where the temporary directory goes.
     pub data_root: PathBuf,
 }
@@ -194,6 +196,7 @@ impl LocalCluster {
         if options.native {
             command.arg("--builtin-kv");
         }
+        command.args(&options.node_args);
         // Warnings only, unless the user asked for more: a node logging every request at
         // `info` would measure its logging.
         if std::env::var_os("RUST_LOG").is_none() {

@@ -18,7 +18,7 @@
 //! "Explicit" cluster: `--cluster` given on the command line (before or after `bench`, even
 //! with the default value `127.0.0.1:7001`) or `RITERAFT_CLUSTER` set in the environment; see
 //! [`cluster_was_given`]. The flags that only make sense for a local cluster (`--plugin`,
-//! `--host`, `--native`, `--compare`, `--data-root`) are refused with an explicit cluster.
+//! `--host`, `--native`, `--compare`, `--data-root`, `--node-arg`) are refused with an explicit cluster.
 //!
 //! A run in which no request was answered in the measured window fails (exit 1) with the
 //! errors seen, and for a local cluster the exit status and log tail of any node that died:
@@ -178,6 +178,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub compare: bool,
 
+    /// Local clusters only: one more flag for every node, e.g. `--node-arg=--read-lease` or
+    /// `--node-arg=--snapshot-entries=100000` (repeat for several).
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub node_arg: Vec<String>,
+
     /// Local cluster only: where to put its temporary data dirs (default: the system's
     /// temporary directory, or the current one if that is in memory). Must be on disk:
     /// fsync is part of what is measured.
@@ -280,6 +285,7 @@ impl Plan {
                     ("--native", args.native),
                     ("--compare", args.compare),
                     ("--data-root", args.data_root.is_some()),
+                    ("--node-arg", !args.node_arg.is_empty()),
                 ];
                 if let Some((flag, _)) = local_only.iter().find(|(_, set)| *set) {
                     bail!(
@@ -300,6 +306,7 @@ impl Plan {
                     None => default_plugin()?,
                 },
                 native: args.native,
+                node_args: args.node_arg.clone(),
                 data_root: args
                     .data_root
                     .clone()
@@ -318,6 +325,7 @@ impl Plan {
                 stale: args.stale,
                 keys: args.keys,
                 plugin: local.as_ref().map(|local| local.plugin.clone()),
+                node_args: args.node_arg.clone(),
             },
             target,
             timeout,
@@ -794,6 +802,9 @@ mod tests {
             "--native",
             "--data-root",
             "/d",
+            "--node-arg=--read-lease",
+            "--node-arg",
+            "--snapshot-entries=5",
         ])
         .unwrap();
         assert_eq!(args.clients, 8);
@@ -808,6 +819,7 @@ mod tests {
         assert_eq!(args.plugin, Some(PathBuf::from("p.wasm")));
         assert_eq!(args.host, Some(PathBuf::from("h")));
         assert_eq!(args.data_root, Some(PathBuf::from("/d")));
+        assert_eq!(args.node_arg, ["--read-lease", "--snapshot-entries=5"]);
     }
 
     #[test]
@@ -844,6 +856,7 @@ mod tests {
             &["--compare"],
             &["--plugin", "x"],
             &["--host", "y"],
+            &["--node-arg", "--read-lease"],
         ] {
             let error = Plan::new(parse(flag).unwrap(), cluster.clone(), timeout)
                 .unwrap_err()
@@ -859,7 +872,15 @@ mod tests {
         assert_eq!(plan.config.plugin, None);
 
         let local = Plan::new(
-            parse(&["--host", "/bin/h", "--plugin", "/p.wasm", "--native"]).unwrap(),
+            parse(&[
+                "--host",
+                "/bin/h",
+                "--plugin",
+                "/p.wasm",
+                "--native",
+                "--node-arg=--read-lease",
+            ])
+            .unwrap(),
             Target::Local,
             timeout,
         )
@@ -868,6 +889,7 @@ mod tests {
         assert_eq!(options.host, PathBuf::from("/bin/h"));
         assert_eq!(options.plugin, PathBuf::from("/p.wasm"));
         assert!(local.native);
+        assert_eq!(options.node_args, ["--read-lease"]);
     }
 
     #[test]

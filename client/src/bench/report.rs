@@ -25,6 +25,8 @@ pub struct Config {
     pub keys: u64,
     /// The plugin the local nodes run; `None` for a given cluster.
     pub plugin: Option<PathBuf>,
+    /// More flags the local nodes were started with (`--node-arg`).
+    pub node_args: Vec<String>,
 }
 
 /// Which cluster a run loaded.
@@ -314,6 +316,7 @@ impl Config {
             "plugin".into(),
             json!(self.plugin.as_ref().map(|path| path.display().to_string())),
         );
+        object.insert("node_args".into(), json!(self.node_args));
     }
 
     /// `writes only`, `reads only (linearizable)`, `90% reads (stale), 10% writes`.
@@ -345,6 +348,9 @@ impl Config {
         );
         if let Some(plugin) = &self.plugin {
             let _ = writeln!(out, "plugin file: {}", plugin.display());
+        }
+        if !self.node_args.is_empty() {
+            let _ = writeln!(out, "node flags:  {}", self.node_args.join(" "));
         }
     }
 }
@@ -460,6 +466,7 @@ mod tests {
             stale: false,
             keys: 10_000,
             plugin: Some(PathBuf::from("kv.wasm")),
+            node_args: vec!["--read-lease".into()],
         }
     }
 
@@ -520,6 +527,7 @@ mod tests {
         assert_eq!(json["duration_s"], 10.0);
         assert_eq!(json["reads_pct"], 0);
         assert_eq!(json["plugin"], "kv.wasm");
+        assert_eq!(json["node_args"], json!(["--read-lease"]));
         assert_eq!(json["plugin_sha256"], "5ca1ab1e");
         assert_eq!(json["cluster"], "local");
         assert_eq!(json["state_machine"], "wasm");
@@ -559,6 +567,7 @@ mod tests {
         for expected in [
             "64 clients over 8 connections, writes only, 256-byte values, 10000 keys",
             "1 s warmup, 10 s measured",
+            "node flags:  --read-lease",
             "compiled into the nodes",
             "/tmp/riteraft-bench-x",
             "leader:      node 1 at 127.0.0.1:1",

@@ -438,6 +438,17 @@ impl Cluster {
         lock(&self.node(id).process).kill();
     }
 
+    /// Freezes node `id` (SIGSTOP) until [`resume`](Self::resume): it neither crashes nor
+    /// answers, like a paused VM.
+    pub fn pause(&self, id: u64) {
+        lock(&self.node(id).process).pause();
+    }
+
+    /// Lets a frozen node go on (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        lock(&self.node(id).process).resume();
+    }
+
     /// Whether node `id`'s process is running.
     pub fn is_running(&self, id: u64) -> bool {
         lock(&self.node(id).process).is_running()

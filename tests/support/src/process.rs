@@ -90,6 +90,26 @@ impl NodeProcess {
         self.try_exit().is_none()
     }
 
+    /// Freezes the process with SIGSTOP (like a VM paused or a process stuck on a dead disk),
+    /// until [`resume`](Self::resume). A frozen process can still be killed.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        if self.is_running() {
+            let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit in pid_t");
+            // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,
+            // not yet reaped, so it cannot name another process.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
     /// Kills the process with SIGKILL (no chance to clean up, like a crash or power loss) and
     /// reaps it. Does nothing if it already ended.
     pub fn kill(&mut self) {
