@@ -38,10 +38,25 @@ impl Bincode {
 
 impl<T: Serialize + DeserializeOwned> Codec<T> for Bincode {
     fn encode(value: &T) -> Vec<u8> {
-        // Serializing plain data into a Vec cannot fail; a type whose Serialize impl returns an
-        // error is a bug in that type, so say so loudly.
-        bincode::serde::encode_to_vec(value, Self::config())
-            .unwrap_or_else(|e| panic!("bincode could not encode a value: {e}"))
+        // Two passes, measuring then writing into a buffer of exactly that size: a store's
+        // memory never shrinks (wasm linear memory), and growing a Vec by doubling would leave
+        // about twice a large snapshot's size in use for good.
+        // Serializing plain data cannot fail; a type whose Serialize impl returns an error is a
+        // bug in that type, so say so loudly.
+        fn fail<T>(e: bincode::error::EncodeError) -> T {
+            panic!("bincode could not encode a value: {e}")
+        }
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::serde::encode_into_writer(value, &mut size, Self::config()).unwrap_or_else(fail);
+        let mut bytes = vec![0; size.bytes_written];
+        let written = bincode::serde::encode_into_slice(value, &mut bytes, Self::config())
+            .unwrap_or_else(fail);
+        assert_eq!(
+            written,
+            bytes.len(),
+            "bincode wrote another size than it measured"
+        );
+        bytes
     }
 
     fn decode(bytes: &[u8]) -> Result<T, String> {

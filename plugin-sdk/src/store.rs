@@ -138,9 +138,13 @@ impl<S: Store> RawStore for Typed<S> {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let mut bytes = SNAPSHOT_MAGIC.to_vec();
-        bytes.extend_from_slice(&S::SNAPSHOT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&self.0.snapshot());
+        let store = self.0.snapshot();
+        let version = S::SNAPSHOT_VERSION.to_le_bytes();
+        // Exactly sized: see `Bincode::encode` on why a store avoids growing large buffers.
+        let mut bytes = Vec::with_capacity(SNAPSHOT_MAGIC.len() + version.len() + store.len());
+        bytes.extend_from_slice(SNAPSHOT_MAGIC);
+        bytes.extend_from_slice(&version);
+        bytes.extend_from_slice(&store);
         bytes
     }
 
