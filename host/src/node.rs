@@ -375,6 +375,8 @@ pub struct Node<S: StateMachine, L: LogStore> {
     /// [`Node::ignores_votes`]).
     started: Instant,
     removed: bool,
+    /// Size of the store's state in the latest snapshot: large stores snapshot less often.
+    snapshot_bytes: u64,
     /// Why writes are refused for lack of disk space, checked every tick.
     disk_full: Option<String>,
 }
@@ -402,7 +404,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         transport: Arc<Transport>,
         options: NodeOptions,
     ) -> Result<Self, NodeFatal> {
-        let applied = store.latest_snapshot().get_metadata().index;
+        let applied = store.snapshot_metadata().index;
         let config = raft::Config {
             id,
             election_tick: options.election_ticks,
@@ -420,7 +422,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         config.validate()?;
         let raw = RawNode::new(&config, store, &raft_logger())?;
         transport.set_members(&cluster.members);
-        Ok(Self {
+        let mut node = Self {
             id,
             raw,
             state_machine,
@@ -443,8 +445,12 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             lease_used: false,
             started: Instant::now(),
             removed: false,
+            snapshot_bytes: 0,
             disk_full: None,
-        })
+        };
+        // The state machine was just restored from the store's snapshot (if any).
+        node.checkpoint_saved();
+        Ok(node)
     }
 
     /// Starts an election at once (a freshly bootstrapped single node becomes leader now).
@@ -904,7 +910,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             term: self.raw.raft.term,
             commit_index: self.raw.raft.raft_log.committed,
             applied_index: self.applied,
-            snapshot_index: self.raw.store().latest_snapshot().get_metadata().index,
+            snapshot_index: self.raw.store().snapshot_metadata().index,
             members: self.cluster.members.clone(),
             module: self.state_machine.module_info(),
             upgrades: self.cluster.upgrades.clone(),
@@ -1088,9 +1094,11 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             "installing a snapshot from the leader"
         );
         restore_snapshot_data(&mut self.state_machine, &data)?;
+        self.snapshot_bytes = data.store.len() as u64;
         self.cluster = data.cluster;
         self.transport.set_members(&self.cluster.members);
         self.raw.mut_store().install_snapshot(snapshot)?;
+        self.checkpoint_saved();
         self.applied = index;
         Ok(())
     }
@@ -1327,11 +1335,16 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     /// Takes a snapshot and compacts the log once enough has been applied since the last one.
     fn maybe_snapshot(&mut self) -> Result<(), NodeFatal> {
         let store = self.raw.store();
-        let last_snapshot = store.latest_snapshot().get_metadata().index;
+        let last_snapshot = store.snapshot_metadata().index;
         let since = self.applied.saturating_sub(last_snapshot);
-        let due = since >= self.options.snapshot_entries
-            || store.log_bytes() >= self.options.snapshot_log_bytes
-            || store.snapshot_requested();
+        // A snapshot rewrites the whole store, so a large one waits until the log since the
+        // last snapshot is a quarter of the store's size: snapshots then cost at most about
+        // four times what is written, instead of a 300 MiB rewrite every 10,000 writes.
+        let log_bytes = store.log_bytes();
+        let due = (since >= self.options.snapshot_entries && log_bytes >= self.snapshot_bytes / 4)
+            || log_bytes >= self.options.snapshot_log_bytes
+            || store.snapshot_requested()
+            || self.state_machine.wants_snapshot();
         if since == 0 || !due {
             return Ok(());
         }
@@ -1348,6 +1361,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 .unwrap_or_default(),
             store: self.state_machine.snapshot()?,
         };
+        self.snapshot_bytes = data.store.len() as u64;
         let mut snapshot = Snapshot {
             data: encode(&data).into(),
             ..Default::default()
@@ -1365,7 +1379,21 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         self.raw
             .mut_store()
             .compact_to_snapshot(snapshot, compact_index)?;
+        self.checkpoint_saved();
         Ok(())
+    }
+
+    /// Tells the state machine its state as of the latest snapshot is durable, and how to read
+    /// it back, so that it need not keep a copy in memory.
+    fn checkpoint_saved(&mut self) {
+        let Some(read) = self.raw.store().snapshot_reader() else {
+            return;
+        };
+        self.state_machine.checkpoint_saved(Box::new(move || {
+            let snapshot = read().map_err(|e| e.to_string())?;
+            let data = SnapshotData::decode(&snapshot.data).map_err(|e| e.to_string())?;
+            Ok(data.store)
+        }));
     }
 }
 

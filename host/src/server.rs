@@ -108,7 +108,7 @@ fn run_with<S: StateMachine + 'static>(
     let (id, store, cluster) = match data_dir {
         DataDir::Member(path, identity) => {
             let store = DiskLogStore::open(&path)?;
-            let snapshot = store.latest_snapshot();
+            let snapshot = store.read_snapshot()?;
             if snapshot.get_metadata().index == 0 {
                 // A node that joined but stopped before the leader's snapshot reached it.
                 let Some(target) = config.join.filter(|_| identity.node_id != 1) else {

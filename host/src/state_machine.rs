@@ -55,6 +55,10 @@ pub enum StateMachineError {
     Rebuild(String),
 }
 
+/// Reads back the store's state as of the node's latest durable snapshot (see
+/// [`StateMachine::checkpoint_saved`]); an error says why the file could not be read.
+pub type CheckpointReader = Box<dyn Fn() -> Result<Vec<u8>, String> + Send>;
+
 /// Which code a state machine runs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ModuleInfo {
@@ -104,6 +108,19 @@ pub trait StateMachine: Send {
         Ok(Err(
             "this node runs a store built into the host; it cannot be replaced".into(),
         ))
+    }
+
+    /// The state last returned by `snapshot` (or given to `restore`) is now durable in the
+    /// node's snapshot and can be read back with `read`: an implementation that keeps a copy of
+    /// it (to recover from failures) may drop the copy and use `read` when it needs it.
+    fn checkpoint_saved(&mut self, read: CheckpointReader) {
+        let _ = read;
+    }
+
+    /// Whether this state machine would like the node to take a snapshot soon, whatever the
+    /// node's own schedule (e.g. what it keeps to recover from a trap has grown large).
+    fn wants_snapshot(&self) -> bool {
+        false
     }
 
     /// Replaces code and state at once: a snapshot written by other code (`module`).

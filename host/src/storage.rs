@@ -10,7 +10,7 @@ mod disk;
 
 pub use disk::DiskLogStore;
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
 /// A failure to read or write the node's durable state. The node cannot go on safely after one.
@@ -23,6 +23,9 @@ pub enum StorageError {
     #[error("inconsistent raft log: {0}")]
     Inconsistent(String),
 }
+
+/// Reads one snapshot back (see [`LogStore::snapshot_reader`]).
+pub type SnapshotReader = Box<dyn Fn() -> Result<Snapshot, StorageError> + Send>;
 
 /// The writes of the Ready loop. Every method is durable when it returns `Ok`.
 ///
@@ -55,11 +58,22 @@ pub trait LogStore: raft::Storage + Send + 'static {
         compact_index: u64,
     ) -> Result<(), StorageError>;
 
-    /// The latest snapshot (its index is 0 when there is none).
-    fn latest_snapshot(&self) -> &Snapshot;
+    /// Where the latest snapshot stands (index 0 when there is none).
+    fn snapshot_metadata(&self) -> &SnapshotMetadata;
+
+    /// The latest snapshot with its data. A [`DiskLogStore`] reads it from its file: a store's
+    /// whole state is not worth keeping in memory for the rare follower that needs it.
+    fn read_snapshot(&self) -> Result<Snapshot, StorageError>;
 
     /// The bytes of log entries kept after the latest snapshot.
     fn log_bytes(&self) -> u64;
+
+    /// Something that reads the latest snapshot back later, from another place than this
+    /// store's memory (its file), even after the store moved on; `None` if there is no such
+    /// place (a [`MemLogStore`]) or no snapshot yet.
+    fn snapshot_reader(&self) -> Option<SnapshotReader> {
+        None
+    }
 
     /// Whether raft asked for a snapshot newer than the latest one (e.g. for a follower that
     /// joined after it was taken). The node then takes one; raft asks again and gets it.
@@ -97,12 +111,12 @@ fn term_at_or_before(
 /// that does not list it); otherwise "temporarily unavailable", and `requested` is set so the
 /// node takes a new one.
 fn snapshot_for(
-    latest: &Snapshot,
+    meta: &SnapshotMetadata,
     requested: &AtomicBool,
     request_index: u64,
     to: u64,
+    read: impl FnOnce() -> Result<Snapshot, StorageError>,
 ) -> raft::Result<Snapshot> {
-    let meta = latest.get_metadata();
     let conf = meta.get_conf_state();
     let knows_peer = conf.voters.contains(&to) || conf.learners.contains(&to);
     if meta.index < request_index || !knows_peer {
@@ -111,7 +125,7 @@ fn snapshot_for(
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ));
     }
-    Ok(latest.clone())
+    read().map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))))
 }
 
 /// A [`LogStore`] in memory.
@@ -187,7 +201,13 @@ impl raft::Storage for MemLogStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        snapshot_for(&self.snapshot, &self.snapshot_requested, request_index, to)
+        snapshot_for(
+            self.snapshot.get_metadata(),
+            &self.snapshot_requested,
+            request_index,
+            to,
+            || Ok(self.snapshot.clone()),
+        )
     }
 }
 
@@ -276,8 +296,12 @@ impl LogStore for MemLogStore {
         Ok(())
     }
 
-    fn latest_snapshot(&self) -> &Snapshot {
-        &self.snapshot
+    fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        self.snapshot.get_metadata()
+    }
+
+    fn read_snapshot(&self) -> Result<Snapshot, StorageError> {
+        Ok(self.snapshot.clone())
     }
 
     fn log_bytes(&self) -> u64 {
@@ -410,7 +434,7 @@ mod tests {
         assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
         assert_eq!(store.first_index().unwrap(), 21);
         assert_eq!(store.last_index().unwrap(), 30);
-        assert_eq!(store.latest_snapshot().get_metadata().index, 25);
+        assert_eq!(store.snapshot_metadata().index, 25);
         assert_eq!(all(&store, 21, 31).unwrap().len(), 10);
         // Only the newest snapshot file is kept.
         let files = std::fs::read_dir(dir.path().join("snapshots"))

@@ -5,30 +5,53 @@
 //! is thrown away and a new one is rebuilt deterministically: restore the last checkpoint (a
 //! snapshot) and replay every entry applied since. The trapping entry itself is not replayed, so
 //! it has no effect, on every replica alike. Checkpoints come for free when the node takes a
-//! snapshot; otherwise one is taken when the replay list outgrows [`ReplayLimits`].
+//! snapshot, which the node takes when the replay list reaches [`ReplayLimits`] (see
+//! [`StateMachine::wants_snapshot`]); only if the list grows to twice that does the state
+//! machine take a checkpoint on its own. Once the node's snapshot is durable, the in-memory
+//! copy is dropped and a rebuild reads the state back from the snapshot file
+//! ([`StateMachine::checkpoint_saved`]).
 
 use std::sync::Arc;
 
 use crate::plugin::{CallError, PluginInstance, PluginModule, PluginRuntime};
-use crate::state_machine::{ApplyContext, ModuleInfo, Outcome, StateMachine, StateMachineError};
+use crate::state_machine::{
+    ApplyContext, CheckpointReader, ModuleInfo, Outcome, StateMachine, StateMachineError,
+};
 
 /// How much may be applied between checkpoints: this bounds both the memory the replay list
-/// holds and the time a rebuild after a trap takes.
+/// holds and the time a rebuild after a trap takes. Reaching a limit asks the node for a
+/// snapshot; twice a limit makes the state machine take a checkpoint in memory itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayLimits {
-    /// Entries applied since the checkpoint: 10,000 keeps a rebuild well under a second.
+    /// Entries applied since the checkpoint: 1,000,000 replays in about two seconds (about
+    /// 2 µs per small entry), the rare price of a trap.
     pub max_entries: usize,
-    /// Bytes of entries applied since the checkpoint: 64 MiB.
+    /// Bytes held for replay, each entry counted with [`REPLAY_ENTRY_OVERHEAD`]: 64 MiB.
     pub max_bytes: usize,
 }
+
+/// Memory one replayed entry costs besides its bytes: its context, its `Vec` and the
+/// allocator's header.
+pub const REPLAY_ENTRY_OVERHEAD: usize = 64;
 
 impl Default for ReplayLimits {
     fn default() -> Self {
         Self {
-            max_entries: 10_000,
+            max_entries: 1_000_000,
             max_bytes: 64 << 20,
         }
     }
+}
+
+/// The state a rebuild starts from.
+enum Checkpoint {
+    /// The plugin's initial state (nothing applied before `replay`).
+    Initial,
+    /// A copy in memory, until the node's snapshot of the same state is durable.
+    InMemory(Vec<u8>),
+    /// The node's snapshot file: read back only for a rebuild, so a large store is not held
+    /// in memory twice.
+    Saved(CheckpointReader),
 }
 
 /// A [`StateMachine`] backed by a wasm plugin.
@@ -36,8 +59,8 @@ pub struct WasmStateMachine {
     runtime: Arc<PluginRuntime>,
     module: PluginModule,
     instance: PluginInstance,
-    /// A snapshot of the state before `replay`; `None` means the plugin's initial state.
-    checkpoint: Option<Vec<u8>>,
+    /// The state before `replay`.
+    checkpoint: Checkpoint,
     /// Entries applied since `checkpoint`, to replay after a trap.
     replay: Vec<(ApplyContext, Vec<u8>)>,
     /// Sum of the entry sizes in `replay`.
@@ -71,7 +94,7 @@ impl WasmStateMachine {
             runtime,
             module,
             instance,
-            checkpoint: None,
+            checkpoint: Checkpoint::Initial,
             replay: Vec::new(),
             replay_bytes: 0,
             limits,
@@ -106,7 +129,7 @@ impl WasmStateMachine {
         self.instance = instance;
         // Rebuilds after a trap now restore this (old-format) checkpoint with the new code,
         // which just proved it can.
-        self.checkpoint = Some(checkpoint);
+        self.checkpoint = Checkpoint::InMemory(checkpoint);
         self.replay.clear();
         self.replay_bytes = 0;
     }
@@ -116,12 +139,14 @@ impl WasmStateMachine {
         self.rebuilds
     }
 
-    /// Remembers an applied entry for replay, taking a checkpoint when the list is full.
+    /// Remembers an applied entry for replay, taking a checkpoint when the list has grown to
+    /// twice its limits (the node did not snapshot when asked).
     fn remember(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<(), StateMachineError> {
         self.replay.push((ctx, entry.to_vec()));
-        self.replay_bytes += entry.len();
-        if self.replay.len() >= self.limits.max_entries
-            || self.replay_bytes >= self.limits.max_bytes
+        self.replay_bytes += entry.len() + REPLAY_ENTRY_OVERHEAD;
+        // The node snapshots when asked (`wants_snapshot`); this is only the safety net.
+        if self.replay.len() >= self.limits.max_entries.saturating_mul(2)
+            || self.replay_bytes >= self.limits.max_bytes.saturating_mul(2)
         {
             self.snapshot()?;
         }
@@ -139,7 +164,18 @@ impl WasmStateMachine {
             .runtime
             .instantiate(&self.module)
             .map_err(|e| StateMachineError::Rebuild(e.to_string()))?;
-        if let Some(checkpoint) = &self.checkpoint {
+        let saved;
+        let checkpoint = match &self.checkpoint {
+            Checkpoint::Initial => None,
+            Checkpoint::InMemory(bytes) => Some(bytes),
+            Checkpoint::Saved(read) => {
+                saved = read().map_err(|e| {
+                    StateMachineError::Rebuild(format!("reading the checkpoint back: {e}"))
+                })?;
+                Some(&saved)
+            }
+        };
+        if let Some(checkpoint) = checkpoint {
             instance.restore(checkpoint).map_err(|e| {
                 StateMachineError::Rebuild(format!("restoring the checkpoint: {e}"))
             })?;
@@ -202,10 +238,18 @@ impl StateMachine for WasmStateMachine {
                 return Err(StateMachineError::Snapshot(e.to_string()));
             }
         };
-        self.checkpoint = Some(snapshot.clone());
+        self.checkpoint = Checkpoint::InMemory(snapshot.clone());
         self.replay.clear();
         self.replay_bytes = 0;
         Ok(snapshot)
+    }
+
+    fn checkpoint_saved(&mut self, read: CheckpointReader) {
+        self.checkpoint = Checkpoint::Saved(read);
+    }
+
+    fn wants_snapshot(&self) -> bool {
+        self.replay.len() >= self.limits.max_entries || self.replay_bytes >= self.limits.max_bytes
     }
 
     fn module_info(&self) -> ModuleInfo {
@@ -266,7 +310,7 @@ impl StateMachine for WasmStateMachine {
             .restore(snapshot)
             .map_err(|e| StateMachineError::Restore(e.to_string()))?;
         self.instance = instance;
-        self.checkpoint = Some(snapshot.to_vec());
+        self.checkpoint = Checkpoint::InMemory(snapshot.to_vec());
         self.replay.clear();
         self.replay_bytes = 0;
         Ok(())

@@ -807,3 +807,42 @@ async fn a_snapshot_over_64_mib_reaches_a_new_node() {
     })
     .await
 }
+
+/// A plugin that traps after the node's snapshot is on disk is rebuilt from the snapshot file
+/// (the node keeps no copy of the state in memory) plus the entries applied since: the trapping
+/// command has no effect, on every replica alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_after_a_snapshot_is_recovered_from_the_snapshot_file() {
+    within(TEST_LIMIT, async {
+        let options = options()
+            .plugin(riteraft_test_support::plugin("misbehaving"))
+            .snapshot_entries(20);
+        let cluster = Cluster::start(3, options).await;
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        for _ in 0..50 {
+            let answer = cluster.propose(leader, "add 1").await.unwrap();
+            assert!(answer.is_ok(), "{answer:?}");
+        }
+        cluster.wait_caught_up(CONVERGE_LIMIT).await;
+        for id in cluster.ids() {
+            let status = cluster.status(id).await.unwrap();
+            assert!(status.snapshot_index > 0, "node {id} took no snapshot");
+        }
+        let trapped = cluster.propose(leader, "panic").await.unwrap();
+        assert!(
+            matches!(&trapped, Err(reason) if reason.contains("trapped")),
+            "{trapped:?}"
+        );
+        let answer = cluster.propose(leader, "add 1").await.unwrap();
+        assert!(answer.is_ok(), "{answer:?}");
+        cluster.wait_caught_up(CONVERGE_LIMIT).await;
+        for id in cluster.ids() {
+            assert_eq!(
+                cluster.query(id, "total", true).await.unwrap(),
+                Ok("51".to_string()),
+                "node {id}"
+            );
+        }
+    })
+    .await
+}

@@ -146,6 +146,8 @@ fn a_trap_after_a_checkpoint_rebuilds_from_checkpoint_plus_replay() {
     let mut sm = WasmStateMachine::new(runtime.clone(), module, limits).unwrap();
     for i in 1..=7 {
         sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+        // At its limit it asks the node for a snapshot; at twice it checkpoints by itself.
+        assert_eq!(sm.wants_snapshot(), (3..6).contains(&i), "after entry {i}");
     }
     sm.apply(ctx(8), b"panic").unwrap().unwrap_err();
     assert_eq!(text(sm.query(b"total").unwrap()), Ok("7".into()));
@@ -174,4 +176,33 @@ fn a_snapshot_that_does_not_restore_keeps_the_old_state() {
     let err = sm.restore(b"not a snapshot").unwrap_err();
     assert!(err.to_string().contains("expected 8 bytes"), "{err}");
     assert_eq!(sm.query(b"").unwrap().unwrap(), 5u64.to_le_bytes());
+}
+
+#[test]
+fn once_the_checkpoint_is_saved_a_rebuild_reads_it_back_instead_of_a_copy() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "misbehaving");
+    for i in 1..=3 {
+        sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+    }
+    let saved = sm.snapshot().unwrap();
+    let reads = Arc::new(AtomicUsize::new(0));
+    sm.checkpoint_saved(Box::new({
+        let reads = reads.clone();
+        move || {
+            reads.fetch_add(1, Ordering::Relaxed);
+            Ok(saved.clone())
+        }
+    }));
+    sm.apply(ctx(4), b"add 2").unwrap().unwrap();
+    sm.apply(ctx(5), b"panic").unwrap().unwrap_err();
+    assert_eq!(reads.load(Ordering::Relaxed), 1, "one rebuild, one read");
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("5".into()));
+
+    // A checkpoint that cannot be read back leaves the replica broken, and says why.
+    sm.snapshot().unwrap();
+    sm.checkpoint_saved(Box::new(|| Err("snapshot file gone".into())));
+    let error = sm.apply(ctx(6), b"panic").unwrap_err().to_string();
+    assert!(error.contains("snapshot file gone"), "{error}");
 }

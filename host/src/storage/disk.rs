@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use raft_engine::{Command, Engine, LogBatch, MessageExt, ReadableSize};
 use sha2::{Digest, Sha256};
@@ -55,7 +55,8 @@ pub struct DiskLogStore {
     hard_state: HardState,
     conf_state: ConfState,
     truncated: (u64, u64),
-    snapshot: Snapshot,
+    /// Where the latest snapshot stands; its data stays in its file (see `read_snapshot`).
+    snapshot: SnapshotMetadata,
     /// Bytes of entries appended since the log was last truncated (an estimate of its size).
     log_bytes: u64,
     snapshot_requested: AtomicBool,
@@ -106,7 +107,9 @@ impl DiskLogStore {
             }
             None => (0, 0),
         };
-        let snapshot = read_latest_snapshot(&snapshot_dir)?.unwrap_or_default();
+        let snapshot = read_latest_snapshot(&snapshot_dir)?
+            .unwrap_or_default()
+            .take_metadata();
         let mut store = Self {
             engine,
             snapshot_dir,
@@ -124,7 +127,7 @@ impl DiskLogStore {
     /// Finishes an `install_snapshot` that a crash interrupted: the snapshot file is durable
     /// but the log still predates it.
     fn recover(&mut self) -> Result<(), StorageError> {
-        let meta = self.snapshot.get_metadata();
+        let meta = &self.snapshot;
         if meta.index <= self.truncated.0 {
             return Ok(());
         }
@@ -134,8 +137,8 @@ impl DiskLogStore {
                 index = meta.index,
                 "completing an interrupted snapshot install"
             );
-            let snapshot = self.snapshot.clone();
-            self.reset_to(&snapshot)?;
+            let meta = self.snapshot.clone();
+            self.reset_to(&meta)?;
         }
         Ok(())
     }
@@ -143,7 +146,7 @@ impl DiskLogStore {
     /// Whether this store holds anything at all (a node that never started has nothing).
     pub fn is_empty(&self) -> bool {
         self.hard_state == HardState::default()
-            && self.snapshot.get_metadata().index == 0
+            && self.snapshot.index == 0
             && self.engine.last_index(GROUP).is_none()
     }
 
@@ -154,9 +157,8 @@ impl DiskLogStore {
             .max(self.truncated.0)
     }
 
-    /// Replaces the whole log by `snapshot`'s point.
-    fn reset_to(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let meta = snapshot.get_metadata();
+    /// Replaces the whole log by the point of the snapshot `meta` describes.
+    fn reset_to(&mut self, meta: &SnapshotMetadata) -> Result<(), StorageError> {
         let mut hard_state = self.hard_state.clone();
         hard_state.commit = hard_state.commit.max(meta.index);
         hard_state.term = hard_state.term.max(meta.term);
@@ -183,7 +185,7 @@ impl DiskLogStore {
     fn save_snapshot_file(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let index = snapshot.get_metadata().index;
         let body = snapshot.write_to_bytes().map_err(io_error)?;
-        let path = self.snapshot_dir.join(format!("snapshot-{index:020}.snap"));
+        let path = snapshot_path(&self.snapshot_dir, index);
         let temp = path.with_extension("tmp");
         {
             let mut file = File::create(&temp)?;
@@ -233,6 +235,11 @@ fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     }
     files.sort_by_key(|(index, _)| std::cmp::Reverse(*index));
     Ok(files)
+}
+
+/// The file of the snapshot at `index`.
+fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("snapshot-{index:020}.snap"))
 }
 
 /// Reads and checks one snapshot file.
@@ -305,7 +312,13 @@ impl raft::Storage for DiskLogStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        super::snapshot_for(&self.snapshot, &self.snapshot_requested, request_index, to)
+        super::snapshot_for(
+            &self.snapshot,
+            &self.snapshot_requested,
+            request_index,
+            to,
+            || self.read_snapshot(),
+        )
     }
 }
 
@@ -380,9 +393,9 @@ impl LogStore for DiskLogStore {
 
     fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         self.save_snapshot_file(&snapshot)?;
-        self.reset_to(&snapshot)?;
+        self.reset_to(snapshot.get_metadata())?;
         let index = snapshot.get_metadata().index;
-        self.snapshot = snapshot;
+        self.snapshot = snapshot.get_metadata().clone();
         self.remove_snapshots_before(index)?;
         Ok(())
     }
@@ -413,14 +426,36 @@ impl LogStore for DiskLogStore {
             self.log_bytes = 0;
             self.engine.purge_expired_files().map_err(io_error)?;
         }
-        self.snapshot = snapshot;
+        self.snapshot = snapshot.get_metadata().clone();
         self.snapshot_requested.store(false, Ordering::Relaxed);
         self.remove_snapshots_before(index)?;
         Ok(())
     }
 
-    fn latest_snapshot(&self) -> &Snapshot {
+    fn snapshot_metadata(&self) -> &SnapshotMetadata {
         &self.snapshot
+    }
+
+    fn snapshot_reader(&self) -> Option<super::SnapshotReader> {
+        let index = self.snapshot.index;
+        let path = snapshot_path(&self.snapshot_dir, index);
+        (index > 0)
+            .then(|| -> super::SnapshotReader { Box::new(move || read_snapshot_file(&path)) })
+    }
+
+    fn read_snapshot(&self) -> Result<Snapshot, StorageError> {
+        if self.snapshot.index == 0 {
+            return Ok(Snapshot::default());
+        }
+        let snapshot = read_latest_snapshot(&self.snapshot_dir)?.unwrap_or_default();
+        if snapshot.get_metadata() != &self.snapshot {
+            return Err(damaged(format!(
+                "the newest snapshot file in {} is not the one recorded (index {})",
+                self.snapshot_dir.display(),
+                self.snapshot.index
+            )));
+        }
+        Ok(snapshot)
     }
 
     fn log_bytes(&self) -> u64 {
