@@ -1,7 +1,8 @@
 //! What the node writes into raft log entries and snapshots, besides the store's own bytes.
 //!
 //! Everything here is replicated, so it is encoded with a fixed format (bincode, standard
-//! configuration) and carries a version number where it may evolve.
+//! configuration) and carries a version number where it may evolve. Byte fields are
+//! `serde_bytes`: the same encoding as a sequence of `u8` in bincode, written in one piece.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ pub enum EntryPayload {
         /// The leader's clock when it proposed the entry (ms since the Unix epoch).
         timestamp_ms: u64,
         /// The command, in the store's own encoding.
+        #[serde(with = "serde_bytes")]
         command: Vec<u8>,
     },
     /// New code for the store: from this entry on, every replica runs `module`.
@@ -28,6 +30,7 @@ pub enum EntryPayload {
         request_id: u64,
         timestamp_ms: u64,
         /// The WebAssembly component's bytes.
+        #[serde(with = "serde_bytes")]
         module: Vec<u8>,
     },
 }
@@ -84,8 +87,10 @@ pub struct SnapshotData {
     pub plugin_sha256: [u8; 32],
     /// That module's bytes, so any node can run the cluster's current code whatever plugin it
     /// was started with (empty for a store built into the host).
+    #[serde(with = "serde_bytes")]
     pub module: Vec<u8>,
     /// The store's own snapshot bytes.
+    #[serde(with = "serde_bytes")]
     pub store: Vec<u8>,
 }
 
@@ -143,5 +148,41 @@ impl SnapshotData {
             });
         }
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an entry looked like before its bytes were `serde_bytes`: a plain `Vec<u8>`.
+    #[derive(Serialize)]
+    enum PlainPayload {
+        Command {
+            proposer: u64,
+            request_id: u64,
+            timestamp_ms: u64,
+            command: Vec<u8>,
+        },
+    }
+
+    #[test]
+    fn byte_fields_encode_as_they_did_as_plain_vectors() {
+        let command: Vec<u8> = (0..=255).chain(0..40).collect();
+        let new = encode(&EntryPayload::Command {
+            proposer: 3,
+            request_id: 1 << 40,
+            timestamp_ms: 1_700_000_000_000,
+            command: command.clone(),
+        });
+        let old = encode(&PlainPayload::Command {
+            proposer: 3,
+            request_id: 1 << 40,
+            timestamp_ms: 1_700_000_000_000,
+            command,
+        });
+        assert_eq!(new, old, "log entries written before stay readable");
+        let back: EntryPayload = decode("entry", &old).unwrap();
+        assert!(matches!(back, EntryPayload::Command { command, .. } if command.len() == 296));
     }
 }

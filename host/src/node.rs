@@ -1348,6 +1348,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         if since == 0 || !due {
             return Ok(());
         }
+        let started = Instant::now();
         let term = raft::Storage::term(store, self.applied)?;
         let conf_state: ConfState = self.raw.raft.prs().conf().to_conf_state();
         let data = SnapshotData {
@@ -1371,15 +1372,19 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         meta.term = term;
         meta.set_conf_state(conf_state);
         let compact_index = self.applied.saturating_sub(self.options.log_entries_kept);
-        tracing::info!(
-            index = self.applied,
-            bytes = snapshot.data.len(),
-            "took a snapshot"
-        );
+        let bytes = snapshot.data.len();
+        let taken = started.elapsed();
         self.raw
             .mut_store()
             .compact_to_snapshot(snapshot, compact_index)?;
         self.checkpoint_saved();
+        tracing::info!(
+            index = self.applied,
+            bytes,
+            taken_ms = taken.as_millis() as u64,
+            saved_ms = (started.elapsed() - taken).as_millis() as u64,
+            "took a snapshot"
+        );
         Ok(())
     }
 

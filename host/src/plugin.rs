@@ -11,6 +11,9 @@
 //! - NaN canonicalization, deterministic relaxed SIMD, no threads.
 //! - Every call runs on a fuel budget (deterministic, unlike wall-clock epochs), and linear
 //!   memory is capped by a [`wasmtime::ResourceLimiter`].
+//! - Snapshots may cross the boundary in pieces (the `snapshot-write` and `snapshot-read`
+//!   imports of `proto/store.wit`), so a large store never holds its serialized form in its own
+//!   memory, which never shrinks.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -167,6 +170,8 @@ pub struct PluginModule {
     sha256: [u8; 32],
     /// The module's bytes, kept so snapshots can carry the code that wrote them.
     bytes: Arc<Vec<u8>>,
+    /// Whether it imports `snapshot-read`: then `restore` gets its snapshot through it.
+    reads_snapshots: bool,
 }
 
 impl std::fmt::Debug for PluginModule {
@@ -204,6 +209,52 @@ struct Sandbox {
     /// What the guest wrote to stdout and stderr during the current call.
     stdout: GuestOutput,
     stderr: GuestOutput,
+    /// During `snapshot`: the pieces written so far through `snapshot-write`.
+    snapshot_out: Option<Vec<u8>>,
+    /// During a streamed `restore`: the snapshot, and how much of it `snapshot-read` gave.
+    snapshot_in: Option<(Vec<u8>, usize)>,
+}
+
+/// Largest piece `snapshot-read` hands over at once (the WIT contract says 1 MiB).
+const SNAPSHOT_READ_MAX: usize = 1 << 20;
+
+/// The host side of the `snapshot-write` and `snapshot-read` imports. Called outside the call
+/// they belong to, they trap: a deterministic outcome of the plugin's own code.
+fn add_snapshot_streams(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
+    let mut root = linker.root();
+    root.func_wrap(
+        "snapshot-write",
+        |mut store: wasmtime::StoreContextMut<'_, Sandbox>, (chunk,): (Vec<u8>,)| match &mut store
+            .data_mut()
+            .snapshot_out
+        {
+            Some(out) => {
+                out.extend_from_slice(&chunk);
+                Ok(())
+            }
+            None => Err(wasmtime::Error::msg(
+                "snapshot-write called outside `snapshot`",
+            )),
+        },
+    )?;
+    root.func_wrap(
+        "snapshot-read",
+        |mut store: wasmtime::StoreContextMut<'_, Sandbox>, (max,): (u32,)| {
+            let Some((bytes, read)) = &mut store.data_mut().snapshot_in else {
+                return Err(wasmtime::Error::msg(
+                    "snapshot-read called outside `restore`",
+                ));
+            };
+            let max = usize::try_from(max)
+                .unwrap_or(usize::MAX)
+                .min(SNAPSHOT_READ_MAX);
+            let end = bytes.len().min(*read + max);
+            let chunk = bytes[*read..end].to_vec();
+            *read = end;
+            Ok((chunk,))
+        },
+    )?;
+    Ok(())
 }
 
 impl WasiView for Sandbox {
@@ -264,6 +315,7 @@ impl PluginRuntime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        add_snapshot_streams(&mut linker).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         Ok(Self {
             engine,
             linker,
@@ -345,10 +397,15 @@ impl PluginRuntime {
                 .unwrap_or("?");
             LoadError::WrongSignature { name, detail }
         })?;
+        let reads_snapshots = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name == "snapshot-read");
         Ok(PluginModule {
             pre,
             sha256: Sha256::digest(bytes).into(),
             bytes: Arc::new(bytes.to_vec()),
+            reads_snapshots,
         })
     }
 
@@ -379,6 +436,8 @@ impl PluginRuntime {
             environment,
             stdout,
             stderr,
+            snapshot_out: None,
+            snapshot_in: None,
         };
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
@@ -392,6 +451,8 @@ impl PluginRuntime {
             limits: self.limits.clone(),
             last: ApplyContext::default(),
             version: None,
+            reads_snapshots: module.reads_snapshots,
+            last_snapshot_len: 0,
         };
         // Instantiation runs the component's start code, so it gets a budget like any call.
         let fuel = self.limits.fuel_per_call;
@@ -454,6 +515,11 @@ pub struct PluginInstance {
     last: ApplyContext,
     /// What the plugin's `version` export said, if it has one.
     version: Option<String>,
+    /// Whether its module imports `snapshot-read` (see [`PluginInstance::restore`]).
+    reads_snapshots: bool,
+    /// Size of the last snapshot: the next one's buffer starts that big (plus an eighth),
+    /// instead of being copied over and over as it doubles.
+    last_snapshot_len: usize,
 }
 
 impl PluginInstance {
@@ -487,23 +553,48 @@ impl PluginInstance {
         .map_err(CallError::Rejected)
     }
 
-    /// The plugin's snapshot of its whole state.
+    /// The plugin's snapshot of its whole state: what it wrote through `snapshot-write`, then
+    /// what it returned.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, CallError> {
         let exports = self.exports();
         let ctx = self.last;
-        self.call(self.limits.fuel_per_snapshot, ctx, |store| {
+        let expected = self.last_snapshot_len + self.last_snapshot_len / 8;
+        self.store.data_mut().snapshot_out = Some(Vec::with_capacity(expected));
+        let returned = self.call(self.limits.fuel_per_snapshot, ctx, |store| {
             exports.call_snapshot(store)
-        })
+        });
+        let mut written = self
+            .store
+            .data_mut()
+            .snapshot_out
+            .take()
+            .unwrap_or_default();
+        let returned = returned?;
+        if written.is_empty() {
+            written = returned;
+        } else {
+            written.extend_from_slice(&returned);
+        }
+        self.last_snapshot_len = written.len();
+        Ok(written)
     }
 
-    /// Replaces the plugin's state with a snapshot's.
+    /// Replaces the plugin's state with a snapshot's: through `snapshot-read` for a plugin that
+    /// imports it (its `restore` then gets an empty list), else as `restore`'s argument.
     pub fn restore(&mut self, snapshot: &[u8]) -> Result<(), CallError> {
         let exports = self.exports();
         let ctx = self.last;
-        self.call(self.limits.fuel_per_snapshot, ctx, |store| {
-            exports.call_restore(store, snapshot)
-        })?
-        .map_err(CallError::Rejected)
+        let argument = if self.reads_snapshots {
+            self.store.data_mut().snapshot_in = Some((snapshot.to_vec(), 0));
+            &[][..]
+        } else {
+            snapshot
+        };
+        let result = self.call(self.limits.fuel_per_snapshot, ctx, |store| {
+            exports.call_restore(store, argument)
+        });
+        self.store.data_mut().snapshot_in = None;
+        result?.map_err(CallError::Rejected)
     }
 
     fn exports(&self) -> Arc<bindings::Store> {
@@ -545,7 +636,9 @@ impl PluginInstance {
         let reason = match (trap, error.downcast_ref::<wasmtime_wasi::I32Exit>()) {
             (Some(trap), _) => trap.to_string(),
             (None, Some(exit)) => format!("the plugin called exit({})", exit.0),
-            (None, None) => format!("{error}"),
+            // A host function's error (e.g. a snapshot import called out of place): its own
+            // message, without the backtrace wasmtime wraps around it.
+            (None, None) => format!("{}", error.root_cause()),
         };
         let stderr = stderr.trim();
         if stderr.is_empty() {

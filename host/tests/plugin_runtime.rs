@@ -206,3 +206,41 @@ fn once_the_checkpoint_is_saved_a_rebuild_reads_it_back_instead_of_a_copy() {
     let error = sm.apply(ctx(6), b"panic").unwrap_err().to_string();
     assert!(error.contains("snapshot file gone"), "{error}");
 }
+
+#[test]
+fn the_snapshot_imports_trap_outside_their_calls() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "misbehaving");
+    sm.apply(ctx(1), b"add 2").unwrap().unwrap();
+    let rejection = sm.apply(ctx(2), b"stream").unwrap().unwrap_err();
+    match &rejection {
+        Rejection::Trapped(message) => {
+            assert!(message.contains("outside `snapshot`"), "{message}")
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("2".into()));
+}
+
+/// SDK plugins stream their snapshots through the host in pieces: a store of many pieces'
+/// worth round-trips byte for byte, and so does a restored copy's own snapshot.
+#[test]
+fn a_large_snapshot_streams_out_and_back_in() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "kv");
+    let value = "v".repeat(1000);
+    for i in 1..=3000u64 {
+        let put = format!("put key{i} {value}");
+        sm.apply(ctx(i), put.as_bytes()).unwrap().unwrap();
+    }
+    let snapshot = sm.snapshot().unwrap();
+    assert!(snapshot.len() > 3_000_000, "{} bytes", snapshot.len());
+    let mut copy = machine(&runtime, "kv");
+    copy.restore(&snapshot).unwrap();
+    assert_eq!(text(copy.query(b"get key2999").unwrap()), Ok(value.clone()));
+    assert_eq!(copy.snapshot().unwrap(), snapshot);
+    // A damaged snapshot is refused with the reader's reason, and the copy keeps its state.
+    let error = copy.restore(&snapshot[..snapshot.len() / 2]).unwrap_err();
+    assert!(error.to_string().contains("snapshot"), "{error}");
+    assert_eq!(text(copy.query(b"get key1").unwrap()), Ok(value));
+}

@@ -24,7 +24,7 @@ pub struct Bincode;
 impl Bincode {
     /// bincode's standard configuration with a cap on what one decode may allocate, so a
     /// malformed length prefix cannot make the store allocate gigabytes.
-    const fn config() -> bincode::config::Configuration<
+    pub(crate) const fn config() -> bincode::config::Configuration<
         bincode::config::LittleEndian,
         bincode::config::Varint,
         bincode::config::Limit<{ Bincode::DECODE_LIMIT }>,

@@ -68,6 +68,8 @@ pub mod __bindings {
 #[doc(hidden)]
 pub mod __glue {
     pub use crate::store::{apply, query, restore, snapshot};
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::store::{restore_from_host, snapshot_to_host};
 
     /// Sends panic messages to stderr in one line, where the host picks them up and puts them
     /// into the error that the failed call returns (a panic in wasm is a trap, not an unwind).
@@ -135,14 +137,14 @@ macro_rules! export_raw_store {
 
                 fn snapshot() -> ::std::vec::Vec<u8> {
                     $crate::__glue::install_panic_hook();
-                    STORE.with(|slot| $crate::__glue::snapshot(slot))
+                    STORE.with(|slot| $crate::__glue::snapshot_to_host(slot))
                 }
 
                 fn restore(
                     snapshot: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__glue::install_panic_hook();
-                    STORE.with(|slot| $crate::__glue::restore(slot, &snapshot))
+                    STORE.with(|slot| $crate::__glue::restore_from_host(slot, &snapshot))
                 }
 
                 fn version() -> ::std::string::String {

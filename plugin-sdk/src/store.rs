@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::io::{Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::Serialize;
@@ -31,8 +32,8 @@ pub struct ApplyContext {
 /// - `query` must not change anything observable; it may run on any replica, any number of times.
 /// - A panic is reported to the client as an error, and the host rebuilds the store from its last
 ///   snapshot, so a command that panics has no effect.
-/// - The default `snapshot`/`restore` serialize the whole store with bincode; override them to
-///   keep a versioned format of your own.
+/// - The default `write_snapshot`/`read_snapshot` stream the whole store as bincode; override
+///   them to keep a format of your own.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a RiteRaft store",
     label = "this type must implement `riteraft_plugin_sdk::Store`",
@@ -64,19 +65,31 @@ pub trait Store: Default + Serialize + DeserializeOwned + 'static {
     /// `concat!("kv ", env!("CARGO_PKG_VERSION"))`).
     const VERSION: &'static str = "";
 
-    /// The format of this store's snapshots. Bump it whenever `snapshot` writes a different
+    /// The format of this store's snapshots. Bump it whenever `write_snapshot` writes another
     /// layout, and teach [`Store::migrate`] to read the previous ones: when a cluster switches
     /// to new code (`riteraft deploy`), the new code restores the old code's snapshot.
     const SNAPSHOT_VERSION: u32 = 1;
 
-    /// The whole state as bytes (the SDK stamps them with [`Store::SNAPSHOT_VERSION`]).
-    fn snapshot(&self) -> Vec<u8> {
-        <Bincode as Codec<Self>>::encode(self)
+    /// Writes the whole state to `out` (after the SDK's stamp of [`Store::SNAPSHOT_VERSION`]).
+    /// `out` takes it piece by piece, so a large store never holds its serialized form in its
+    /// own memory; the default streams the store as bincode.
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<(), String> {
+        bincode::serde::encode_into_std_write(self, &mut { out }, Bincode::config())
+            .map(drop)
+            .map_err(|e| format!("cannot write the snapshot: {e}"))
     }
 
-    /// A store rebuilt from [`Store::snapshot`]'s bytes of this same snapshot version.
-    fn restore(snapshot: &[u8]) -> Result<Self, String> {
-        <Bincode as Codec<Self>>::decode(snapshot)
+    /// A store rebuilt from [`Store::write_snapshot`]'s bytes of this same snapshot version,
+    /// read piece by piece from `input`.
+    fn read_snapshot(input: &mut dyn Read) -> Result<Self, String> {
+        let store = bincode::serde::decode_from_std_read(&mut &mut *input, Bincode::config())
+            .map_err(|e| format!("cannot read the snapshot: {e}"))?;
+        let mut rest = [0u8; 1];
+        match input.read(&mut rest) {
+            Ok(0) => Ok(store),
+            Ok(_) => Err("the snapshot has bytes after the store's".into()),
+            Err(e) => Err(format!("cannot read the snapshot: {e}")),
+        }
     }
 
     /// A store rebuilt from a snapshot that an older version of the code wrote, in format
@@ -116,6 +129,23 @@ pub trait RawStore: Default + 'static {
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the whole state with one from [`RawStore::snapshot`].
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+
+    /// Writes [`RawStore::snapshot`]'s bytes to `out`; override to stream them instead of
+    /// building them in memory first.
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<(), String> {
+        out.write_all(&self.snapshot())
+            .map_err(|e| format!("cannot write the snapshot: {e}"))
+    }
+
+    /// [`RawStore::restore`] from bytes read from `input`; override to read them piece by
+    /// piece.
+    fn read_snapshot(&mut self, input: &mut dyn Read) -> Result<(), String> {
+        let mut snapshot = Vec::new();
+        input
+            .read_to_end(&mut snapshot)
+            .map_err(|e| format!("cannot read the snapshot: {e}"))?;
+        self.restore(&snapshot)
+    }
 }
 
 /// Runs a typed [`Store`] as a [`RawStore`] by decoding and encoding with its codec.
@@ -138,31 +168,43 @@ impl<S: Store> RawStore for Typed<S> {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let store = self.0.snapshot();
-        let version = S::SNAPSHOT_VERSION.to_le_bytes();
-        // Exactly sized: see `Bincode::encode` on why a store avoids growing large buffers.
-        let mut bytes = Vec::with_capacity(SNAPSHOT_MAGIC.len() + version.len() + store.len());
-        bytes.extend_from_slice(SNAPSHOT_MAGIC);
-        bytes.extend_from_slice(&version);
-        bytes.extend_from_slice(&store);
+        let mut bytes = Vec::new();
+        self.write_snapshot(&mut bytes)
+            .unwrap_or_else(|e| panic!("{e}"));
         bytes
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let (version, data) = match snapshot.strip_prefix(SNAPSHOT_MAGIC) {
-            Some(rest) if rest.len() >= 4 => {
-                let (version, data) = rest.split_at(4);
-                let version = u32::from_le_bytes(version.try_into().expect("4 bytes"));
-                (version, data)
+        self.read_snapshot(&mut &snapshot[..])
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<(), String> {
+        let mut stamp = SNAPSHOT_MAGIC.to_vec();
+        stamp.extend_from_slice(&S::SNAPSHOT_VERSION.to_le_bytes());
+        out.write_all(&stamp)
+            .map_err(|e| format!("cannot write the snapshot: {e}"))?;
+        self.0.write_snapshot(out)
+    }
+
+    fn read_snapshot(&mut self, input: &mut dyn Read) -> Result<(), String> {
+        let read_error = |e: std::io::Error| format!("cannot read the snapshot: {e}");
+        let mut stamp = Vec::with_capacity(8);
+        input.take(8).read_to_end(&mut stamp).map_err(read_error)?;
+        let version = match stamp.strip_prefix(SNAPSHOT_MAGIC) {
+            Some(version) if version.len() == 4 => {
+                u32::from_le_bytes(version.try_into().expect("4 bytes"))
             }
             Some(_) => return Err("truncated snapshot".into()),
             // Not stamped: written by a raw store, or by hand. Version 0 for `migrate`.
-            None => (0, snapshot),
+            None => 0,
         };
         self.0 = if version == S::SNAPSHOT_VERSION {
-            S::restore(data)?
+            S::read_snapshot(input)?
         } else if version < S::SNAPSHOT_VERSION {
-            S::migrate(version, data)?
+            // An older format: rare (once per upgrade), so read it whole for `migrate`.
+            let mut data = if version == 0 { stamp } else { Vec::new() };
+            input.read_to_end(&mut data).map_err(read_error)?;
+            S::migrate(version, &data)?
         } else {
             return Err(format!(
                 "the snapshot has format {version}, newer than this store's format {}: it was \
@@ -225,8 +267,72 @@ pub fn snapshot<S: RawStore>(slot: &RefCell<Option<S>>) -> Vec<u8> {
 
 /// The `restore` export: builds a fresh store, so nothing of the old state survives.
 pub fn restore<S: RawStore>(slot: &RefCell<Option<S>>, snapshot: &[u8]) -> Result<(), String> {
+    restore_with(slot, |fresh| fresh.restore(snapshot))
+}
+
+/// Size of the pieces a snapshot travels in between a wasm store and the host: large enough
+/// that the calls cost nothing next to the copying, small against any store's memory.
+#[cfg(target_arch = "wasm32")]
+const SNAPSHOT_CHUNK: usize = 64 << 10;
+
+/// The `snapshot` export in wasm: the bytes go to the host piece by piece through the
+/// `snapshot-write` import, so the store never holds them whole; nothing is returned.
+#[cfg(target_arch = "wasm32")]
+pub fn snapshot_to_host<S: RawStore>(slot: &RefCell<Option<S>>) -> Vec<u8> {
+    struct ToHost;
+    impl Write for ToHost {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            crate::__bindings::snapshot_write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = std::io::BufWriter::with_capacity(SNAPSHOT_CHUNK, ToHost);
+    let store = &mut slot.borrow_mut();
+    let written = store
+        .get_or_insert_with(S::default)
+        .write_snapshot(&mut out)
+        .and_then(|()| out.flush().map_err(|e| e.to_string()));
+    // WIT gives `snapshot` no error channel: a failure is a trap, which the host reports.
+    if let Err(e) = written {
+        panic!("{e}");
+    }
+    Vec::new()
+}
+
+/// The `restore` export in wasm: an empty `snapshot` means the host offers it piece by piece
+/// through the `snapshot-read` import.
+#[cfg(target_arch = "wasm32")]
+pub fn restore_from_host<S: RawStore>(
+    slot: &RefCell<Option<S>>,
+    snapshot: &[u8],
+) -> Result<(), String> {
+    struct FromHost;
+    impl Read for FromHost {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let max = u32::try_from(buf.len().min(SNAPSHOT_CHUNK)).unwrap_or(u32::MAX);
+            let chunk = crate::__bindings::snapshot_read(max);
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            Ok(n)
+        }
+    }
+    if !snapshot.is_empty() {
+        return restore(slot, snapshot);
+    }
+    let mut input = std::io::BufReader::with_capacity(SNAPSHOT_CHUNK, FromHost);
+    restore_with(slot, |fresh| fresh.read_snapshot(&mut input))
+}
+
+/// Builds a fresh store with `fill` and puts it in `slot` if that succeeds.
+fn restore_with<S: RawStore>(
+    slot: &RefCell<Option<S>>,
+    fill: impl FnOnce(&mut S) -> Result<(), String>,
+) -> Result<(), String> {
     let mut fresh = S::default();
-    match catch_unwind(AssertUnwindSafe(|| fresh.restore(snapshot))) {
+    match catch_unwind(AssertUnwindSafe(|| fill(&mut fresh))) {
         Ok(Ok(())) => {
             *slot.borrow_mut() = Some(fresh);
             Ok(())

@@ -1,8 +1,9 @@
 //! Test-only plugin: a counter whose commands can also misbehave on purpose.
 //!
 //! Commands: `add N` (the good one), `panic` (a Rust panic, a trap in wasm), `spin` (an endless
-//! loop: fuel runs out), `hog` (allocates until memory runs out). Queries: `total`, and the
-//! same three misbehaviours, so tests can check that a bad query does not hurt the state either.
+//! loop: fuel runs out), `hog` (allocates until memory runs out), `stream` (calls the host's
+//! `snapshot-write` outside a snapshot, which traps). Queries: `total`, and the same
+//! misbehaviours, so tests can check that a bad query does not hurt the state either.
 
 use riteraft_plugin_sdk::serde::{Deserialize, Serialize};
 use riteraft_plugin_sdk::{ApplyContext, Store, Text, export_store};
@@ -30,6 +31,11 @@ fn misbehave(what: &str) -> Result<String, String> {
                 block.push(1);
                 hoard.push(std::hint::black_box(block));
             }
+        }
+        #[cfg(target_arch = "wasm32")]
+        "stream" => {
+            riteraft_plugin_sdk::__bindings::snapshot_write(b"not now");
+            Err("the host let snapshot-write through outside a snapshot".into())
         }
         other => Err(format!("unknown: {other}")),
     }
