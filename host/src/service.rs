@@ -114,6 +114,19 @@ impl NodeService {
         })
     }
 
+    /// Hands a peer's batch of raft messages to the consensus loop.
+    fn deliver(&self, batch: RaftBatch) -> Result<(), Status> {
+        if batch.removed_at_index > 0 {
+            self.node.send(NodeRequest::Removed(batch.removed_at_index));
+        }
+        for bytes in &batch.messages {
+            let message = decode_message(bytes)?;
+            // A full queue drops the message: raft retransmits.
+            self.node.send(NodeRequest::Raft(Box::new(message)));
+        }
+        Ok(())
+    }
+
     fn leader_client(&self, address: &str) -> Result<ClientClient<Channel>, Status> {
         let mut leaders = self.leaders.lock().expect("leaders lock");
         if let Some(client) = leaders.get(address) {
@@ -459,14 +472,17 @@ fn decode_message(bytes: &[u8]) -> Result<Message, Status> {
 #[tonic::async_trait]
 impl Raft for NodeService {
     async fn send(&self, request: Request<RaftBatch>) -> Result<Response<SendAck>, Status> {
-        let batch = request.into_inner();
-        if batch.removed_at_index > 0 {
-            self.node.send(NodeRequest::Removed(batch.removed_at_index));
-        }
-        for bytes in &batch.messages {
-            let message = decode_message(bytes)?;
-            // A full queue drops the message: raft retransmits.
-            self.node.send(NodeRequest::Raft(Box::new(message)));
+        self.deliver(request.into_inner())?;
+        Ok(Response::new(SendAck {}))
+    }
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.deliver(batch)?;
         }
         Ok(Response::new(SendAck {}))
     }

@@ -2,9 +2,10 @@
 //!
 //! The consensus loop hands each outgoing message to [`Transport::send`], which never blocks:
 //! every peer has a bounded queue drained by its own task. The task sends what has queued up
-//! as one batch per call, one call at a time (so messages arrive in order), reconnects with
-//! backoff after a failure, and reports the failure to raft as "unreachable". Snapshots go as a
-//! stream of chunks, since one can be far larger than a gRPC message may be.
+//! as one batch on a long-lived stream to the peer (the `Stream` call: a message on an open
+//! stream costs far less than a call of its own, and arrives in order), opens a new stream
+//! with backoff after a failure, and reports the failure to raft as "unreachable". Snapshots
+//! go as a call of their own, in chunks, since one can be far larger than a gRPC message.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -37,6 +38,9 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Batches waiting to go out on a peer's stream: enough to ride out a short stall of the
+/// connection, few enough that a dead one is noticed within [`SEND_TIMEOUT`].
+const STREAM_QUEUE: usize = 64;
 /// Reconnect backoff: doubles from the first to the second value.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
@@ -147,6 +151,7 @@ async fn connect(address: &str) -> Result<RaftClient<Channel>, String> {
 /// The task that drains one peer's queue.
 async fn deliver(id: u64, address: String, mut queue: mpsc::Receiver<Message>, node: NodeHandle) {
     let mut client: Option<RaftClient<Channel>> = None;
+    let mut stream: Option<PeerStream> = None;
     let mut backoff = BACKOFF.0;
     let mut carried: Option<Message> = None;
     loop {
@@ -180,7 +185,7 @@ async fn deliver(id: u64, address: String, mut queue: mpsc::Receiver<Message>, n
                     Err(_) => {}
                 }
             }
-            send_batch(&mut client, &address, batch).await
+            send_batch(&mut client, &mut stream, &address, batch).await
         };
         if delivered {
             backoff = BACKOFF.0;
@@ -188,6 +193,7 @@ async fn deliver(id: u64, address: String, mut queue: mpsc::Receiver<Message>, n
         }
         tracing::debug!(peer = id, %address, "peer unreachable");
         client = None;
+        stream = None;
         node.send(Request::Unreachable(id));
         // What queued up meanwhile is stale: raft resends from the peer's progress.
         if let Some(message) = carried.take() {
@@ -218,22 +224,57 @@ async fn ensure_client<'a>(
     Ok(client.as_mut().expect("just set"))
 }
 
+/// An open `Stream` call to a peer.
+struct PeerStream {
+    /// Feeds the call; closed when it ends.
+    batches: mpsc::Sender<RaftBatch>,
+    /// The call, which ends only when the stream breaks (or the peer goes away).
+    call: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PeerStream {
+    fn drop(&mut self) {
+        self.call.abort();
+    }
+}
+
+/// Sends one batch on the peer's stream, opening one if there is none (or it broke). `false`
+/// means the peer is unreachable; a batch that was queued on a stream that then broke is lost
+/// without notice, which raft's retransmission covers.
 async fn send_batch(
     client: &mut Option<RaftClient<Channel>>,
+    stream: &mut Option<PeerStream>,
     address: &str,
     messages: Vec<Vec<u8>>,
 ) -> bool {
-    let call = async {
-        let client = ensure_client(client, address).await?;
-        client
-            .send(RaftBatch {
-                messages,
-                removed_at_index: 0,
-            })
-            .await
-            .map_err(|e| e.message().to_string())
+    if stream.as_ref().is_some_and(|open| open.call.is_finished()) {
+        *stream = None;
+        return false;
+    }
+    if stream.is_none() {
+        let Ok(client) = ensure_client(client, address).await else {
+            return false;
+        };
+        let (batches, receiver) = mpsc::channel(STREAM_QUEUE);
+        let mut client = client.clone();
+        let address = address.to_string();
+        let call = tokio::spawn(async move {
+            let batches = tokio_stream::wrappers::ReceiverStream::new(receiver);
+            if let Err(e) = client.stream(batches).await {
+                tracing::debug!(%address, "raft stream ended: {}", e.message());
+            }
+        });
+        *stream = Some(PeerStream { batches, call });
+    }
+    let open = stream.as_ref().expect("just set");
+    let batch = RaftBatch {
+        messages,
+        removed_at_index: 0,
     };
-    matches!(tokio::time::timeout(SEND_TIMEOUT, call).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, open.batches.send(batch)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn send_snapshot(
