@@ -375,8 +375,6 @@ pub struct Node<S: StateMachine, L: LogStore> {
     /// [`Node::ignores_votes`]).
     started: Instant,
     removed: bool,
-    /// Size of the store's state in the latest snapshot: large stores snapshot less often.
-    snapshot_bytes: u64,
     /// Why writes are refused for lack of disk space, checked every tick.
     disk_full: Option<String>,
 }
@@ -445,7 +443,6 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             lease_used: false,
             started: Instant::now(),
             removed: false,
-            snapshot_bytes: 0,
             disk_full: None,
         };
         // The state machine was just restored from the store's snapshot (if any).
@@ -1094,7 +1091,6 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             "installing a snapshot from the leader"
         );
         restore_snapshot_data(&mut self.state_machine, &data)?;
-        self.snapshot_bytes = data.store.len() as u64;
         self.cluster = data.cluster;
         self.transport.set_members(&self.cluster.members);
         self.raw.mut_store().install_snapshot(snapshot)?;
@@ -1341,7 +1337,13 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         // last snapshot is a quarter of the store's size: snapshots then cost at most about
         // four times what is written, instead of a 300 MiB rewrite every 10,000 writes.
         let log_bytes = store.log_bytes();
-        let due = (since >= self.options.snapshot_entries && log_bytes >= self.snapshot_bytes / 4)
+        // The snapshot also carries the module's bytes, which are not the store's size.
+        let module_bytes = self
+            .state_machine
+            .module_bytes()
+            .map_or(0, |bytes| bytes.len());
+        let state_bytes = store.snapshot_bytes().saturating_sub(module_bytes as u64);
+        let due = (since >= self.options.snapshot_entries && log_bytes >= state_bytes / 4)
             || log_bytes >= self.options.snapshot_log_bytes
             || store.snapshot_requested()
             || self.state_machine.wants_snapshot();
@@ -1362,7 +1364,6 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 .unwrap_or_default(),
             store: self.state_machine.snapshot()?,
         };
-        self.snapshot_bytes = data.store.len() as u64;
         let mut snapshot = Snapshot {
             data: encode(&data).into(),
             ..Default::default()

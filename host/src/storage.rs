@@ -78,6 +78,10 @@ pub trait LogStore: raft::Storage + Send + 'static {
     /// Whether raft asked for a snapshot newer than the latest one (e.g. for a follower that
     /// joined after it was taken). The node then takes one; raft asks again and gets it.
     fn snapshot_requested(&self) -> bool;
+
+    /// Bytes of the latest snapshot's data (0 when there is none): large stores snapshot less
+    /// often.
+    fn snapshot_bytes(&self) -> u64;
 }
 
 /// Checks a `raft::Storage::entries` range against a log holding `(truncated, last]`.
@@ -311,6 +315,10 @@ impl LogStore for MemLogStore {
     fn snapshot_requested(&self) -> bool {
         self.snapshot_requested.load(Ordering::Relaxed)
     }
+
+    fn snapshot_bytes(&self) -> u64 {
+        self.snapshot.data.len() as u64
+    }
 }
 
 #[cfg(test)]
@@ -365,7 +373,10 @@ mod tests {
         assert!(store.term(5).is_err());
         assert_eq!(all(&store, 7, 11).unwrap().len(), 4);
         assert!(all(&store, 5, 8).is_err());
-        assert_eq!(store.snapshot(8, 1).unwrap().get_metadata().index, 8);
+        let served = store.snapshot(8, 1).unwrap();
+        assert_eq!(served.get_metadata().index, 8);
+        assert_eq!(served.data.len(), 100, "with its data, read back");
+        assert_eq!(store.snapshot_bytes(), 100);
         // Node 2 is not in the snapshot's membership: a newer one is requested.
         assert!(store.snapshot(8, 2).is_err());
         assert!(store.snapshot_requested());
@@ -435,6 +446,8 @@ mod tests {
         assert_eq!(store.first_index().unwrap(), 21);
         assert_eq!(store.last_index().unwrap(), 30);
         assert_eq!(store.snapshot_metadata().index, 25);
+        assert_eq!(store.snapshot_bytes(), 100);
+        assert_eq!(store.read_snapshot().unwrap().data.len(), 100);
         assert_eq!(all(&store, 21, 31).unwrap().len(), 10);
         // Only the newest snapshot file is kept.
         let files = std::fs::read_dir(dir.path().join("snapshots"))

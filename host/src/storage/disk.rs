@@ -57,6 +57,8 @@ pub struct DiskLogStore {
     truncated: (u64, u64),
     /// Where the latest snapshot stands; its data stays in its file (see `read_snapshot`).
     snapshot: SnapshotMetadata,
+    /// Bytes of the latest snapshot's data.
+    snapshot_bytes: u64,
     /// Bytes of entries appended since the log was last truncated (an estimate of its size).
     log_bytes: u64,
     snapshot_requested: AtomicBool,
@@ -107,9 +109,9 @@ impl DiskLogStore {
             }
             None => (0, 0),
         };
-        let snapshot = read_latest_snapshot(&snapshot_dir)?
-            .unwrap_or_default()
-            .take_metadata();
+        let mut snapshot = read_latest_snapshot(&snapshot_dir)?.unwrap_or_default();
+        let snapshot_bytes = snapshot.data.len() as u64;
+        let snapshot = snapshot.take_metadata();
         let mut store = Self {
             engine,
             snapshot_dir,
@@ -117,6 +119,7 @@ impl DiskLogStore {
             conf_state,
             truncated,
             snapshot,
+            snapshot_bytes,
             log_bytes: 0,
             snapshot_requested: AtomicBool::new(false),
         };
@@ -396,6 +399,7 @@ impl LogStore for DiskLogStore {
         self.reset_to(snapshot.get_metadata())?;
         let index = snapshot.get_metadata().index;
         self.snapshot = snapshot.get_metadata().clone();
+        self.snapshot_bytes = snapshot.data.len() as u64;
         self.remove_snapshots_before(index)?;
         Ok(())
     }
@@ -427,6 +431,7 @@ impl LogStore for DiskLogStore {
             self.engine.purge_expired_files().map_err(io_error)?;
         }
         self.snapshot = snapshot.get_metadata().clone();
+        self.snapshot_bytes = snapshot.data.len() as u64;
         self.snapshot_requested.store(false, Ordering::Relaxed);
         self.remove_snapshots_before(index)?;
         Ok(())
@@ -464,5 +469,9 @@ impl LogStore for DiskLogStore {
 
     fn snapshot_requested(&self) -> bool {
         self.snapshot_requested.load(Ordering::Relaxed)
+    }
+
+    fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes
     }
 }
