@@ -11,6 +11,15 @@ use riteraft_host::node::NodeExit;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Hands memory freed at start-up back to the system. mimalloc keeps freed pages for reuse by
+/// the thread that freed them; the start-up thread, which restored a possibly large snapshot
+/// (several copies of it on the way), hardly allocates afterwards, so without this a restarted
+/// node kept them: 1.16 GiB resident instead of 0.42 GiB for a store of 1M keys of 256 B.
+fn release_memory() {
+    // SAFETY: mi_collect has no preconditions; it only returns free memory to the system.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -20,7 +29,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let config = NodeConfig::parse();
-    match riteraft_host::server::run(config) {
+    match riteraft_host::server::run(config, release_memory) {
         Ok(NodeExit::Shutdown | NodeExit::Removed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("riteraft-host: error: {e}");

@@ -1368,6 +1368,8 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             data: encode(&data).into(),
             ..Default::default()
         };
+        // The store's bytes are in the encoding now: free them before the file is written.
+        drop(data);
         let meta = snapshot.mut_metadata();
         meta.index = self.applied;
         meta.term = term;

@@ -64,7 +64,11 @@ pub enum RunError {
 }
 
 /// Runs a node until it is removed, shut down by a signal, or fails.
-pub fn run(config: NodeConfig) -> Result<NodeExit, RunError> {
+///
+/// `release_memory` is called once, after the node restored its state and before it serves:
+/// the start-up copies of a large snapshot are freed by then, and the binary, which chooses the
+/// allocator, can have it hand them back to the system.
+pub fn run(config: NodeConfig, release_memory: fn()) -> Result<NodeExit, RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -82,10 +86,16 @@ pub fn run(config: NodeConfig) -> Result<NodeExit, RunError> {
             "running the kv store compiled into the host (--builtin-kv), not the plugin"
         );
         let state_machine = NativeStateMachine::<Typed<kv::KvStore>>::new();
-        return run_with(config, runtime, state_machine, None);
+        return run_with(config, runtime, state_machine, None, release_memory);
     }
     let state_machine = WasmStateMachine::new(plugins.clone(), module, ReplayLimits::default())?;
-    run_with(config, runtime, state_machine, Some(plugins))
+    run_with(
+        config,
+        runtime,
+        state_machine,
+        Some(plugins),
+        release_memory,
+    )
 }
 
 /// Runs a node around `state_machine` (see [`run`]).
@@ -94,6 +104,7 @@ fn run_with<S: StateMachine + 'static>(
     runtime: tokio::runtime::Runtime,
     mut state_machine: S,
     plugins: Option<Arc<PluginRuntime>>,
+    release_memory: fn(),
 ) -> Result<NodeExit, RunError> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.listen))
@@ -188,6 +199,7 @@ fn run_with<S: StateMachine + 'static>(
     if config.join.is_none() {
         node.campaign()?;
     }
+    release_memory();
 
     let service = NodeService::new(handle, plugins);
     let server = tonic::transport::Server::builder()

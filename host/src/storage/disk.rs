@@ -16,7 +16,7 @@
 //! behind it, and older snapshot files are deleted only after that.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -187,14 +187,24 @@ impl DiskLogStore {
     /// Writes `snapshot` durably, then deletes every older snapshot file.
     fn save_snapshot_file(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let index = snapshot.get_metadata().index;
-        let body = snapshot.write_to_bytes().map_err(io_error)?;
         let path = snapshot_path(&self.snapshot_dir, index);
         let temp = path.with_extension("tmp");
         {
+            // The body is encoded straight into the file through the hasher, so a large store's
+            // state is not copied once more in memory; the checksum, which comes first in the
+            // file, is filled in afterwards.
             let mut file = File::create(&temp)?;
             file.write_all(SNAPSHOT_MAGIC)?;
-            file.write_all(&Sha256::digest(&body))?;
-            file.write_all(&body)?;
+            file.write_all(&[0; 32])?;
+            let mut body = HashingWriter {
+                inner: BufWriter::with_capacity(1 << 20, &mut file),
+                hasher: Sha256::new(),
+            };
+            snapshot.write_to_writer(&mut body).map_err(io_error)?;
+            let HashingWriter { inner, hasher } = body;
+            let file = inner.into_inner().map_err(|e| e.into_error())?;
+            file.seek(SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
+            file.write_all(&hasher.finalize())?;
             file.sync_all()?;
         }
         fs::rename(&temp, &path)?;
@@ -238,6 +248,24 @@ fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     }
     files.sort_by_key(|(index, _)| std::cmp::Reverse(*index));
     Ok(files)
+}
+
+/// Writes through to `inner` and hashes what it writes.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The file of the snapshot at `index`.
