@@ -184,6 +184,13 @@ impl DiskLogStore {
         Ok(())
     }
 
+    /// Remembers what the node needs of a snapshot now durable in its file: where it stands
+    /// and its size, not its data.
+    fn record_snapshot(&mut self, snapshot: &Snapshot) {
+        self.snapshot = snapshot.get_metadata().clone();
+        self.snapshot_bytes = snapshot.data.len() as u64;
+    }
+
     /// Writes `snapshot` durably, then deletes every older snapshot file.
     fn save_snapshot_file(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let index = snapshot.get_metadata().index;
@@ -426,8 +433,7 @@ impl LogStore for DiskLogStore {
         self.save_snapshot_file(&snapshot)?;
         self.reset_to(snapshot.get_metadata())?;
         let index = snapshot.get_metadata().index;
-        self.snapshot = snapshot.get_metadata().clone();
-        self.snapshot_bytes = snapshot.data.len() as u64;
+        self.record_snapshot(&snapshot);
         self.remove_snapshots_before(index)?;
         Ok(())
     }
@@ -458,8 +464,7 @@ impl LogStore for DiskLogStore {
             self.log_bytes = 0;
             self.engine.purge_expired_files().map_err(io_error)?;
         }
-        self.snapshot = snapshot.get_metadata().clone();
-        self.snapshot_bytes = snapshot.data.len() as u64;
+        self.record_snapshot(&snapshot);
         self.snapshot_requested.store(false, Ordering::Relaxed);
         self.remove_snapshots_before(index)?;
         Ok(())
@@ -480,10 +485,10 @@ impl LogStore for DiskLogStore {
         if self.snapshot.index == 0 {
             return Ok(Snapshot::default());
         }
-        let snapshot = read_latest_snapshot(&self.snapshot_dir)?.unwrap_or_default();
+        let snapshot = read_snapshot_file(&snapshot_path(&self.snapshot_dir, self.snapshot.index))?;
         if snapshot.get_metadata() != &self.snapshot {
             return Err(damaged(format!(
-                "the newest snapshot file in {} is not the one recorded (index {})",
+                "the snapshot file for index {1} in {0} holds another snapshot",
                 self.snapshot_dir.display(),
                 self.snapshot.index
             )));
