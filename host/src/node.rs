@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
 use raft::prelude::{
-    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+    ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
@@ -19,7 +19,7 @@ use crate::log_format::{
     UpgradeRecord, encode,
 };
 use crate::state_machine::{ApplyContext, ModuleInfo, Rejection, StateMachine, StateMachineError};
-use crate::storage::{LogStore, StorageError};
+use crate::storage::{LogStore, SavedSnapshot, StorageError};
 use crate::transport::Transport;
 
 /// Most requests handled between two Ready rounds: bounds the latency one round adds, while
@@ -377,6 +377,20 @@ pub struct Node<S: StateMachine, L: LogStore> {
     removed: bool,
     /// Why writes are refused for lack of disk space, checked every tick.
     disk_full: Option<String>,
+    /// The snapshot being encoded and written on a thread of its own (one at a time): a large
+    /// store's file takes seconds to write, during which this node keeps replicating.
+    saving: Option<SnapshotSave>,
+}
+
+/// A snapshot of this node's state on its way to disk (see [`Node::maybe_snapshot`]).
+struct SnapshotSave {
+    /// Encodes and writes it; the log store records the result.
+    thread: std::thread::JoinHandle<Result<SavedSnapshot, StorageError>>,
+    /// Where the log is compacted to once it is durable.
+    compact_index: u64,
+    /// When the snapshot was started, and how long the state took to gather (for the log).
+    started: Instant,
+    taken: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -444,6 +458,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             started: Instant::now(),
             removed: false,
             disk_full: None,
+            saving: None,
         };
         // The state machine was just restored from the store's snapshot (if any).
         node.checkpoint_saved();
@@ -459,7 +474,8 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     /// Runs the loop until shutdown, removal or a fatal error.
     ///
     /// Each round: wait for requests until the next tick is due, handle every queued request
-    /// (a burst shares one round), tick if due, then process the Ready (see `on_ready`).
+    /// (a burst shares one round), tick if due, process the Ready (see `on_ready`), then
+    /// record a snapshot whose file is now durable (see `finish_snapshot`).
     pub fn run(mut self, requests: Receiver<Request>) -> Result<NodeExit, NodeFatal> {
         let mut next_tick = Instant::now() + self.options.tick;
         loop {
@@ -472,7 +488,10 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(NodeExit::Shutdown),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.finish_snapshot(true)?;
+                    return Ok(NodeExit::Shutdown);
+                }
             }
             self.ask_read_index();
             let now = Instant::now();
@@ -483,7 +502,9 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 self.check_disk();
             }
             self.on_ready()?;
+            self.finish_snapshot(false)?;
             if self.removed {
+                self.finish_snapshot(true)?;
                 self.fail_all(NodeError::Aborted(
                     "this node was removed from the cluster".into(),
                 ));
@@ -1328,8 +1349,13 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         Ok(())
     }
 
-    /// Takes a snapshot and compacts the log once enough has been applied since the last one.
+    /// Takes a snapshot when one is due: gathers the state here (the state machine lives on
+    /// this thread), then encodes and writes it on a thread of its own, so that the Ready loop
+    /// goes on meanwhile; [`Node::finish_snapshot`] records it once it is durable.
     fn maybe_snapshot(&mut self) -> Result<(), NodeFatal> {
+        if self.saving.is_some() {
+            return Ok(());
+        }
         let store = self.raw.store();
         let last_snapshot = store.snapshot_metadata().index;
         let since = self.applied.saturating_sub(last_snapshot);
@@ -1351,8 +1377,12 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             return Ok(());
         }
         let started = Instant::now();
-        let term = raft::Storage::term(store, self.applied)?;
-        let conf_state: ConfState = self.raw.raft.prs().conf().to_conf_state();
+        let mut metadata = SnapshotMetadata {
+            index: self.applied,
+            term: raft::Storage::term(store, self.applied)?,
+            ..Default::default()
+        };
+        metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         let data = SnapshotData {
             format: SNAPSHOT_FORMAT,
             cluster: self.cluster.clone(),
@@ -1364,28 +1394,51 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 .unwrap_or_default(),
             store: self.state_machine.snapshot()?,
         };
-        let mut snapshot = Snapshot {
-            data: encode(&data).into(),
-            ..Default::default()
-        };
-        // The store's bytes are in the encoding now: free them before the file is written.
-        drop(data);
-        let meta = snapshot.mut_metadata();
-        meta.index = self.applied;
-        meta.term = term;
-        meta.set_conf_state(conf_state);
-        let compact_index = self.applied.saturating_sub(self.options.log_entries_kept);
-        let bytes = snapshot.data.len();
-        let taken = started.elapsed();
+        let save = store.snapshot_saver();
+        let thread = std::thread::Builder::new()
+            .name("snapshot-save".into())
+            .spawn(move || {
+                let mut snapshot = Snapshot {
+                    data: encode(&data).into(),
+                    ..Default::default()
+                };
+                // The store's bytes are in the encoding now: free them before the file is
+                // written.
+                drop(data);
+                snapshot.set_metadata(metadata);
+                save(snapshot)
+            })
+            .map_err(StorageError::Io)?;
+        self.saving = Some(SnapshotSave {
+            thread,
+            compact_index: self.applied.saturating_sub(self.options.log_entries_kept),
+            started,
+            taken: started.elapsed(),
+        });
+        Ok(())
+    }
+
+    /// Records the snapshot being written once its file is durable (with `wait`, waits for it:
+    /// a node that stops leaves no half-written snapshot behind), and compacts the log.
+    fn finish_snapshot(&mut self, wait: bool) -> Result<(), NodeFatal> {
+        match &self.saving {
+            Some(save) if wait || save.thread.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let save = self.saving.take().expect("checked above");
+        let saved = save.thread.join().map_err(|_| {
+            StorageError::Inconsistent("the thread writing a snapshot panicked".into())
+        })??;
+        let (index, bytes) = (saved.metadata().index, saved.bytes());
         self.raw
             .mut_store()
-            .compact_to_snapshot(snapshot, compact_index)?;
+            .compact_to_saved(saved, save.compact_index)?;
         self.checkpoint_saved();
         tracing::info!(
-            index = self.applied,
+            index,
             bytes,
-            taken_ms = taken.as_millis() as u64,
-            saved_ms = (started.elapsed() - taken).as_millis() as u64,
+            taken_ms = save.taken.as_millis() as u64,
+            saved_ms = (save.started.elapsed() - save.taken).as_millis() as u64,
             "took a snapshot"
         );
         Ok(())

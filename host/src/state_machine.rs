@@ -112,7 +112,10 @@ pub trait StateMachine: Send {
 
     /// The state last returned by `snapshot` (or given to `restore`) is now durable in the
     /// node's snapshot and can be read back with `read`: an implementation that keeps a copy of
-    /// it (to recover from failures) may drop the copy and use `read` when it needs it.
+    /// it (to recover from failures) may drop the copy and use `read` when it needs it. The
+    /// node writes its snapshots on another thread while entries go on being applied, so this
+    /// may come late: an implementation that has checkpointed its state by itself since (e.g.
+    /// at an upgrade) must keep that newer checkpoint.
     fn checkpoint_saved(&mut self, read: CheckpointReader) {
         let _ = read;
     }

@@ -27,6 +27,30 @@ pub enum StorageError {
 /// Reads one snapshot back (see [`LogStore::snapshot_reader`]).
 pub type SnapshotReader = Box<dyn Fn() -> Result<Snapshot, StorageError> + Send>;
 
+/// Writes one snapshot durably where its store will find it (see [`LogStore::snapshot_saver`]).
+pub type SnapshotSaver = Box<dyn FnOnce(Snapshot) -> Result<SavedSnapshot, StorageError> + Send>;
+
+/// A snapshot a [`SnapshotSaver`] wrote durably, for [`LogStore::compact_to_saved`] to record.
+#[derive(Debug)]
+pub struct SavedSnapshot {
+    /// The snapshot; its data left out when the data went to a file.
+    snapshot: Snapshot,
+    /// Bytes of its data.
+    bytes: u64,
+}
+
+impl SavedSnapshot {
+    /// Where the snapshot stands.
+    pub fn metadata(&self) -> &SnapshotMetadata {
+        self.snapshot.get_metadata()
+    }
+
+    /// Bytes of its data.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// The writes of the Ready loop. Every method is durable when it returns `Ok`.
 ///
 /// Contract: entries are contiguous from `first_index()`, `term(first_index() - 1)` is known,
@@ -49,14 +73,31 @@ pub trait LogStore: raft::Storage + Send + 'static {
     /// Installs a snapshot received from the leader: the log is replaced by it.
     fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError>;
 
-    /// Records a snapshot this node took of its own state, then drops the log entries up to
-    /// `compact_index` (at most the snapshot's index: entries after it stay, so that a follower
-    /// a little behind can still catch up from the log instead of a whole snapshot).
+    /// What writes a snapshot this node took of its own state durably, on any thread: writing
+    /// a large store takes seconds, which the Ready loop need not wait for. Nothing changes
+    /// for this store until [`LogStore::compact_to_saved`] records the result.
+    fn snapshot_saver(&self) -> SnapshotSaver;
+
+    /// Records a snapshot the saver wrote, then drops the log entries up to `compact_index` (at
+    /// most the snapshot's index: entries after it stay, so that a follower a little behind
+    /// can still catch up from the log instead of a whole snapshot). A snapshot no newer than
+    /// the latest one (the leader's, installed while this one was being written) is dropped.
+    fn compact_to_saved(
+        &mut self,
+        saved: SavedSnapshot,
+        compact_index: u64,
+    ) -> Result<(), StorageError>;
+
+    /// Writes and records a snapshot of this node's own state at once (see `snapshot_saver`
+    /// and `compact_to_saved`).
     fn compact_to_snapshot(
         &mut self,
         snapshot: Snapshot,
         compact_index: u64,
-    ) -> Result<(), StorageError>;
+    ) -> Result<(), StorageError> {
+        let saved = self.snapshot_saver()(snapshot)?;
+        self.compact_to_saved(saved, compact_index)
+    }
 
     /// Where the latest snapshot stands (index 0 when there is none).
     fn snapshot_metadata(&self) -> &SnapshotMetadata;
@@ -274,12 +315,23 @@ impl LogStore for MemLogStore {
         Ok(())
     }
 
-    fn compact_to_snapshot(
+    fn snapshot_saver(&self) -> SnapshotSaver {
+        Box::new(|snapshot| {
+            let bytes = snapshot.data.len() as u64;
+            Ok(SavedSnapshot { snapshot, bytes })
+        })
+    }
+
+    fn compact_to_saved(
         &mut self,
-        snapshot: Snapshot,
+        saved: SavedSnapshot,
         compact_index: u64,
     ) -> Result<(), StorageError> {
+        let snapshot = saved.snapshot;
         let index = snapshot.get_metadata().index;
+        if index <= self.snapshot.get_metadata().index {
+            return Ok(());
+        }
         let last = self.offset() + self.entries.len() as u64;
         if index > last || compact_index > index {
             return Err(StorageError::Inconsistent(format!(
@@ -395,21 +447,48 @@ mod tests {
         assert_eq!(store.last_index().unwrap(), 21);
     }
 
+    /// The node writes its own snapshot on another thread; a leader's newer snapshot may be
+    /// installed meanwhile, and must not be replaced by the older one when that is recorded.
+    fn a_snapshot_saved_behind_an_installed_one_is_dropped(mut store: impl LogStore) {
+        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
+        store.persist(&entries, None).unwrap();
+        let saver = store.snapshot_saver();
+        let saved = std::thread::spawn(move || saver(snapshot(8, 1, vec![1])))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.snapshot_metadata().index, 0, "not recorded yet");
+        store.install_snapshot(snapshot(20, 2, vec![1, 2])).unwrap();
+        store.compact_to_saved(saved, 6).unwrap();
+        assert_eq!(store.snapshot_metadata().index, 20);
+        assert_eq!(store.first_index().unwrap(), 21);
+        assert_eq!(store.read_snapshot().unwrap().get_metadata().index, 20);
+    }
+
     #[test]
     fn mem_store_meets_the_contract() {
         append_overwrites_a_conflicting_suffix(MemLogStore::new());
         compaction_keeps_the_entries_behind_the_snapshot(MemLogStore::new());
         an_installed_snapshot_replaces_the_log(MemLogStore::new());
+        a_snapshot_saved_behind_an_installed_one_is_dropped(MemLogStore::new());
     }
 
     #[test]
     fn disk_store_meets_the_contract() {
-        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
         append_overwrites_a_conflicting_suffix(DiskLogStore::open(dirs[0].path()).unwrap());
         compaction_keeps_the_entries_behind_the_snapshot(
             DiskLogStore::open(dirs[1].path()).unwrap(),
         );
         an_installed_snapshot_replaces_the_log(DiskLogStore::open(dirs[2].path()).unwrap());
+        a_snapshot_saved_behind_an_installed_one_is_dropped(
+            DiskLogStore::open(dirs[3].path()).unwrap(),
+        );
+        // The dropped snapshot's file is gone too.
+        let files = std::fs::read_dir(dirs[3].path().join("snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 1);
     }
 
     #[test]

@@ -47,8 +47,14 @@ impl Default for ReplayLimits {
 enum Checkpoint {
     /// The plugin's initial state (nothing applied before `replay`).
     Initial,
-    /// A copy in memory, until the node's snapshot of the same state is durable.
+    /// A copy in memory that the state machine took itself (at an upgrade, or at twice the
+    /// replay limits): no snapshot of the node holds this state.
     InMemory(Vec<u8>),
+    /// A copy in memory of the state last taken by or given by the node (`snapshot`,
+    /// `restore`), until the node says its snapshot of it is durable (`checkpoint_saved`).
+    /// The node writes its snapshots on another thread, so the state machine may have moved
+    /// to a newer checkpoint of its own by then: that one is kept.
+    AwaitingSave(Vec<u8>),
     /// The node's snapshot file: read back only for a rebuild, so a large store is not held
     /// in memory twice.
     Saved(CheckpointReader),
@@ -124,14 +130,36 @@ impl WasmStateMachine {
     }
 
     /// Makes `module`, restored from `checkpoint`, the running code.
-    fn switch_to(&mut self, module: PluginModule, instance: PluginInstance, checkpoint: Vec<u8>) {
+    fn switch_to(
+        &mut self,
+        module: PluginModule,
+        instance: PluginInstance,
+        checkpoint: Checkpoint,
+    ) {
         self.module = module;
         self.instance = instance;
         // Rebuilds after a trap now restore this (old-format) checkpoint with the new code,
         // which just proved it can.
-        self.checkpoint = Checkpoint::InMemory(checkpoint);
+        self.checkpoint = checkpoint;
         self.replay.clear();
         self.replay_bytes = 0;
+    }
+
+    /// The plugin's state now, from which replay starts over (the caller keeps it as the
+    /// checkpoint). A failure leaves a rebuilt instance behind and is fatal.
+    fn checkpoint_now(&mut self) -> Result<Vec<u8>, StateMachineError> {
+        let snapshot = match self.instance.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                // Leave a usable instance behind, then report: without snapshots the node can
+                // neither compact its log nor serve new members.
+                self.rebuild()?;
+                return Err(StateMachineError::Snapshot(e.to_string()));
+            }
+        };
+        self.replay.clear();
+        self.replay_bytes = 0;
+        Ok(snapshot)
     }
 
     /// How many times a trap forced a rebuild of the instance.
@@ -148,7 +176,7 @@ impl WasmStateMachine {
         if self.replay.len() >= self.limits.max_entries.saturating_mul(2)
             || self.replay_bytes >= self.limits.max_bytes.saturating_mul(2)
         {
-            self.snapshot()?;
+            self.checkpoint = Checkpoint::InMemory(self.checkpoint_now()?);
         }
         Ok(())
     }
@@ -167,7 +195,7 @@ impl WasmStateMachine {
         let saved;
         let checkpoint = match &self.checkpoint {
             Checkpoint::Initial => None,
-            Checkpoint::InMemory(bytes) => Some(bytes),
+            Checkpoint::InMemory(bytes) | Checkpoint::AwaitingSave(bytes) => Some(bytes),
             Checkpoint::Saved(read) => {
                 saved = read().map_err(|e| {
                     StateMachineError::Rebuild(format!("reading the checkpoint back: {e}"))
@@ -229,23 +257,15 @@ impl StateMachine for WasmStateMachine {
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, StateMachineError> {
-        let snapshot = match self.instance.snapshot() {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                // Leave a usable instance behind, then report: without snapshots the node can
-                // neither compact its log nor serve new members.
-                self.rebuild()?;
-                return Err(StateMachineError::Snapshot(e.to_string()));
-            }
-        };
-        self.checkpoint = Checkpoint::InMemory(snapshot.clone());
-        self.replay.clear();
-        self.replay_bytes = 0;
+        let snapshot = self.checkpoint_now()?;
+        self.checkpoint = Checkpoint::AwaitingSave(snapshot.clone());
         Ok(snapshot)
     }
 
     fn checkpoint_saved(&mut self, read: CheckpointReader) {
-        self.checkpoint = Checkpoint::Saved(read);
+        if let Checkpoint::AwaitingSave(_) = self.checkpoint {
+            self.checkpoint = Checkpoint::Saved(read);
+        }
     }
 
     fn wants_snapshot(&self) -> bool {
@@ -271,11 +291,11 @@ impl StateMachine for WasmStateMachine {
         if new.sha256() == self.module.sha256() {
             return Ok(Ok(self.module_info()));
         }
-        let snapshot = self.snapshot()?;
+        let snapshot = self.checkpoint_now()?;
         match self.instance_from(&new, &snapshot) {
             Ok(instance) => {
                 tracing::info!(sha256 = %new.sha256_hex(), "switched to new store code");
-                self.switch_to(new, instance, snapshot);
+                self.switch_to(new, instance, Checkpoint::InMemory(snapshot));
                 Ok(Ok(self.module_info()))
             }
             Err(reason) => Ok(Err(reason)),
@@ -297,7 +317,12 @@ impl StateMachine for WasmStateMachine {
         let instance = self
             .instance_from(&module, snapshot)
             .map_err(StateMachineError::Restore)?;
-        self.switch_to(module, instance, snapshot.to_vec());
+        // The node's snapshot: the node says when it is durable, as after `restore`.
+        self.switch_to(
+            module,
+            instance,
+            Checkpoint::AwaitingSave(snapshot.to_vec()),
+        );
         Ok(())
     }
 
@@ -310,7 +335,7 @@ impl StateMachine for WasmStateMachine {
             .restore(snapshot)
             .map_err(|e| StateMachineError::Restore(e.to_string()))?;
         self.instance = instance;
-        self.checkpoint = Checkpoint::InMemory(snapshot.to_vec());
+        self.checkpoint = Checkpoint::AwaitingSave(snapshot.to_vec());
         self.replay.clear();
         self.replay_bytes = 0;
         Ok(())

@@ -207,6 +207,45 @@ fn once_the_checkpoint_is_saved_a_rebuild_reads_it_back_instead_of_a_copy() {
     assert!(error.contains("snapshot file gone"), "{error}");
 }
 
+/// The node writes its snapshot on another thread, so the word that it is durable can come
+/// after the state machine checkpointed by itself: the newer checkpoint must win, or a rebuild
+/// would restore the older state and replay only what came after the newer one.
+#[test]
+fn a_checkpoint_saved_late_does_not_replace_a_newer_one() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runtime = runtime();
+    let module = runtime.load_file(&plugin("misbehaving")).unwrap();
+    let limits = ReplayLimits {
+        max_entries: 2,
+        max_bytes: usize::MAX,
+    };
+    let mut sm = WasmStateMachine::new(runtime.clone(), module, limits).unwrap();
+    for i in 1..=3 {
+        sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+    }
+    let taken_at_3 = sm.snapshot().unwrap();
+    // Four more entries: twice the limit, so the state machine checkpoints by itself (at 7).
+    for i in 4..=7 {
+        sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+    }
+    let reads = Arc::new(AtomicUsize::new(0));
+    sm.checkpoint_saved(Box::new({
+        let reads = reads.clone();
+        move || {
+            reads.fetch_add(1, Ordering::Relaxed);
+            Ok(taken_at_3.clone())
+        }
+    }));
+    sm.apply(ctx(8), b"add 1").unwrap().unwrap();
+    sm.apply(ctx(9), b"panic").unwrap().unwrap_err();
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("8".into()));
+    assert_eq!(
+        reads.load(Ordering::Relaxed),
+        0,
+        "the older checkpoint is not read"
+    );
+}
+
 #[test]
 fn the_snapshot_imports_trap_outside_their_calls() {
     let runtime = runtime();

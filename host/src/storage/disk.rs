@@ -186,37 +186,9 @@ impl DiskLogStore {
 
     /// Remembers what the node needs of a snapshot now durable in its file: where it stands
     /// and its size, not its data.
-    fn record_snapshot(&mut self, snapshot: &Snapshot) {
-        self.snapshot = snapshot.get_metadata().clone();
-        self.snapshot_bytes = snapshot.data.len() as u64;
-    }
-
-    /// Writes `snapshot` durably, then deletes every older snapshot file.
-    fn save_snapshot_file(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let index = snapshot.get_metadata().index;
-        let path = snapshot_path(&self.snapshot_dir, index);
-        let temp = path.with_extension("tmp");
-        {
-            // The body is encoded straight into the file through the hasher, so a large store's
-            // state is not copied once more in memory; the checksum, which comes first in the
-            // file, is filled in afterwards.
-            let mut file = File::create(&temp)?;
-            file.write_all(SNAPSHOT_MAGIC)?;
-            file.write_all(&[0; 32])?;
-            let mut body = HashingWriter {
-                inner: BufWriter::with_capacity(1 << 20, &mut file),
-                hasher: Sha256::new(),
-            };
-            snapshot.write_to_writer(&mut body).map_err(io_error)?;
-            let HashingWriter { inner, hasher } = body;
-            let file = inner.into_inner().map_err(|e| e.into_error())?;
-            file.seek(SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
-            file.write_all(&hasher.finalize())?;
-            file.sync_all()?;
-        }
-        fs::rename(&temp, &path)?;
-        File::open(&self.snapshot_dir)?.sync_all()?;
-        Ok(())
+    fn record_snapshot(&mut self, metadata: &SnapshotMetadata, bytes: u64) {
+        self.snapshot = metadata.clone();
+        self.snapshot_bytes = bytes;
     }
 
     /// Deletes snapshot files older than `index` (only once the one at `index` is durable).
@@ -228,6 +200,35 @@ impl DiskLogStore {
         }
         Ok(())
     }
+}
+
+/// Writes `snapshot` durably into `dir` (temp file, fsync, rename, fsync of the directory).
+/// Touches no other file, so it may run beside the store's own writes.
+fn save_snapshot_file(dir: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
+    let index = snapshot.get_metadata().index;
+    let path = snapshot_path(dir, index);
+    let temp = path.with_extension("tmp");
+    {
+        // The body is encoded straight into the file through the hasher, so a large store's
+        // state is not copied once more in memory; the checksum, which comes first in the
+        // file, is filled in afterwards.
+        let mut file = File::create(&temp)?;
+        file.write_all(SNAPSHOT_MAGIC)?;
+        file.write_all(&[0; 32])?;
+        let mut body = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, &mut file),
+            hasher: Sha256::new(),
+        };
+        snapshot.write_to_writer(&mut body).map_err(io_error)?;
+        let HashingWriter { inner, hasher } = body;
+        let file = inner.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
+        file.write_all(&hasher.finalize())?;
+        file.sync_all()?;
+    }
+    fs::rename(&temp, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 fn truncation(index: u64, term: u64) -> Vec<u8> {
@@ -272,6 +273,14 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Deletes `path`; one already gone is no error.
+fn remove_file_if_present(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
@@ -430,27 +439,45 @@ impl LogStore for DiskLogStore {
     }
 
     fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.save_snapshot_file(&snapshot)?;
+        save_snapshot_file(&self.snapshot_dir, &snapshot)?;
         self.reset_to(snapshot.get_metadata())?;
         let index = snapshot.get_metadata().index;
-        self.record_snapshot(&snapshot);
+        self.record_snapshot(snapshot.get_metadata(), snapshot.data.len() as u64);
         self.remove_snapshots_before(index)?;
         Ok(())
     }
 
-    fn compact_to_snapshot(
+    fn snapshot_saver(&self) -> super::SnapshotSaver {
+        let dir = self.snapshot_dir.clone();
+        Box::new(move |mut snapshot| {
+            save_snapshot_file(&dir, &snapshot)?;
+            let bytes = snapshot.data.len() as u64;
+            // The data is in the file now; the store keeps only where the snapshot stands.
+            snapshot.data = Default::default();
+            Ok(super::SavedSnapshot { snapshot, bytes })
+        })
+    }
+
+    fn compact_to_saved(
         &mut self,
-        snapshot: Snapshot,
+        saved: super::SavedSnapshot,
         compact_index: u64,
     ) -> Result<(), StorageError> {
-        let index = snapshot.get_metadata().index;
+        let index = saved.metadata().index;
+        if index <= self.snapshot.index {
+            // A leader's newer snapshot was installed while this one was written: its file
+            // (if not the very same index, which install_snapshot rewrote) is of no use.
+            if index < self.snapshot.index {
+                remove_file_if_present(&snapshot_path(&self.snapshot_dir, index))?;
+            }
+            return Ok(());
+        }
         if index > self.last() || compact_index > index {
             return Err(StorageError::Inconsistent(format!(
                 "snapshot at {index} (compacting to {compact_index}) beyond the log's end {}",
                 self.last()
             )));
         }
-        self.save_snapshot_file(&snapshot)?;
         if compact_index > self.truncated.0 {
             let term = raft::Storage::term(self, compact_index)
                 .map_err(|e| StorageError::Inconsistent(e.to_string()))?;
@@ -464,7 +491,7 @@ impl LogStore for DiskLogStore {
             self.log_bytes = 0;
             self.engine.purge_expired_files().map_err(io_error)?;
         }
-        self.record_snapshot(&snapshot);
+        self.record_snapshot(saved.metadata(), saved.bytes());
         self.snapshot_requested.store(false, Ordering::Relaxed);
         self.remove_snapshots_before(index)?;
         Ok(())
