@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 
+use bytes::Bytes;
 use riteraft_plugin_sdk::RawStore;
 
 /// Where an entry sits in the log, and when its leader proposed it. Passed to the store as is.
@@ -84,8 +85,8 @@ pub trait StateMachine: Send {
     fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Outcome, StateMachineError>;
     /// Answers a read-only query.
     fn query(&mut self, request: &[u8]) -> Result<Outcome, StateMachineError>;
-    /// The whole state as bytes.
-    fn snapshot(&mut self) -> Result<Vec<u8>, StateMachineError>;
+    /// The whole state as bytes (shared: an implementation may keep them as its checkpoint).
+    fn snapshot(&mut self) -> Result<Bytes, StateMachineError>;
     /// Replaces the whole state with a snapshot's.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError>;
 
@@ -174,8 +175,8 @@ impl<S: RawStore + Send> StateMachine for NativeStateMachine<S> {
         Ok(riteraft_plugin_sdk::__glue::query(&self.slot, request).map_err(Rejection::Store))
     }
 
-    fn snapshot(&mut self) -> Result<Vec<u8>, StateMachineError> {
-        Ok(riteraft_plugin_sdk::__glue::snapshot(&self.slot))
+    fn snapshot(&mut self) -> Result<Bytes, StateMachineError> {
+        Ok(riteraft_plugin_sdk::__glue::snapshot(&self.slot).into())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {

@@ -13,6 +13,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::plugin::{CallError, PluginInstance, PluginModule, PluginRuntime};
 use crate::state_machine::{
     ApplyContext, CheckpointReader, ModuleInfo, Outcome, StateMachine, StateMachineError,
@@ -49,12 +51,12 @@ enum Checkpoint {
     Initial,
     /// A copy in memory that the state machine took itself (at an upgrade, or at twice the
     /// replay limits): no snapshot of the node holds this state.
-    InMemory(Vec<u8>),
+    InMemory(Bytes),
     /// A copy in memory of the state last taken by or given by the node (`snapshot`,
     /// `restore`), until the node says its snapshot of it is durable (`checkpoint_saved`).
     /// The node writes its snapshots on another thread, so the state machine may have moved
     /// to a newer checkpoint of its own by then: that one is kept.
-    AwaitingSave(Vec<u8>),
+    AwaitingSave(Bytes),
     /// The node's snapshot file: read back only for a rebuild, so a large store is not held
     /// in memory twice.
     Saved(CheckpointReader),
@@ -176,7 +178,7 @@ impl WasmStateMachine {
         if self.replay.len() >= self.limits.max_entries.saturating_mul(2)
             || self.replay_bytes >= self.limits.max_bytes.saturating_mul(2)
         {
-            self.checkpoint = Checkpoint::InMemory(self.checkpoint_now()?);
+            self.checkpoint = Checkpoint::InMemory(self.checkpoint_now()?.into());
         }
         Ok(())
     }
@@ -195,12 +197,12 @@ impl WasmStateMachine {
         let saved;
         let checkpoint = match &self.checkpoint {
             Checkpoint::Initial => None,
-            Checkpoint::InMemory(bytes) | Checkpoint::AwaitingSave(bytes) => Some(bytes),
+            Checkpoint::InMemory(bytes) | Checkpoint::AwaitingSave(bytes) => Some(&bytes[..]),
             Checkpoint::Saved(read) => {
                 saved = read().map_err(|e| {
                     StateMachineError::Rebuild(format!("reading the checkpoint back: {e}"))
                 })?;
-                Some(&saved)
+                Some(&saved[..])
             }
         };
         if let Some(checkpoint) = checkpoint {
@@ -256,8 +258,9 @@ impl StateMachine for WasmStateMachine {
         }
     }
 
-    fn snapshot(&mut self) -> Result<Vec<u8>, StateMachineError> {
-        let snapshot = self.checkpoint_now()?;
+    fn snapshot(&mut self) -> Result<Bytes, StateMachineError> {
+        let snapshot = Bytes::from(self.checkpoint_now()?);
+        // Shared, not copied: a large store's state is not held twice.
         self.checkpoint = Checkpoint::AwaitingSave(snapshot.clone());
         Ok(snapshot)
     }
@@ -295,7 +298,7 @@ impl StateMachine for WasmStateMachine {
         match self.instance_from(&new, &snapshot) {
             Ok(instance) => {
                 tracing::info!(sha256 = %new.sha256_hex(), "switched to new store code");
-                self.switch_to(new, instance, Checkpoint::InMemory(snapshot));
+                self.switch_to(new, instance, Checkpoint::InMemory(snapshot.into()));
                 Ok(Ok(self.module_info()))
             }
             Err(reason) => Ok(Err(reason)),
@@ -321,7 +324,7 @@ impl StateMachine for WasmStateMachine {
         self.switch_to(
             module,
             instance,
-            Checkpoint::AwaitingSave(snapshot.to_vec()),
+            Checkpoint::AwaitingSave(Bytes::copy_from_slice(snapshot)),
         );
         Ok(())
     }
@@ -335,7 +338,7 @@ impl StateMachine for WasmStateMachine {
             .restore(snapshot)
             .map_err(|e| StateMachineError::Restore(e.to_string()))?;
         self.instance = instance;
-        self.checkpoint = Checkpoint::AwaitingSave(snapshot.to_vec());
+        self.checkpoint = Checkpoint::AwaitingSave(Bytes::copy_from_slice(snapshot));
         self.replay.clear();
         self.replay_bytes = 0;
         Ok(())

@@ -192,7 +192,7 @@ fn once_the_checkpoint_is_saved_a_rebuild_reads_it_back_instead_of_a_copy() {
         let reads = reads.clone();
         move || {
             reads.fetch_add(1, Ordering::Relaxed);
-            Ok(saved.clone())
+            Ok(saved.to_vec())
         }
     }));
     sm.apply(ctx(4), b"add 2").unwrap().unwrap();
@@ -233,7 +233,7 @@ fn a_checkpoint_saved_late_does_not_replace_a_newer_one() {
         let reads = reads.clone();
         move || {
             reads.fetch_add(1, Ordering::Relaxed);
-            Ok(taken_at_3.clone())
+            Ok(taken_at_3.to_vec())
         }
     }));
     sm.apply(ctx(8), b"add 1").unwrap().unwrap();
