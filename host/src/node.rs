@@ -382,15 +382,21 @@ pub struct Node<S: StateMachine, L: LogStore> {
     /// The snapshot being encoded and written on a thread of its own (one at a time): a large
     /// store's file takes seconds to write, during which this node keeps replicating.
     saving: Option<SnapshotSave>,
+    /// After a snapshot could not be written (e.g. the disk is full), none is started before
+    /// this.
+    snapshot_retry_at: Option<Instant>,
 }
 
-/// The nice value of the thread writing a snapshot (0 is normal, 19 the lowest).
-const SNAPSHOT_SAVE_NICE: i32 = 10;
+/// How long after a failed snapshot write the node tries again: a full or failing disk is not
+/// asked to take the whole store again every round, and ten seconds add little to the log.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
 
 /// A snapshot of this node's state on its way to disk (see [`Node::maybe_snapshot`]).
 struct SnapshotSave {
     /// Encodes and writes it; the log store records the result.
     thread: std::thread::JoinHandle<Result<SavedSnapshot, StorageError>>,
+    /// The log index it stands at.
+    index: u64,
     /// Where the log is compacted to once it is durable.
     compact_index: u64,
     /// When the snapshot was started, and how long the state took to gather (for the log).
@@ -464,6 +470,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             removed: false,
             disk_full: None,
             saving: None,
+            snapshot_retry_at: None,
         };
         // The state machine was just restored from the store's snapshot (if any).
         node.checkpoint_saved();
@@ -479,8 +486,10 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     /// Runs the loop until shutdown, removal or a fatal error.
     ///
     /// Each round: wait for requests until the next tick is due, handle every queued request
-    /// (a burst shares one round), tick if due, process the Ready (see `on_ready`), then
-    /// record a snapshot whose file is now durable (see `finish_snapshot`).
+    /// (a burst shares one round), tick if due, process the Ready (see `on_ready`), record a
+    /// snapshot whose file is now durable (`finish_snapshot`), and start one if due
+    /// (`maybe_snapshot`: checked every round, not only after a Ready, so that a snapshot put
+    /// off by a failed write is retried on an idle node too).
     pub fn run(mut self, requests: Receiver<Request>) -> Result<NodeExit, NodeFatal> {
         let mut next_tick = Instant::now() + self.options.tick;
         loop {
@@ -508,6 +517,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             }
             self.on_ready()?;
             self.finish_snapshot(false)?;
+            self.maybe_snapshot()?;
             if self.removed {
                 self.finish_snapshot(true)?;
                 self.fail_all(NodeError::Aborted(
@@ -1091,7 +1101,6 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
 
         self.serve_reads()?;
         self.check_transfer();
-        self.maybe_snapshot()?;
         Ok(())
     }
 
@@ -1358,7 +1367,8 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     /// this thread), then encodes and writes it on a thread of its own, so that the Ready loop
     /// goes on meanwhile; [`Node::finish_snapshot`] records it once it is durable.
     fn maybe_snapshot(&mut self) -> Result<(), NodeFatal> {
-        if self.saving.is_some() {
+        let retry_later = self.snapshot_retry_at.is_some_and(|at| Instant::now() < at);
+        if self.saving.is_some() || retry_later {
             return Ok(());
         }
         let store = self.raw.store();
@@ -1403,10 +1413,6 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         let thread = std::thread::Builder::new()
             .name("snapshot-save".into())
             .spawn(move || {
-                // Lower priority than the threads serving clients: the file may be written a
-                // little later, requests should not wait behind it. (On Linux, priority 0 of
-                // PRIO_PROCESS is this thread; failing to lower it changes nothing else.)
-                let _ = rustix::process::setpriority_process(None, SNAPSHOT_SAVE_NICE);
                 let mut snapshot = Snapshot {
                     data: encode(&data).into(),
                     ..Default::default()
@@ -1420,6 +1426,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             .map_err(StorageError::Io)?;
         self.saving = Some(SnapshotSave {
             thread,
+            index: self.applied,
             compact_index: self.applied.saturating_sub(self.options.log_entries_kept),
             started,
             taken: started.elapsed(),
@@ -1435,9 +1442,26 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             _ => return Ok(()),
         }
         let save = self.saving.take().expect("checked above");
-        let saved = save.thread.join().map_err(|_| {
-            StorageError::Inconsistent("the thread writing a snapshot panicked".into())
-        })??;
+        let saved = match save.thread.join() {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(e)) => {
+                // Nothing was recorded: the log is whole and the previous snapshot stands, so
+                // the node goes on (writes stop by themselves when the disk is nearly full).
+                tracing::error!(
+                    index = save.index,
+                    retry_in_s = SNAPSHOT_RETRY.as_secs(),
+                    "cannot write a snapshot: {e}; the log is kept whole until one is written"
+                );
+                self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+                return Ok(());
+            }
+            Err(_) => {
+                return Err(StorageError::Inconsistent(
+                    "the thread writing a snapshot panicked".into(),
+                )
+                .into());
+            }
+        };
         let (index, bytes) = (saved.metadata().index, saved.bytes());
         self.raw
             .mut_store()

@@ -812,3 +812,99 @@ async fn a_full_disk_refuses_writes_keeps_serving_and_recovers() {
     })
     .await
 }
+
+/// Fills `dir`'s filesystem with a file of random bytes until about `leave` bytes are free.
+fn fill_until_free(dir: &Path, filler: &Path, leave: u64) {
+    let free = |path: &Path| {
+        let stat = rustix::fs::statvfs(path).unwrap();
+        stat.f_bavail * stat.f_frsize
+    };
+    let to_fill = free(dir).saturating_sub(leave);
+    let mut urandom = File::open("/dev/urandom").unwrap().take(to_fill);
+    std::io::copy(&mut urandom, &mut File::create(filler).unwrap()).unwrap();
+}
+
+/// A snapshot that does not fit on the disk is put off, not fatal: the node says why, keeps
+/// its log whole (and no half-written file), goes on serving, and takes the snapshot once there
+/// is room. Writes are still accepted: the disk is full for a whole store, not for entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_does_not_fit_is_put_off_and_the_node_keeps_serving() {
+    const VALUE_BYTES: usize = 200 << 10;
+    within(Duration::from_secs(120), async {
+        let tmpfs = match Tmpfs::mount(64) {
+            Ok(tmpfs) => tmpfs,
+            Err(why) => {
+                eprintln!("SKIPPED: the full-disk test needs to mount a tmpfs (root): {why}");
+                return;
+            }
+        };
+        let mut rng = rng("snapshot on a full disk");
+        let options = options()
+            .data_root(tmpfs.path())
+            .snapshot_entries(10)
+            .arg("--min-free-disk-mib")
+            .arg("1");
+        let cluster = Cluster::start(1, options).await;
+        // A store of about 12 MiB, snapshotted on the way.
+        let mut acked = Vec::new();
+        for i in 0..60 {
+            let (key, value) = (format!("big{i:02}"), random_value(&mut rng, VALUE_BYTES));
+            put(&cluster, 1, &key, &value).await;
+            acked.push((key, value));
+        }
+        // Room for more entries, not for another copy of the store.
+        let filler = tmpfs.path().join("filler");
+        fill_until_free(tmpfs.path(), &filler, 8 << 20);
+        // A quarter of the store's size in new entries makes the next snapshot due.
+        for i in 60..80 {
+            let (key, value) = (format!("big{i:02}"), random_value(&mut rng, VALUE_BYTES));
+            put(&cluster, 1, &key, &value).await;
+            acked.push((key, value));
+        }
+        let log = cluster.log_path(1);
+        cluster
+            .wait_for(
+                "the node to report the snapshot it could not write",
+                Duration::from_secs(30),
+                async || {
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    text.lines()
+                        .find(|line| line.contains("cannot write a snapshot"))
+                        .map(str::to_string)
+                },
+            )
+            .await;
+        let snapshots = cluster.data_dir(1).join("snapshots");
+        let half_written: Vec<_> = fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(half_written.is_empty(), "left behind: {half_written:?}");
+        assert!(
+            cluster.is_running(1),
+            "a snapshot that did not fit stopped the node"
+        );
+        put(&cluster, 1, "after", "yes").await;
+        acked.push(("after".into(), "yes".into()));
+        assert_all_present(&cluster, 1, &acked, true).await;
+
+        // With room again, the snapshot is taken (retried within ten seconds).
+        let applied = cluster.status(1).await.unwrap().applied_index;
+        fs::remove_file(&filler).unwrap();
+        cluster
+            .wait_for(
+                "a snapshot once there is room",
+                Duration::from_secs(30),
+                async || {
+                    let status = cluster.status(1).await.ok()?;
+                    (status.snapshot_index >= applied).then_some(())
+                },
+            )
+            .await;
+        assert_all_present(&cluster, 1, &acked, false).await;
+        drop(cluster); // before the filesystem goes
+        drop(tmpfs);
+    })
+    .await
+}

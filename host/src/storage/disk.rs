@@ -203,31 +203,39 @@ impl DiskLogStore {
 }
 
 /// Writes `snapshot` durably into `dir` (temp file, fsync, rename, fsync of the directory).
-/// Touches no other file, so it may run beside the store's own writes.
+/// Touches no other file, so it may run beside the store's own writes. On failure (e.g. the
+/// disk is full) the temp file is removed, giving its space back.
 fn save_snapshot_file(dir: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
     let index = snapshot.get_metadata().index;
     let path = snapshot_path(dir, index);
     let temp = path.with_extension("tmp");
-    {
-        // The body is encoded straight into the file through the hasher, so a large store's
-        // state is not copied once more in memory; the checksum, which comes first in the
-        // file, is filled in afterwards.
-        let mut file = File::create(&temp)?;
-        file.write_all(SNAPSHOT_MAGIC)?;
-        file.write_all(&[0; 32])?;
-        let mut body = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, &mut file),
-            hasher: Sha256::new(),
-        };
-        snapshot.write_to_writer(&mut body).map_err(io_error)?;
-        let HashingWriter { inner, hasher } = body;
-        let file = inner.into_inner().map_err(|e| e.into_error())?;
-        file.seek(SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
-        file.write_all(&hasher.finalize())?;
-        file.sync_all()?;
+    if let Err(e) = write_snapshot_file(&temp, snapshot) {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
     }
     fs::rename(&temp, &path)?;
     File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes and syncs one snapshot file at `path`: magic line, sha256 of the rest, the snapshot.
+fn write_snapshot_file(path: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
+    // The body is encoded straight into the file through the hasher, so a large store's state
+    // is not copied once more in memory; the checksum, which comes first in the file, is
+    // filled in afterwards.
+    let mut file = File::create(path)?;
+    file.write_all(SNAPSHOT_MAGIC)?;
+    file.write_all(&[0; 32])?;
+    let mut body = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, &mut file),
+        hasher: Sha256::new(),
+    };
+    snapshot.write_to_writer(&mut body).map_err(io_error)?;
+    let HashingWriter { inner, hasher } = body;
+    let file = inner.into_inner().map_err(|e| e.into_error())?;
+    file.seek(SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
+    file.write_all(&hasher.finalize())?;
+    file.sync_all()?;
     Ok(())
 }
 
