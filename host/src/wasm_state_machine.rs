@@ -147,9 +147,10 @@ impl WasmStateMachine {
         self.replay_bytes = 0;
     }
 
-    /// The plugin's state now, from which replay starts over (the caller keeps it as the
-    /// checkpoint). A failure leaves a rebuilt instance behind and is fatal.
-    fn checkpoint_now(&mut self) -> Result<Vec<u8>, StateMachineError> {
+    /// Takes the plugin's state now as the checkpoint (one of the state machine's own), from
+    /// which replay starts over; checkpoint and replay list always change together. A failure
+    /// leaves a rebuilt instance behind and is fatal.
+    fn checkpoint_now(&mut self) -> Result<Bytes, StateMachineError> {
         let snapshot = match self.instance.snapshot() {
             Ok(snapshot) => snapshot,
             Err(e) => {
@@ -159,6 +160,8 @@ impl WasmStateMachine {
                 return Err(StateMachineError::Snapshot(e.to_string()));
             }
         };
+        let snapshot = Bytes::from(snapshot);
+        self.checkpoint = Checkpoint::InMemory(snapshot.clone());
         self.replay.clear();
         self.replay_bytes = 0;
         Ok(snapshot)
@@ -178,7 +181,7 @@ impl WasmStateMachine {
         if self.replay.len() >= self.limits.max_entries.saturating_mul(2)
             || self.replay_bytes >= self.limits.max_bytes.saturating_mul(2)
         {
-            self.checkpoint = Checkpoint::InMemory(self.checkpoint_now()?.into());
+            self.checkpoint_now()?;
         }
         Ok(())
     }
@@ -259,8 +262,8 @@ impl StateMachine for WasmStateMachine {
     }
 
     fn snapshot(&mut self) -> Result<Bytes, StateMachineError> {
-        let snapshot = Bytes::from(self.checkpoint_now()?);
-        // Shared, not copied: a large store's state is not held twice.
+        let snapshot = self.checkpoint_now()?;
+        // The node's own: shared, not copied, so a large store's state is not held twice.
         self.checkpoint = Checkpoint::AwaitingSave(snapshot.clone());
         Ok(snapshot)
     }
@@ -298,7 +301,7 @@ impl StateMachine for WasmStateMachine {
         match self.instance_from(&new, &snapshot) {
             Ok(instance) => {
                 tracing::info!(sha256 = %new.sha256_hex(), "switched to new store code");
-                self.switch_to(new, instance, Checkpoint::InMemory(snapshot.into()));
+                self.switch_to(new, instance, Checkpoint::InMemory(snapshot));
                 Ok(Ok(self.module_info()))
             }
             Err(reason) => Ok(Err(reason)),

@@ -246,6 +246,26 @@ fn a_checkpoint_saved_late_does_not_replace_a_newer_one() {
     );
 }
 
+/// An upgrade to code that cannot read the current state is refused; the entries applied
+/// before it must still be replayed after a later trap.
+#[test]
+fn a_refused_upgrade_keeps_what_a_rebuild_replays() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "misbehaving");
+    for i in 1..=3 {
+        sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+    }
+    let other = std::fs::read(plugin("kv")).unwrap();
+    let refused = sm.upgrade(&other).unwrap();
+    assert!(
+        refused.is_err(),
+        "kv cannot read the misbehaving store's state"
+    );
+    sm.apply(ctx(4), b"add 1").unwrap().unwrap();
+    sm.apply(ctx(5), b"panic").unwrap().unwrap_err();
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("4".into()));
+}
+
 #[test]
 fn the_snapshot_imports_trap_outside_their_calls() {
     let runtime = runtime();
