@@ -1437,11 +1437,12 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
     /// Records the snapshot being written once its file is durable (with `wait`, waits for it:
     /// a node that stops leaves no half-written snapshot behind), and compacts the log.
     fn finish_snapshot(&mut self, wait: bool) -> Result<(), NodeFatal> {
-        match &self.saving {
-            Some(save) if wait || save.thread.is_finished() => {}
-            _ => return Ok(()),
-        }
-        let save = self.saving.take().expect("checked above");
+        let Some(save) = self
+            .saving
+            .take_if(|save| wait || save.thread.is_finished())
+        else {
+            return Ok(());
+        };
         let saved = match save.thread.join() {
             Ok(Ok(saved)) => saved,
             Ok(Err(e)) => {
