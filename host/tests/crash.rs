@@ -685,6 +685,15 @@ impl Tmpfs {
         Ok(Tmpfs { dir })
     }
 
+    /// [`Tmpfs::mount`], or `None` after saying on stderr why the calling test is skipped.
+    fn mount_or_skip(mib: u64) -> Option<Tmpfs> {
+        Self::mount(mib)
+            .inspect_err(|why| {
+                eprintln!("SKIPPED: the full-disk tests need to mount a tmpfs (root): {why}")
+            })
+            .ok()
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -717,12 +726,8 @@ async fn a_full_disk_refuses_writes_keeps_serving_and_recovers() {
     const FILLER_MIB: u64 = 34;
     within(Duration::from_secs(120), async {
         let started = Instant::now();
-        let tmpfs = match Tmpfs::mount(48) {
-            Ok(tmpfs) => tmpfs,
-            Err(why) => {
-                eprintln!("SKIPPED: the full-disk test needs to mount a tmpfs (root): {why}");
-                return;
-            }
+        let Some(tmpfs) = Tmpfs::mount_or_skip(48) else {
+            return;
         };
         let mut rng = rng("full disk");
         let options = options()
@@ -824,6 +829,23 @@ fn fill_until_free(dir: &Path, filler: &Path, leave: u64) {
     std::io::copy(&mut urandom, &mut File::create(filler).unwrap()).unwrap();
 }
 
+/// The index of the one snapshot file in `dir`, if that is all it holds (no second file, no
+/// temporary one: no snapshot is being written).
+fn only_snapshot_file(dir: &Path) -> Option<u64> {
+    let names: Vec<String> = fs::read_dir(dir)
+        .ok()?
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    match names.as_slice() {
+        [name] => name
+            .strip_prefix("snapshot-")?
+            .strip_suffix(".snap")?
+            .parse()
+            .ok(),
+        _ => None,
+    }
+}
+
 /// A snapshot that does not fit on the disk is put off, not fatal: the node says why, keeps
 /// its log whole (and no half-written file), goes on serving, and takes the snapshot once there
 /// is room. Writes are still accepted: the disk is full for a whole store, not for entries.
@@ -831,12 +853,8 @@ fn fill_until_free(dir: &Path, filler: &Path, leave: u64) {
 async fn a_snapshot_that_does_not_fit_is_put_off_and_the_node_keeps_serving() {
     const VALUE_BYTES: usize = 200 << 10;
     within(Duration::from_secs(120), async {
-        let tmpfs = match Tmpfs::mount(64) {
-            Ok(tmpfs) => tmpfs,
-            Err(why) => {
-                eprintln!("SKIPPED: the full-disk test needs to mount a tmpfs (root): {why}");
-                return;
-            }
+        let Some(tmpfs) = Tmpfs::mount_or_skip(64) else {
+            return;
         };
         let mut rng = rng("snapshot on a full disk");
         let options = options()
@@ -852,13 +870,48 @@ async fn a_snapshot_that_does_not_fit_is_put_off_and_the_node_keeps_serving() {
             put(&cluster, 1, &key, &value).await;
             acked.push((key, value));
         }
+        // Snapshots are written in the background: let the last one finish (the same single
+        // file across a pause, and recorded) before measuring what is free.
+        let snapshots = cluster.data_dir(1).join("snapshots");
+        cluster
+            .wait_for(
+                "the node's snapshot writing to settle",
+                Duration::from_secs(10),
+                async || {
+                    let index = only_snapshot_file(&snapshots)?;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let recorded = cluster.status(1).await.ok()?.snapshot_index;
+                    (only_snapshot_file(&snapshots) == Some(index) && recorded == index)
+                        .then_some(())
+                },
+            )
+            .await;
         // Room for more entries, not for another copy of the store.
         let filler = tmpfs.path().join("filler");
         fill_until_free(tmpfs.path(), &filler, 8 << 20);
         // A quarter of the store's size in new entries makes the next snapshot due.
+        // While the doomed snapshot file grows, the disk may look full for a moment and a
+        // write be refused; the node accepts writes again once the file is removed.
+        let put_through_refusals = async |key: &str, value: &str| {
+            let answer = cluster
+                .wait_for(
+                    "a write refused for a full disk to be accepted again",
+                    Duration::from_secs(10),
+                    async || match cluster.propose(1, &format!("put {key} {value}")).await {
+                        Ok(answer) => Some(answer.expect("put accepted")),
+                        Err(status) if status.code() == Code::ResourceExhausted => None,
+                        Err(status) => panic!("put {key}: {status:?}"),
+                    },
+                )
+                .await;
+            assert!(
+                answer.starts_with(&format!("ok: {key} = ")),
+                "put {key}: {answer}"
+            );
+        };
         for i in 60..80 {
             let (key, value) = (format!("big{i:02}"), random_value(&mut rng, VALUE_BYTES));
-            put(&cluster, 1, &key, &value).await;
+            put_through_refusals(&key, &value).await;
             acked.push((key, value));
         }
         let log = cluster.log_path(1);
@@ -874,7 +927,6 @@ async fn a_snapshot_that_does_not_fit_is_put_off_and_the_node_keeps_serving() {
                 },
             )
             .await;
-        let snapshots = cluster.data_dir(1).join("snapshots");
         let half_written: Vec<_> = fs::read_dir(&snapshots)
             .unwrap()
             .map(|entry| entry.unwrap().file_name())
@@ -885,7 +937,7 @@ async fn a_snapshot_that_does_not_fit_is_put_off_and_the_node_keeps_serving() {
             cluster.is_running(1),
             "a snapshot that did not fit stopped the node"
         );
-        put(&cluster, 1, "after", "yes").await;
+        put_through_refusals("after", "yes").await;
         acked.push(("after".into(), "yes".into()));
         assert_all_present(&cluster, 1, &acked, true).await;
 
