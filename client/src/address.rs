@@ -1,5 +1,7 @@
 //! Node addresses: what people type (`127.0.0.1:7001`, `http://node-1:7001`) turned into the
 //! `http://HOST:PORT` URI that tonic connects to, with an error that says what a good one is.
+//! The scheme stays `http` even with TLS: TLS is done by our connector (`tls::TlsConnector`), not
+//! by tonic, which only sees the connection it gets.
 
 use tonic::codegen::http::uri::Authority;
 
@@ -7,10 +9,12 @@ use crate::ClientError;
 
 /// Turns one address as a user wrote it into the URI to connect to.
 ///
-/// Accepts `HOST:PORT` and `http://HOST:PORT` (a trailing `/` is fine); the host may be a name, an
-/// IPv4 address or a bracketed IPv6 address (`[::1]:7001`). The port is required: RiteRaft has no
-/// well-known port, so a missing one is almost certainly a mistake. `https://` is refused because
-/// this client is built without TLS (nodes serve plain HTTP/2).
+/// Accepts `HOST:PORT`, `http://HOST:PORT` and `https://HOST:PORT` (a trailing `/` is fine); the
+/// host may be a name, an IPv4 address or a bracketed IPv6 address (`[::1]:7001`). The port is
+/// required: RiteRaft has no well-known port, so a missing one is almost certainly a mistake.
+/// `https://` is only an alias: whether a connection uses TLS is the client's setting
+/// ([`ClientBuilder::tls`](crate::ClientBuilder::tls)), not the address's, and the URI returned
+/// is `http://` either way.
 pub fn endpoint_uri(address: &str) -> Result<String, ClientError> {
     let bad = |why: &str| {
         ClientError::BadAddress(format!(
@@ -23,9 +27,10 @@ pub fn endpoint_uri(address: &str) -> Result<String, ClientError> {
     }
     let rest = match trimmed.split_once("://") {
         None => trimmed,
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-            return Err(bad("https (TLS) is not supported, nodes speak plain http"));
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            rest
         }
         Some((scheme, _)) => return Err(bad(&format!("unknown scheme {scheme:?}"))),
     };
@@ -53,12 +58,19 @@ pub fn endpoint_uri(address: &str) -> Result<String, ClientError> {
     }
 }
 
+/// The `HOST:PORT` of an address, checked and without scheme or trailing `/`: the form node
+/// certificates name (`tls::node_uri`) and the host compares.
+pub fn authority(address: &str) -> Result<String, ClientError> {
+    let uri = endpoint_uri(address)?;
+    Ok(uri.strip_prefix("http://").unwrap_or(&uri).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn accepts_host_port_with_or_without_scheme() {
+    fn accepts_host_port_with_or_without_scheme_and_https_as_an_alias() {
         for (input, uri) in [
             ("127.0.0.1:7001", "http://127.0.0.1:7001"),
             ("  127.0.0.1:7001 ", "http://127.0.0.1:7001"),
@@ -66,8 +78,12 @@ mod tests {
             ("HTTP://node-1:7001/", "http://node-1:7001"),
             ("localhost:9", "http://localhost:9"),
             ("[::1]:7001", "http://[::1]:7001"),
+            ("https://127.0.0.1:7001", "http://127.0.0.1:7001"),
+            ("HTTPS://node-1:7001/", "http://node-1:7001"),
         ] {
             assert_eq!(endpoint_uri(input).unwrap(), uri, "{input}");
+            let bare = authority(input).unwrap();
+            assert_eq!(format!("http://{bare}"), uri, "{input}");
         }
     }
 
@@ -79,7 +95,7 @@ mod tests {
             ("http://127.0.0.1", "port is missing"),
             ("127.0.0.1:0", "port 0"),
             ("127.0.0.1:99999", "1 to 65535"),
-            ("https://127.0.0.1:7001", "https"),
+            ("https://127.0.0.1", "port is missing"),
             ("grpc://127.0.0.1:7001", "unknown scheme"),
             ("127.0.0.1:7001/raft", "no path"),
             ("me@127.0.0.1:7001", "no user name"),

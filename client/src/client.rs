@@ -12,8 +12,10 @@ use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::address::endpoint_uri;
+use crate::dial::{self, DialOptions};
 use crate::failover::{self, Kind, MAX_PASSES, Verdict};
 use crate::proto::client_client::ClientClient;
+use crate::tls::ClientTls;
 use crate::{Answer, Applied, ClientError, Consistency, Joined, NodeStatus, proto};
 
 /// How long one call may take by default, retries and failovers included. Long enough for a raft
@@ -52,7 +54,8 @@ struct Shared {
     nodes: Vec<Node>,
     /// The index in `nodes` of the node that answered last: where the next call starts.
     preferred: AtomicUsize,
-    connect_timeout: Duration,
+    /// How every node is dialed, also those of [`Client::status_of`].
+    dial: DialOptions,
 }
 
 /// One address and its (lazily opened) connection.
@@ -60,24 +63,18 @@ struct Node {
     /// The address as the user gave it (trimmed), for messages.
     address: String,
     endpoint: Endpoint,
+    dial: DialOptions,
     /// Opened on first use: a tonic channel needs a running tokio runtime, which
     /// [`Client::connect`] does not require.
     channel: OnceLock<Channel>,
 }
 
 impl Node {
-    fn new(address: &str, connect_timeout: Duration) -> Result<Node, ClientError> {
-        let uri = endpoint_uri(address)?;
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|error| {
-                ClientError::BadAddress(format!("bad node address {address:?}: {error}"))
-            })?
-            .connect_timeout(connect_timeout)
-            // Requests are small and latency-bound: do not let Nagle hold them back.
-            .tcp_nodelay(true);
+    fn new(address: &str, dial: &DialOptions) -> Result<Node, ClientError> {
         Ok(Node {
             address: address.trim().to_string(),
-            endpoint,
+            endpoint: dial::endpoint(address, dial)?,
+            dial: dial.clone(),
             channel: OnceLock::new(),
         })
     }
@@ -85,7 +82,7 @@ impl Node {
     fn grpc(&self) -> Grpc {
         let channel = self
             .channel
-            .get_or_init(|| self.endpoint.connect_lazy())
+            .get_or_init(|| dial::lazy_channel(&self.endpoint, &self.dial))
             .clone();
         ClientClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -107,6 +104,7 @@ enum Route<'a> {
 pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl Default for ClientBuilder {
@@ -114,6 +112,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -131,6 +130,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Mutual TLS for every connection, with these certificates (default: plain HTTP/2). A
+    /// [`ClientTls::reload`] applies to the connections made after it. The nodes' certificates
+    /// are checked against the host of each address, as any TLS client does.
+    pub fn tls(mut self, tls: Arc<ClientTls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// A client for the nodes at `addresses` (`HOST:PORT`, optionally `http://HOST:PORT`). Checks
     /// the addresses but connects to nothing yet.
     pub fn connect<I, S>(self, addresses: I) -> Result<Client, ClientError>
@@ -138,9 +145,14 @@ impl ClientBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let dial = DialOptions {
+            connect_timeout: self.connect_timeout,
+            tls: self.tls,
+            ..DialOptions::default()
+        };
         let nodes = addresses
             .into_iter()
-            .map(|address| Node::new(address.as_ref(), self.connect_timeout))
+            .map(|address| Node::new(address.as_ref(), &dial))
             .collect::<Result<Vec<_>, _>>()?;
         if nodes.is_empty() {
             return Err(ClientError::BadAddress(
@@ -151,7 +163,7 @@ impl ClientBuilder {
             shared: Arc::new(Shared {
                 nodes,
                 preferred: AtomicUsize::new(0),
-                connect_timeout: self.connect_timeout,
+                dial,
             }),
             timeout: self.timeout,
         })
@@ -254,7 +266,7 @@ impl Client {
         match known {
             Some(node) => self.status_via(Route::Only(node)).await,
             None => {
-                let node = Node::new(address, self.shared.connect_timeout)?;
+                let node = Node::new(address, &self.shared.dial)?;
                 self.status_via(Route::Only(&node)).await
             }
         }
@@ -276,6 +288,7 @@ impl Client {
             .call(Kind::Write, Route::Cluster, |mut grpc| {
                 let request = proto::JoinRequest {
                     address: address.to_string(),
+                    ..Default::default()
                 };
                 async move { grpc.join(request).await }
             })
@@ -394,6 +407,7 @@ impl Client {
                             run.any_up = true;
                             run.last = why;
                         }
+                        Verdict::Refused(why) => run.refused = Some(why),
                         Verdict::Aborted(why) if aborted_before => {
                             return Err(ClientError::Aborted(why));
                         }
@@ -433,18 +447,26 @@ struct Run {
     any_up: bool,
     /// The last failure, prefixed with its node's address.
     last: String,
+    /// The last TLS failure, prefixed with its node's address.
+    refused: Option<String>,
 }
 
 impl Run {
+    /// The error when no node answered: a TLS failure if there was one, since it says what to
+    /// fix (a node that is down as well is most likely down for the same reason, or not at
+    /// all), else that nobody could be reached.
     fn nobody_home(self) -> ClientError {
-        ClientError::NoNodeReachable {
-            tried: self.tried,
-            last: self.last,
+        match self.refused {
+            Some(why) => ClientError::Tls(why),
+            None => ClientError::NoNodeReachable {
+                tried: self.tried,
+                last: self.last,
+            },
         }
     }
 
     fn out_of_time(self, timeout: Duration) -> ClientError {
-        if self.last.is_empty() {
+        if self.last.is_empty() && self.refused.is_none() {
             ClientError::Timeout(format!(
                 "the call's {timeout:?} ran out before any node was tried; allow more time"
             ))
@@ -469,4 +491,236 @@ fn no_answer(kind: Kind, address: &str, timeout: Duration) -> ClientError {
             format!("no answer from {address} within {timeout:?}; try again or allow more time")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::{TcpListener, TcpStream};
+    use tonic::{Request, Response, Streaming};
+
+    use super::*;
+    use crate::certs;
+    use crate::proto::client_server::{Client as ClientService, ClientServer};
+    use crate::tls::{Role, TlsFiles, tests::server_config};
+
+    /// A node that answers `status` and `propose`, nothing else.
+    struct FakeNode;
+
+    #[tonic::async_trait]
+    impl ClientService for FakeNode {
+        async fn propose(
+            &self,
+            _: Request<proto::ProposeRequest>,
+        ) -> Result<Response<proto::ProposeResponse>, Status> {
+            Ok(Response::new(proto::ProposeResponse {
+                index: 5,
+                ..Default::default()
+            }))
+        }
+        async fn query(
+            &self,
+            _: Request<proto::QueryRequest>,
+        ) -> Result<Response<proto::QueryResponse>, Status> {
+            Err(Status::unimplemented("query"))
+        }
+        async fn status(
+            &self,
+            _: Request<proto::StatusRequest>,
+        ) -> Result<Response<proto::StatusResponse>, Status> {
+            Ok(Response::new(proto::StatusResponse {
+                id: 7,
+                role: "leader".into(),
+                ..Default::default()
+            }))
+        }
+        async fn join(
+            &self,
+            _: Request<proto::JoinRequest>,
+        ) -> Result<Response<proto::JoinResponse>, Status> {
+            Err(Status::unimplemented("join"))
+        }
+        async fn leave(
+            &self,
+            _: Request<proto::LeaveRequest>,
+        ) -> Result<Response<proto::LeaveResponse>, Status> {
+            Err(Status::unimplemented("leave"))
+        }
+        async fn transfer_leader(
+            &self,
+            _: Request<proto::TransferLeaderRequest>,
+        ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+            Err(Status::unimplemented("transfer_leader"))
+        }
+        async fn deploy(
+            &self,
+            _: Request<Streaming<proto::DeployChunk>>,
+        ) -> Result<Response<proto::DeployResponse>, Status> {
+            Err(Status::unimplemented("deploy"))
+        }
+    }
+
+    /// A server-side TLS stream as tonic's server wants it.
+    struct Tls(tokio_rustls::server::TlsStream<TcpStream>);
+
+    impl tonic::transport::server::Connected for Tls {
+        type ConnectInfo = ();
+        fn connect_info(&self) {}
+    }
+
+    impl AsyncRead for Tls {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Tls {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
+    }
+
+    /// Serves [`FakeNode`] over mutual TLS on 127.0.0.1 as the node 127.0.0.1:7001 of `dir`.
+    async fn tls_node(dir: &std::path::Path, ca: &std::path::Path) -> SocketAddr {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(dir, "127.0.0.1:7001", ca));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Tls>>(4);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                tokio::spawn(async move {
+                    // A refused handshake is dropped here, as a node would.
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        let _ = sender.send(Ok(Tls(stream))).await;
+                    }
+                });
+            }
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ClientServer::new(FakeNode))
+                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+        );
+        address
+    }
+
+    fn client(files: TlsFiles, addresses: &[String]) -> Client {
+        Client::builder()
+            .timeout(Duration::from_secs(5))
+            .tls(ClientTls::load(files).unwrap())
+            .connect(addresses)
+            .unwrap()
+    }
+
+    /// An address where nothing listens (a port just released).
+    async fn nobody() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_talks_to_a_tls_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = certs::write_test_pki(
+            dir.path(),
+            &["127.0.0.1:7001".into()],
+            &[("alice".into(), Role::Write)],
+        )
+        .unwrap();
+        let node = tls_node(dir.path(), &pki.ca).await;
+        let client = client(pki.clients[0].clone(), &[node.to_string()]);
+        assert_eq!(client.status().await.unwrap().id, 7);
+        assert_eq!(client.propose("put a 1").await.unwrap().index, 5);
+        // The https:// alias dials the same way.
+        let status = client.status_of(&format!("https://{node}")).await.unwrap();
+        assert_eq!(status.id, 7);
+    }
+
+    #[tokio::test]
+    async fn a_refused_client_certificate_is_a_tls_error_not_a_lost_write() {
+        let ours = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        let pki = certs::write_test_pki(ours.path(), &["127.0.0.1:7001".into()], &[]).unwrap();
+        let stranger =
+            certs::write_test_pki(theirs.path(), &[], &[("eve".into(), Role::Admin)]).unwrap();
+        let node = tls_node(ours.path(), &pki.ca).await;
+        // Eve trusts the node's CA, but her certificate is from another one.
+        let eve = TlsFiles {
+            ca: pki.ca.clone(),
+            ..stranger.clients[0].clone()
+        };
+        // A node that is down as well does not hide the TLS error.
+        let client = client(eve, &[nobody().await, node.to_string()]);
+        let started = Instant::now();
+        for error in [
+            client.propose("put a 1").await.unwrap_err(),
+            client.status().await.unwrap_err(),
+        ] {
+            let message = error.to_string();
+            assert!(matches!(error, ClientError::Tls(_)), "{error:?}");
+            assert!(message.contains(&node.to_string()), "{message}");
+            assert!(
+                message.contains("refused this side's certificate"),
+                "{message}"
+            );
+        }
+        // Given up after one pass, not retried until the timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_from_another_ca_is_a_tls_error() {
+        let ours = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        let pki = certs::write_test_pki(ours.path(), &[], &[("alice".into(), Role::Read)]).unwrap();
+        let other = certs::write_test_pki(theirs.path(), &["127.0.0.1:7001".into()], &[]).unwrap();
+        let node = tls_node(theirs.path(), &other.ca).await;
+        let client = client(pki.clients[0].clone(), &[node.to_string()]);
+        let error = client.status().await.unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, ClientError::Tls(_)), "{error:?}");
+        assert!(
+            message.contains("not signed by the CA this side trusts"),
+            "{message}"
+        );
+
+        // The eager dial says the same.
+        let options = DialOptions {
+            tls: Some(ClientTls::load(pki.clients[0].clone()).unwrap()),
+            ..DialOptions::default()
+        };
+        let error = dial::dial(&node.to_string(), &options).await.unwrap_err();
+        assert!(matches!(error, ClientError::Tls(_)), "{error:?}");
+        // And a node that is down is still just down.
+        let error = dial::dial(&nobody().await, &options).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::NoNodeReachable { .. }),
+            "{error:?}"
+        );
+    }
 }

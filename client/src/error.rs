@@ -56,6 +56,11 @@ pub enum ClientError {
     /// An address is not `HOST:PORT` (the message says which and why).
     #[error("{0}")]
     BadAddress(String),
+    /// TLS failed: a node refused this client's certificate, this client refused a node's, or a
+    /// node is not the one expected. Nothing was sent; trying again will not help until the
+    /// certificates are fixed.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl From<tonic::Status> for ClientError {

@@ -17,7 +17,12 @@
 //! 6. `DEADLINE_EXCEEDED` on a write is never retried: the write may still commit, and sending it
 //!    again could apply it twice. On a read it only means that node could not reach the leader,
 //!    so the next node is tried.
-//! 7. Anything else is the answer and is returned.
+//! 7. A TLS failure (a node refused our certificate, or we refused its) means nothing was sent:
+//!    the next node is tried, since one node's certificate may be wrong, but the client does not
+//!    wait for such a node to change its mind. If no node answered otherwise by the end of the
+//!    first pass, the call fails with the TLS error ([`ClientError::Tls`]), which says what to
+//!    fix, rather than with "no node reachable".
+//! 8. Anything else is the answer and is returned.
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -60,6 +65,9 @@ pub(crate) enum Verdict {
     NotNow(String),
     /// Lost to a leader change, never applied: may be retried once.
     Aborted(String),
+    /// TLS failed with this node (a certificate was refused, by either side): nothing was sent.
+    /// Try the next; if nobody else answers, this is the error.
+    Refused(String),
     /// The answer: give up with this error.
     Fail(ClientError),
 }
@@ -92,6 +100,12 @@ fn never_sent(status: &Status) -> bool {
 
 /// Sorts one failed attempt of a `kind` request sent to `address`.
 pub(crate) fn classify(status: Status, kind: Kind, address: &str) -> Verdict {
+    // First: a refused handshake also comes as a connection error, or (with TLS 1.3, where the
+    // server checks the client's certificate after the client thinks the handshake is done) as
+    // a broken connection, but the node never read the request.
+    if let Some(why) = crate::tls::tls_failure(&status) {
+        return Verdict::Refused(format!("{address}: {why}"));
+    }
     let from_transport = status.source().is_some();
     match status.code() {
         _ if never_sent(&status) => {
@@ -200,6 +214,49 @@ mod tests {
             matches!(write, Verdict::Fail(ClientError::ConnectionLost { ref address, .. }) if address == "a:1"),
             "{write:?}"
         );
+    }
+
+    #[test]
+    fn a_tls_failure_is_a_refusal_even_inside_a_connect_or_stream_error() {
+        let handshake = io::Error::other(crate::tls::TlsError::Handshake {
+            address: "a:1".into(),
+            problem: "the peer's certificate is not signed by the CA this side trusts".into(),
+        });
+        let at_connect = Status::from_error(Box::new(tonic::ConnectError(Box::new(handshake))));
+        // What a TLS 1.3 client sees when the server refuses its certificate: an alert on the
+        // first read, which hyper reports as a broken connection.
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA),
+        );
+        let mid_stream = Status::from_error(Box::new(alert));
+        // The same as it really arrives: h2 keeps only the kind and the text of I/O errors.
+        let as_text = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        let from_h2 = Status::from_error(Box::new(as_text));
+        for (status, why) in [
+            (at_connect, "not signed by the CA"),
+            (mid_stream, "refused this side's certificate (UnknownCA)"),
+            (
+                from_h2,
+                "refused this side's certificate (CertificateRequired)",
+            ),
+        ] {
+            for kind in [Kind::Read, Kind::Write] {
+                let verdict = classify(status.clone(), kind, "a:1");
+                assert!(
+                    matches!(&verdict, Verdict::Refused(m) if m.starts_with("a:1: ") && m.contains(why)),
+                    "{verdict:?}"
+                );
+            }
+        }
+        // A plain refused connection is still just unreachable.
+        assert!(matches!(
+            classify(refused(), Kind::Write, "a:1"),
+            Verdict::Unreachable(_)
+        ));
     }
 
     #[test]

@@ -20,19 +20,40 @@
 //! # }
 //! ```
 //!
-//! This crate stays light on purpose (tonic and prost, no wasmtime): applications can depend on
-//! it without compiling the node.
+//! With mutual TLS, every connection presents a client certificate signed by the cluster's CA
+//! and checks the node's ([`tls`]); [`certs`] makes such a CA and its certificates:
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use riteraft_client::{Client, certs};
+//!
+//! let dir = std::path::Path::new("pki");
+//! let tls = riteraft_client::tls::ClientTls::load(certs::client_files(dir, "admin"))?;
+//! let client = Client::builder().tls(tls).connect(["127.0.0.1:7001"])?;
+//! # let _ = client;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! This crate stays light on purpose (no wasmtime): applications can depend on it without
+//! compiling the node. Besides tonic and prost it brings the TLS stack: rustls with the ring
+//! provider (no C toolchain or cmake needed), tokio-rustls, x509-parser to read certificates and
+//! rcgen to make them.
 
 mod address;
+pub mod certs;
 mod client;
+mod dial;
 mod error;
 mod failover;
+pub mod tls;
 mod types;
 
-pub use address::endpoint_uri;
+pub use address::{authority, endpoint_uri};
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
 };
+pub use dial::{DialOptions, dial, dial_lazy};
 pub use error::ClientError;
 pub use types::{Answer, Applied, Consistency, Deployed, Joined, Member, NodeStatus, Upgrade};
 

@@ -5,11 +5,14 @@
 mod bench;
 mod render;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
+use riteraft_client::certs::{self, CertError};
+use riteraft_client::tls::{ClientTls, Role, TlsFiles};
 use riteraft_client::{Client, Consistency};
 
 use render::Report;
@@ -45,6 +48,20 @@ pub struct Cli {
         value_parser = parse_timeout
     )]
     timeout: Duration,
+
+    /// This client's certificate (PEM), signed by the cluster's CA. With --tls-key and
+    /// --tls-ca (all three or none), every connection uses mutual TLS; `riteraft certs` makes
+    /// them.
+    #[arg(long, global = true, env = "RITERAFT_TLS_CERT", value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "RITERAFT_TLS_KEY", value_name = "PATH")]
+    tls_key: Option<PathBuf>,
+
+    /// The cluster's CA certificate (PEM): the nodes' certificates must be signed by it.
+    #[arg(long, global = true, env = "RITERAFT_TLS_CA", value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -96,6 +113,32 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Make TLS certificates for a cluster: a CA (unless DIR has one already, which is then
+    /// used), a certificate per node and per client. Contacts no node.
+    Certs(CertsArgs),
+}
+
+/// The arguments of `riteraft certs`.
+#[derive(Debug, clap::Args)]
+struct CertsArgs {
+    /// The directory to write to (made if missing): ca.pem and ca.key, node-HOST-PORT.pem and
+    /// .key per node, client-NAME.pem and .key per client. Keys are readable by their owner only.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+
+    /// A node to make a certificate for, at the address it serves (HOST:PORT); repeat for more.
+    #[arg(long = "node", value_name = "HOST:PORT", value_parser = parse_address)]
+    nodes: Vec<String>,
+
+    /// A client to make a certificate for, with its role: read (queries, status), write (and
+    /// proposals) or admin (everything); repeat for more. Default: admin:admin, unless DIR has
+    /// that client already.
+    #[arg(long = "client", value_name = "NAME:ROLE", value_parser = parse_client)]
+    clients: Vec<(String, Role)>,
+
+    /// Overwrite certificates and keys that exist already (the CA is kept either way).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Checks one `--cluster` address, so that a typo is a usage error (exit 2) naming the flag.
@@ -103,6 +146,41 @@ fn parse_address(text: &str) -> Result<String, String> {
     riteraft_client::endpoint_uri(text)
         .map(|_| text.trim().to_string())
         .map_err(|error| error.to_string())
+}
+
+/// Parses one `--client NAME:ROLE`.
+fn parse_client(text: &str) -> Result<(String, Role), String> {
+    let (name, role) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAME:ROLE, e.g. ops:write"))?;
+    let role = role.parse::<Role>().map_err(|error| error.to_string())?;
+    Ok((name.to_string(), role))
+}
+
+/// The TLS files of the global flags: all three, or none (plain HTTP/2).
+fn tls_files(cli: &Cli) -> anyhow::Result<Option<TlsFiles>> {
+    match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        })),
+        (None, None, None) => Ok(None),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                (cert.is_none(), "--tls-cert"),
+                (key.is_none(), "--tls-key"),
+                (ca.is_none(), "--tls-ca"),
+            ]
+            .into_iter()
+            .filter_map(|(missing, flag)| missing.then_some(flag))
+            .collect();
+            anyhow::bail!(
+                "--tls-cert, --tls-key and --tls-ca go together (or RITERAFT_TLS_CERT, RITERAFT_TLS_KEY and RITERAFT_TLS_CA); missing: {}",
+                missing.join(", ")
+            )
+        }
+    }
 }
 
 /// Parses `--timeout`: positive seconds, fractions allowed (`0.5`).
@@ -132,9 +210,15 @@ pub fn main() -> ExitCode {
 
 /// Runs one command against the cluster.
 async fn run(cli: Cli) -> anyhow::Result<Report> {
-    let client = Client::builder()
-        .timeout(cli.timeout)
-        .connect(&cli.cluster)?;
+    if let Command::Certs(args) = &cli.command {
+        return make_certs(args);
+    }
+    let tls = tls_files(&cli)?;
+    let mut builder = Client::builder().timeout(cli.timeout);
+    if let Some(files) = &tls {
+        builder = builder.tls(ClientTls::load(files.clone())?);
+    }
+    let client = builder.connect(&cli.cluster)?;
     Ok(match cli.command {
         Command::Propose { command } => Report::Applied(client.propose(command).await?),
         Command::Query { request, stale } => {
@@ -197,6 +281,11 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             // `--cluster` has a default; the bench starts a cluster of its own unless the user
             // named one.
             let target = if bench::cluster_was_given(Cli::command(), std::env::args_os()) {
+                // The bench's clients are plain; better say so than fail on every request.
+                anyhow::ensure!(
+                    tls.is_none(),
+                    "riteraft bench does not use TLS yet; run it without --tls-cert, --tls-key and --tls-ca (and their RITERAFT_TLS_* variables)"
+                );
                 bench::Target::Cluster(cli.cluster.clone())
             } else {
                 bench::Target::Local
@@ -207,7 +296,94 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
                 json: outcome.json(),
             }
         }
+        Command::Certs(_) => unreachable!("handled above: it contacts no node"),
     })
+}
+
+/// `riteraft certs`: writes the certificates and says what was written and how to use them.
+fn make_certs(args: &CertsArgs) -> anyhow::Result<Report> {
+    let dir = args.dir.as_path();
+    let default_client = ("admin".to_string(), Role::Admin);
+    // Without --client, the default admin is made once: adding a node later to the same
+    // directory must not trip over (or, with --force, replace) the admin's certificate.
+    let (clients, kept) = if !args.clients.is_empty() {
+        (args.clients.clone(), None)
+    } else if !args.force && certs::client_files(dir, &default_client.0).cert.exists() {
+        (
+            Vec::new(),
+            Some(certs::client_files(dir, &default_client.0)),
+        )
+    } else {
+        (vec![default_client], None)
+    };
+    let pki =
+        certs::write_pki(dir, &args.nodes, &clients, args.force).map_err(|error| match error {
+            CertError::Exists { path } => anyhow::anyhow!(
+                "{} already exists; pass --force to overwrite it",
+                path.display()
+            ),
+            other => other.into(),
+        })?;
+    Ok(certs_report(dir, &pki, kept.as_ref()))
+}
+
+/// What `riteraft certs` prints: the files written, and the flags of the first client.
+fn certs_report(dir: &Path, pki: &certs::Pki, kept: Option<&TlsFiles>) -> Report {
+    let mut text = if pki.ca_created {
+        format!(
+            "made a new CA in {}
+",
+            dir.display()
+        )
+    } else {
+        format!(
+            "used the CA in {}
+",
+            dir.display()
+        )
+    };
+    text.push_str(
+        "wrote:
+",
+    );
+    for path in &pki.written {
+        text.push_str(&format!(
+            "  {}
+",
+            path.display()
+        ));
+    }
+    if let Some(files) = kept {
+        text.push_str(&format!(
+            "kept the existing client certificate {}
+",
+            files.cert.display()
+        ));
+    }
+    let client = pki.clients.first().or(kept);
+    if let Some(files) = client {
+        text.push_str(&format!(
+            "connect with: riteraft --tls-cert {} --tls-key {} --tls-ca {} ...",
+            files.cert.display(),
+            files.key.display(),
+            files.ca.display()
+        ));
+    }
+    let path = |path: &Path| path.display().to_string();
+    let json = serde_json::json!({
+        "dir": path(dir),
+        "ca_created": pki.ca_created,
+        "written": pki.written.iter().map(|p| path(p)).collect::<Vec<_>>(),
+        "client_flags": client.map(|files| serde_json::json!({
+            "tls_cert": path(&files.cert),
+            "tls_key": path(&files.key),
+            "tls_ca": path(&files.ca),
+        })),
+    });
+    Report::Done {
+        text: text.trim_end().to_string(),
+        json,
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +458,135 @@ mod tests {
             .to_string();
         assert!(error.contains("--cluster"), "{error}");
         assert!(error.contains("port is missing"), "{error}");
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["riteraft"];
+            all.extend_from_slice(args);
+            all.push("status");
+            tls_files(&Cli::try_parse_from(all).unwrap())
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        let files = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "c.key",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(files.cert, Path::new("c.pem"));
+        assert_eq!(files.key, Path::new("c.key"));
+        assert_eq!(files.ca, Path::new("ca.pem"));
+        let error = parse(&["--tls-cert", "c.pem"]).unwrap_err().to_string();
+        assert!(error.contains("go together"), "{error}");
+        assert!(error.contains("missing: --tls-key, --tls-ca"), "{error}");
+    }
+
+    #[test]
+    fn certs_takes_nodes_and_clients_with_roles() {
+        let cli = Cli::try_parse_from([
+            "riteraft",
+            "certs",
+            "--dir",
+            "pki",
+            "--node",
+            "127.0.0.1:7001",
+            "--node",
+            "[::1]:7002",
+            "--client",
+            "ops:write",
+            "--client",
+            "me:admin",
+        ])
+        .unwrap();
+        let Command::Certs(args) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(args.dir, Path::new("pki"));
+        assert_eq!(args.nodes, ["127.0.0.1:7001", "[::1]:7002"]);
+        assert_eq!(
+            args.clients,
+            [
+                ("ops".to_string(), Role::Write),
+                ("me".to_string(), Role::Admin)
+            ]
+        );
+        assert!(!args.force);
+        let error =
+            Cli::try_parse_from(["riteraft", "certs", "--dir", "d", "--client", "ops:root"])
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("expected read, write or admin"), "{error}");
+        let error = Cli::try_parse_from(["riteraft", "certs", "--dir", "d", "--client", "ops"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("NAME:ROLE"), "{error}");
+        let error = Cli::try_parse_from(["riteraft", "certs", "--dir", "d", "--node", "n1"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("port is missing"), "{error}");
+        assert!(
+            Cli::try_parse_from(["riteraft", "certs"]).is_err(),
+            "--dir is required"
+        );
+    }
+
+    #[test]
+    fn certs_makes_the_admin_once_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |extra: &[&str]| {
+            let mut all = vec!["riteraft", "certs", "--dir", dir.path().to_str().unwrap()];
+            all.extend_from_slice(extra);
+            match Cli::try_parse_from(all).unwrap().command {
+                Command::Certs(args) => args,
+                other => panic!("{other:?}"),
+            }
+        };
+        let Report::Done { text, json } = make_certs(&args(&["--node", "127.0.0.1:7001"])).unwrap()
+        else {
+            panic!("not done");
+        };
+        assert!(text.starts_with("made a new CA in"), "{text}");
+        assert!(text.contains("client-admin.pem"), "{text}");
+        assert!(text.contains("node-127.0.0.1-7001.key"), "{text}");
+        assert!(
+            text.contains("connect with: riteraft --tls-cert "),
+            "{text}"
+        );
+        assert_eq!(json["ca_created"], true);
+        assert_eq!(json["written"].as_array().unwrap().len(), 6);
+        let admin = certs::client_files(dir.path(), "admin");
+        assert_eq!(
+            json["client_flags"]["tls_key"],
+            admin.key.display().to_string()
+        );
+        ClientTls::load(admin.clone()).unwrap();
+
+        // A second node later: the CA is reused and the admin kept.
+        let Report::Done { text, json } = make_certs(&args(&["--node", "127.0.0.1:7002"])).unwrap()
+        else {
+            panic!("not done");
+        };
+        assert!(text.starts_with("used the CA in"), "{text}");
+        assert!(
+            text.contains("kept the existing client certificate"),
+            "{text}"
+        );
+        assert_eq!(json["written"].as_array().unwrap().len(), 2);
+
+        // The same node again: refused, with the way out.
+        let error = make_certs(&args(&["--node", "127.0.0.1:7002"]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("already exists"), "{error}");
+        assert!(error.contains("pass --force"), "{error}");
+        make_certs(&args(&["--node", "127.0.0.1:7002", "--force"])).unwrap();
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! Dialing one node: the one place that turns an address and a few options (timeouts, TLS, the
+//! node expected at the other end) into a tonic [`Channel`]. The [`Client`](crate::Client) uses
+//! it for every node, and the host for its peers.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{self, ClientTls, TlsConnector};
+use crate::{ClientError, DEFAULT_CONNECT_TIMEOUT, endpoint_uri};
+
+/// How to dial a node.
+#[derive(Debug, Clone)]
+pub struct DialOptions {
+    /// The longest to wait for the connection, TLS handshake included.
+    pub connect_timeout: Duration,
+    /// The longest one request may take on this channel, if any.
+    pub timeout: Option<Duration>,
+    /// Mutual TLS with these certificates; `None` is plain HTTP/2.
+    pub tls: Option<Arc<ClientTls>>,
+    /// With TLS, the node (`HOST:PORT`) the server's certificate must name (see
+    /// [`TlsConnector`]). Ignored without TLS: a plain connection proves nothing.
+    pub expect_node: Option<String>,
+}
+
+impl Default for DialOptions {
+    /// Connect within [`DEFAULT_CONNECT_TIMEOUT`], no per-request timeout, no TLS, no
+    /// expectation.
+    fn default() -> Self {
+        DialOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: None,
+            tls: None,
+            expect_node: None,
+        }
+    }
+}
+
+/// A channel to the node at `address` (`HOST:PORT`, see [`endpoint_uri`]) that connects on its
+/// first request, and again after the connection breaks. Checks the address only; needs a
+/// running tokio runtime.
+pub fn dial_lazy(address: &str, options: &DialOptions) -> Result<Channel, ClientError> {
+    Ok(lazy_channel(&endpoint(address, options)?, options))
+}
+
+/// A channel to the node at `address`, connected now: a node that cannot be reached, or a TLS
+/// handshake that fails, is an error here rather than at the first request.
+pub async fn dial(address: &str, options: &DialOptions) -> Result<Channel, ClientError> {
+    let endpoint = endpoint(address, options)?;
+    let connected = match &options.tls {
+        Some(tls) => {
+            let connector = TlsConnector::new(tls.clone(), options.expect_node.clone());
+            endpoint.connect_with_connector(connector).await
+        }
+        None => endpoint.connect().await,
+    };
+    connected.map_err(|error| {
+        if let Some(why) = tls::tls_failure(&error) {
+            return ClientError::Tls(why);
+        }
+        let mut last = error.to_string();
+        let mut cause = error.source();
+        while let Some(error) = cause {
+            last.push_str(&format!(": {error}"));
+            cause = error.source();
+        }
+        ClientError::NoNodeReachable {
+            tried: vec![address.trim().to_string()],
+            last,
+        }
+    })
+}
+
+/// The endpoint of `address` with `options`' timeouts.
+pub(crate) fn endpoint(address: &str, options: &DialOptions) -> Result<Endpoint, ClientError> {
+    let uri = endpoint_uri(address)?;
+    let mut endpoint = Endpoint::from_shared(uri)
+        .map_err(|error| ClientError::BadAddress(format!("bad node address {address:?}: {error}")))?
+        .connect_timeout(options.connect_timeout)
+        // Requests are small and latency-bound: do not let Nagle hold them back.
+        .tcp_nodelay(true);
+    if let Some(timeout) = options.timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    Ok(endpoint)
+}
+
+/// The lazy channel of `endpoint`, through TLS if `options` say so.
+pub(crate) fn lazy_channel(endpoint: &Endpoint, options: &DialOptions) -> Channel {
+    match &options.tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector::new(
+            tls.clone(),
+            options.expect_node.clone(),
+        )),
+        None => endpoint.connect_lazy(),
+    }
+}
