@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use riteraft_client::tls::TlsFiles;
 
 use crate::plugin::PluginLimits;
 
@@ -54,6 +55,27 @@ pub struct NodeConfig {
     #[arg(long)]
     pub read_lease: bool,
 
+    /// This node's TLS certificate (PEM). It must name this node's --listen address (see the
+    /// README's Security section; `riteraft certs` makes one). With --tls-key and --tls-ca,
+    /// every connection in and out is mutual TLS and callers are checked against their role.
+    #[arg(long, value_name = "PATH", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster's CA certificate (PEM): peers and clients must present a certificate it
+    /// signed.
+    #[arg(long, value_name = "PATH", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Serve without TLS on an address other than loopback. Without TLS anyone who can reach
+    /// the port can read, write, deploy code and change the membership; so without this flag
+    /// a node without TLS listens on loopback only.
+    #[arg(long)]
+    pub insecure: bool,
+
     /// For benchmarks: run the `kv` example store compiled into the host instead of the
     /// plugin, to measure what the wasm sandbox costs. --plugin is still loaded and checked.
     #[arg(long)]
@@ -74,6 +96,15 @@ impl NodeConfig {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("riteraft-data-{}", self.listen.port())))
+    }
+
+    /// The TLS files, if configured.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone()?,
+        })
     }
 
     /// The plugin limits these flags describe.

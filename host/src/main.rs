@@ -20,6 +20,26 @@ fn release_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// Raises the soft limit on open files to the hard limit: every peer and client connection,
+/// the log's files and snapshots each take a descriptor, and the common default soft limit
+/// (1,024) is what the listener's own cap of 1,024 connections would otherwise run into.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            let raised = Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                tracing::warn!("cannot raise the open-file limit: {e}");
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -28,6 +48,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let config = NodeConfig::parse();
     match riteraft_host::server::run(config, release_memory) {
         Ok(NodeExit::Shutdown | NodeExit::Removed) => ExitCode::SUCCESS,

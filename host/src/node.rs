@@ -18,6 +18,7 @@ use crate::log_format::{
     ClusterState, DecodeError, EntryPayload, MAX_UPGRADES_KEPT, SNAPSHOT_FORMAT, SnapshotData,
     UpgradeRecord, encode,
 };
+use crate::peer_messages::{self, Local, Refused};
 use crate::state_machine::{ApplyContext, ModuleInfo, Rejection, StateMachine, StateMachineError};
 use crate::storage::{LogStore, SavedSnapshot, StorageError};
 use crate::transport::Transport;
@@ -193,8 +194,9 @@ type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
 /// What the consensus loop can be asked to do.
 pub enum Request {
-    /// A raft message from a peer.
-    Raft(Box<Message>),
+    /// A raft message from a peer, and the member address the peer's certificate names
+    /// (`None` without TLS).
+    Raft(Box<Message>, Option<Arc<str>>),
     /// Replicate a command.
     Propose {
         command: Vec<u8>,
@@ -385,6 +387,35 @@ pub struct Node<S: StateMachine, L: LogStore> {
     /// After a snapshot could not be written (e.g. the disk is full), none is started before
     /// this.
     snapshot_retry_at: Option<Instant>,
+    /// Peers' messages refused at the door, logged at most once a second.
+    refusals: RefusalLog,
+}
+
+/// Logs refused peer messages without letting a flood of them flood the log: the first one at
+/// once, then at most one line a second with the count of those not shown.
+struct RefusalLog {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, from: u64, refused: &Refused) {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            from,
+            more_since_last = self.unlogged,
+            "refused a raft message: {refused}"
+        );
+        self.last_logged = Some(now);
+        self.unlogged = 0;
+    }
 }
 
 /// How long after a failed snapshot write the node tries again: a full or failing disk is not
@@ -471,6 +502,10 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             disk_full: None,
             saving: None,
             snapshot_retry_at: None,
+            refusals: RefusalLog {
+                last_logged: None,
+                unlogged: 0,
+            },
         };
         // The state machine was just restored from the store's snapshot (if any).
         node.checkpoint_saved();
@@ -546,13 +581,16 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
 
     fn handle(&mut self, request: Request) -> Result<(), NodeFatal> {
         match request {
-            Request::Raft(mut message) => {
+            Request::Raft(mut message, sender) => {
+                if let Err(refused) = self.admit(&message, sender.as_deref()) {
+                    self.refusals.note(message.from, &refused);
+                    return Ok(());
+                }
                 if self.ignores_votes(&message) {
                     tracing::debug!(from = message.from, "ignored a vote request: just started");
                     return Ok(());
                 }
                 self.tolerate_lost_entries(&mut message);
-                // Messages from removed or unknown peers are dropped by raft-rs itself.
                 if let Err(e) = self.raw.step(*message) {
                     tracing::debug!("dropped a raft message: {e}");
                 }
@@ -589,6 +627,20 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             }
         }
         Ok(())
+    }
+
+    /// Checks a peer's message at the door (see [`crate::peer_messages`]).
+    fn admit(&self, message: &Message, sender: Option<&str>) -> Result<(), Refused> {
+        peer_messages::check(
+            message,
+            &Local {
+                id: self.id,
+                members: &self.cluster.members,
+                last_index: self.raw.raft.raft_log.last_index(),
+                applied: self.applied,
+                sender,
+            },
+        )
     }
 
     /// Whether `message` is a vote request to ignore because this node started less than an
@@ -1203,7 +1255,20 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 }
                 EntryType::EntryNormal => {
                     let payload: EntryPayload =
-                        crate::log_format::decode("log entry", &entry.data)?;
+                        match crate::log_format::decode("log entry", &entry.data) {
+                            Ok(payload) => payload,
+                            Err(e) => {
+                                // Every replica holds the same bytes, so every replica skips
+                                // this entry alike: a rejection, not a reason to stop.
+                                tracing::error!(
+                                    index,
+                                    "skipping a log entry on every replica: {e}"
+                                );
+                                self.resolve_proposal(index, None);
+                                self.applied = index;
+                                continue;
+                            }
+                        };
                     match payload {
                         EntryPayload::Command {
                             proposer,
@@ -1237,9 +1302,14 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                     }
                 }
                 EntryType::EntryConfChange => {
-                    let change = ConfChange::parse_from_bytes(&entry.data)
-                        .map_err(raft::Error::CodecError)?;
-                    self.apply_conf_change(index, change)?;
+                    match ConfChange::parse_from_bytes(&entry.data) {
+                        Ok(change) => self.apply_conf_change(index, change)?,
+                        Err(e) => tracing::error!(
+                            index,
+                            "skipping a membership change that cannot be decoded, on every \
+                             replica: {e}"
+                        ),
+                    }
                     self.resolve_proposal(index, None);
                 }
                 EntryType::EntryConfChangeV2 => {
@@ -1318,9 +1388,25 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
 
     fn apply_conf_change(&mut self, index: u64, change: ConfChange) -> Result<(), NodeFatal> {
         self.drop_lease();
-        let conf_state = self.raw.apply_conf_change(&change)?;
-        self.raw.mut_store().set_conf_state(conf_state)?;
         let node = change.node_id;
+        // Every replica applies the same change to the same membership, so a change raft-rs
+        // refuses (e.g. one that would leave no voter) is refused alike everywhere.
+        let conf_state = match node {
+            raft::INVALID_ID => Err(raft::Error::ConfChangeError("node id 0".into())),
+            _ => self.raw.apply_conf_change(&change),
+        };
+        let conf_state = match conf_state {
+            Ok(conf_state) => conf_state,
+            Err(e) => {
+                tracing::error!(
+                    index,
+                    node,
+                    "skipping a membership change on every replica: {e}"
+                );
+                return Ok(());
+            }
+        };
+        self.raw.mut_store().set_conf_state(conf_state)?;
         match change.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 let address = String::from_utf8_lossy(&change.context).into_owned();

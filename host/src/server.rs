@@ -7,16 +7,19 @@ use riteraft_client::proto::JoinRequest;
 use riteraft_client::proto::client_client::ClientClient;
 use riteraft_client::proto::client_server::ClientServer;
 use riteraft_client::proto::raft_server::RaftServer;
+use riteraft_client::tls::{CertName, ClientTls, cert_name, load_pem, node_uri};
+use riteraft_client::{ClientError, dial};
 
 use crate::config::NodeConfig;
 use crate::data_dir::{DataDir, DataDirError, write_identity};
+use crate::listener::{ServerTls, incoming, watch_certificates};
 use crate::log_format::{ClusterState, SnapshotData};
 use crate::node::{self, Node, NodeExit, NodeFatal, NodeOptions};
 use crate::plugin::{LoadError, PluginRuntime, RuntimeError};
 use crate::service::NodeService;
 use crate::state_machine::{NativeStateMachine, StateMachine, StateMachineError};
 use crate::storage::{DiskLogStore, LogStore, StorageError};
-use crate::transport::{MAX_MESSAGE_BYTES, Transport};
+use crate::transport::{MAX_MESSAGE_BYTES, Transport, peer_dial_options};
 use crate::wasm_state_machine::{ReplayLimits, WasmStateMachine};
 use riteraft_plugin_sdk::Typed;
 
@@ -58,6 +61,16 @@ pub enum RunError {
         "the consensus thread crashed; see the log above. The data dir is intact: restart the node"
     )]
     Crashed,
+    /// The TLS files are unusable, or name another node.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// No TLS on an address others can reach, without `--insecure`.
+    #[error(
+        "refusing to serve {address} without TLS: anyone who can reach it could read and write \
+         the store, deploy code and change the membership. Give --tls-cert, --tls-key and \
+         --tls-ca (`riteraft certs` makes them), listen on loopback, or pass --insecure"
+    )]
+    Insecure { address: String },
     /// Threads or the async runtime could not be started.
     #[error("cannot start: {0}")]
     Start(#[from] std::io::Error),
@@ -106,6 +119,7 @@ fn run_with<S: StateMachine + 'static>(
     plugins: Option<Arc<PluginRuntime>>,
     release_memory: fn(),
 ) -> Result<NodeExit, RunError> {
+    let (server_tls, client_tls) = tls_setup(&config)?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.listen))
         .map_err(|source| RunError::Listen {
@@ -113,6 +127,19 @@ fn run_with<S: StateMachine + 'static>(
             source,
         })?;
     let address = config.listen.to_string();
+    // The server starts before the node exists: a joiner must answer the cluster's call back
+    // (`Raft.Identify`) while it joins, and peers' messages wait in the node's queue meanwhile.
+    let (handle, requests) = node::channel();
+    let service = NodeService::new(handle.clone(), plugins, address.clone(), client_tls.clone());
+    if let (Some(server), Some(client)) = (&server_tls, &client_tls) {
+        let client = client.clone();
+        runtime.spawn(watch_certificates(server.clone(), move || {
+            if let Err(e) = client.reload() {
+                tracing::error!("cannot reload the client side's TLS certificates: {e}");
+            }
+        }));
+    }
+    runtime.block_on(async { serve(listener, server_tls, service.clone()) });
 
     let data_dir = DataDir::inspect(&config.data_dir())?;
     data_dir.check_address(&address)?;
@@ -130,7 +157,12 @@ fn run_with<S: StateMachine + 'static>(
                         identity.node_id
                     ))));
                 };
-                let (id, cluster) = runtime.block_on(join(target.to_string(), address.clone()))?;
+                let (id, cluster) = runtime.block_on(join(
+                    &service,
+                    target.to_string(),
+                    address.clone(),
+                    &client_tls,
+                ))?;
                 if id != identity.node_id {
                     return Err(RunError::Join {
                         address: target.to_string(),
@@ -164,8 +196,12 @@ fn run_with<S: StateMachine + 'static>(
                     (1, cluster, Some(snapshot))
                 }
                 Some(target) => {
-                    let (id, cluster) =
-                        runtime.block_on(join(target.to_string(), address.clone()))?;
+                    let (id, cluster) = runtime.block_on(join(
+                        &service,
+                        target.to_string(),
+                        address.clone(),
+                        &client_tls,
+                    ))?;
                     tracing::info!(id, %target, "joined the cluster");
                     (id, cluster, None)
                 }
@@ -185,8 +221,12 @@ fn run_with<S: StateMachine + 'static>(
         }
     };
 
-    let (handle, requests) = node::channel();
-    let transport = Arc::new(Transport::new(id, handle.clone(), runtime.handle().clone()));
+    let transport = Arc::new(Transport::new(
+        id,
+        handle.clone(),
+        runtime.handle().clone(),
+        client_tls,
+    ));
     let options = NodeOptions {
         snapshot_entries: config.snapshot_entries,
         request_timeout: Duration::from_millis(config.proposal_timeout_ms),
@@ -200,29 +240,6 @@ fn run_with<S: StateMachine + 'static>(
         node.campaign()?;
     }
     release_memory();
-
-    let service = NodeService::new(handle, plugins);
-    let server = tonic::transport::Server::builder()
-        .add_service(
-            RaftServer::new(service.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            ClientServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming(
-            // No Nagle: raft messages and replies are small and latency-bound; with Nagle and
-            // delayed ACKs every round trip can stall ~40 ms.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        );
-    runtime.spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!("the gRPC server stopped: {e}");
-        }
-    });
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -253,6 +270,63 @@ fn run_with<S: StateMachine + 'static>(
     })
 }
 
+/// The node's TLS identity, for its server and for dialing others, checked to name this node;
+/// or none, where that is safe (see [`RunError::Insecure`]).
+#[allow(clippy::type_complexity)]
+fn tls_setup(
+    config: &NodeConfig,
+) -> Result<(Option<Arc<ServerTls>>, Option<Arc<ClientTls>>), RunError> {
+    let Some(files) = config.tls_files() else {
+        if !config.listen.ip().is_loopback() && !config.insecure {
+            return Err(RunError::Insecure {
+                address: config.listen.to_string(),
+            });
+        }
+        if config.insecure {
+            tracing::warn!("serving without TLS (--insecure): every caller is trusted");
+        }
+        return Ok((None, None));
+    };
+    let tls = |e: &dyn std::fmt::Display| RunError::Tls(e.to_string());
+    let (chain, _, _) = load_pem(&files).map_err(|e| tls(&e))?;
+    let address = config.listen.to_string();
+    match cert_name(chain[0].as_ref()).map_err(|e| tls(&e))? {
+        CertName::Node { address: named } if named == address => {}
+        other => {
+            return Err(RunError::Tls(format!(
+                "the certificate {} must name this node ({}), but it names {other}",
+                files.cert.display(),
+                node_uri(&address)
+            )));
+        }
+    }
+    let server = ServerTls::load(files.clone()).map_err(|e| tls(&e))?;
+    let client = ClientTls::load(files).map_err(|e| tls(&e))?;
+    tracing::info!("mutual TLS on: callers are checked against their certificates");
+    Ok((Some(server), Some(client)))
+}
+
+/// Serves both services on `listener` until the runtime stops (call it inside the runtime).
+fn serve(listener: tokio::net::TcpListener, tls: Option<Arc<ServerTls>>, service: NodeService) {
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            RaftServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ClientServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming(incoming(listener, tls));
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("the gRPC server stopped: {e}");
+        }
+    });
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -268,28 +342,44 @@ async fn shutdown_signal() {
 }
 
 /// Asks the cluster at `target` to add this node, retrying while it is busy or electing.
-async fn join(target: String, address: String) -> Result<(u64, ClusterState), RunError> {
+async fn join(
+    service: &NodeService,
+    target: String,
+    address: String,
+    tls: &Option<Arc<ClientTls>>,
+) -> Result<(u64, ClusterState), RunError> {
+    let join_token = service.start_join();
+    let joined = ask_to_join(target, address, join_token, tls).await;
+    service.joined();
+    joined
+}
+
+async fn ask_to_join(
+    target: String,
+    address: String,
+    join_token: Vec<u8>,
+    tls: &Option<Arc<ClientTls>>,
+) -> Result<(u64, ClusterState), RunError> {
     let fail = |reason: String| RunError::Join {
         address: target.clone(),
         reason,
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
-        .map_err(|e| fail(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(15));
+    let options = peer_dial_options(&target, tls, Some(Duration::from_secs(15)));
     let deadline = Instant::now() + JOIN_TIMEOUT;
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
-            let mut client = ClientClient::new(
-                endpoint
-                    .connect()
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?,
-            );
+            let channel = match dial(&target, &options).await {
+                Ok(channel) => channel,
+                // A certificate problem does not go away by retrying.
+                Err(ClientError::Tls(why)) => return Err(tonic::Status::unauthenticated(why)),
+                Err(e) => return Err(tonic::Status::unavailable(format!("cannot connect: {e}"))),
+            };
+            let mut client = ClientClient::new(channel);
             client
                 .join(JoinRequest {
                     address: address.clone(),
+                    join_token: join_token.clone(),
                 })
                 .await
         };

@@ -5,26 +5,35 @@
 //! confirms a read index, so they need no forwarding.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
+use riteraft_client::dial_lazy;
 use riteraft_client::proto::client_client::ClientClient;
 use riteraft_client::proto::client_server::Client;
+use riteraft_client::proto::raft_client::RaftClient;
 use riteraft_client::proto::raft_server::Raft;
 use riteraft_client::proto::{
-    DeployChunk, DeployResponse, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Member,
-    ProposeRequest, ProposeResponse, QueryRequest, QueryResponse, RaftBatch, SendAck,
-    SnapshotChunk, StatusRequest, StatusResponse, TransferLeaderRequest, TransferLeaderResponse,
-    Upgrade, propose_response, query_response,
+    DeployChunk, DeployResponse, IdentifyRequest, IdentifyResponse, JoinRequest, JoinResponse,
+    LeaveRequest, LeaveResponse, Member, ProposeRequest, ProposeResponse, QueryRequest,
+    QueryResponse, RaftBatch, SendAck, SnapshotChunk, StatusRequest, StatusResponse,
+    TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response, query_response,
 };
-use tonic::transport::{Channel, Endpoint};
+use riteraft_client::tls::ClientTls;
+use riteraft_client::tls::Role;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::access::{self, Need};
+use crate::log_format::SnapshotData;
 
 use crate::node::{MAX_MODULE_BYTES, NodeError, NodeHandle, Request as NodeRequest};
 use crate::plugin::PluginRuntime;
-use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
+use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES, peer_dial_options};
 
 /// Metadata key marking a call forwarded by another node, so it is never forwarded again.
 const FORWARDED: &str = "riteraft-forwarded";
@@ -35,6 +44,16 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Size of the chunks a forwarded deploy is re-sent in.
 const DEPLOY_CHUNK_BYTES: usize = 1 << 20;
+/// Deploy uploads held at once: each may hold a module of up to [`MAX_MODULE_BYTES`] in
+/// memory, and deploys are rare, so two at a time is plenty and bounds that memory.
+const MAX_UPLOADS: usize = 2;
+/// How long an upload (a deploy or a snapshot) may wait for its next chunk before it is
+/// dropped: a sender that holds a call open without sending would otherwise hold its memory.
+const CHUNK_IDLE: Duration = Duration::from_secs(10);
+/// How long the node that receives a `Join` waits for the joiner to confirm it is asking.
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many times, a second apart, a removal notice is checked with the cluster's leader.
+const REMOVAL_CHECKS: u32 = 3;
 
 /// Both services, over one node.
 #[derive(Clone)]
@@ -42,18 +61,54 @@ pub struct NodeService {
     node: NodeHandle,
     /// The wasm engine, to validate deployed modules off the consensus thread (none when the
     /// node runs a store built into the host).
-    plugins: Option<std::sync::Arc<PluginRuntime>>,
+    plugins: Option<Arc<PluginRuntime>>,
     /// Connections to leaders, by address, reused across forwarded calls.
-    leaders: std::sync::Arc<Mutex<HashMap<String, ClientClient<Channel>>>>,
+    leaders: Arc<Mutex<HashMap<String, ClientClient<Channel>>>>,
+    /// Where this node serves, and the token of the join it is making, if any (see
+    /// `Raft.Identify`).
+    address: String,
+    join_token: Arc<Mutex<Option<Vec<u8>>>>,
+    /// This node's TLS identity for calling other nodes (`None`: plain connections).
+    tls: Option<Arc<ClientTls>>,
+    /// One snapshot is received at a time: each is held in memory until raft takes it.
+    snapshot_slot: Arc<Semaphore>,
+    /// Deploy uploads in progress (at most [`MAX_UPLOADS`]).
+    uploads: Arc<Semaphore>,
+    /// Set while a removal notice is being checked, so a flood of notices costs one check.
+    checking_removal: Arc<AtomicBool>,
 }
 
 impl NodeService {
-    pub fn new(node: NodeHandle, plugins: Option<std::sync::Arc<PluginRuntime>>) -> Self {
+    pub fn new(
+        node: NodeHandle,
+        plugins: Option<Arc<PluginRuntime>>,
+        address: String,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Self {
         Self {
+            tls,
             node,
             plugins,
             leaders: Default::default(),
+            address,
+            join_token: Default::default(),
+            snapshot_slot: Arc::new(Semaphore::new(1)),
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            checking_removal: Default::default(),
         }
+    }
+
+    /// Starts a join: makes the token this node's `JoinRequest` carries and `Identify`
+    /// confirms. [`NodeService::joined`] forgets it.
+    pub fn start_join(&self) -> Vec<u8> {
+        let token = rand::random::<[u8; 16]>().to_vec();
+        *self.join_token.lock().expect("join token lock") = Some(token.clone());
+        token
+    }
+
+    /// The join is over (or failed): `Identify` confirms nothing any more.
+    pub fn joined(&self) {
+        *self.join_token.lock().expect("join token lock") = None;
     }
 
     /// Checks that `module` is a usable store (compiling it: about a second, so on a blocking
@@ -114,17 +169,116 @@ impl NodeService {
         })
     }
 
-    /// Hands a peer's batch of raft messages to the consensus loop.
-    fn deliver(&self, batch: RaftBatch) -> Result<(), Status> {
+    /// Hands a peer's batch of raft messages to the consensus loop, which checks each (see
+    /// [`crate::peer_messages`]).
+    fn deliver(&self, batch: RaftBatch, sender: Option<Arc<str>>) -> Result<(), Status> {
         if batch.removed_at_index > 0 {
-            self.node.send(NodeRequest::Removed(batch.removed_at_index));
+            self.confirm_removal(batch.removed_at_index);
         }
         for bytes in &batch.messages {
             let message = decode_message(bytes)?;
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                // Its data is checked only on the way in through `InstallSnapshot`.
+                return Err(Status::invalid_argument(
+                    "a snapshot travels by InstallSnapshot, not in a batch",
+                ));
+            }
             // A full queue drops the message: raft retransmits.
-            self.node.send(NodeRequest::Raft(Box::new(message)));
+            self.node
+                .send(NodeRequest::Raft(Box::new(message), sender.clone()));
         }
         Ok(())
+    }
+
+    /// Acts on a notice that this node was removed only once the cluster's leader confirms it:
+    /// a notice proves nothing by itself (anyone who can reach the port can send one), while a
+    /// member's own word about its membership does. Checked in the background, once at a time.
+    fn confirm_removal(&self, index: u64) {
+        if self.checking_removal.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..REMOVAL_CHECKS {
+                match service.leader_removed_us(index).await {
+                    Ok(true) => {
+                        service.node.send(NodeRequest::Removed(index));
+                        break;
+                    }
+                    Ok(false) => tracing::warn!(
+                        index,
+                        "a removal notice that no leader confirms (yet): ignored"
+                    ),
+                    Err(e) => tracing::warn!(index, "cannot check a removal notice: {e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            service.checking_removal.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Whether a member that leads in this node's term or later has applied `index` and no
+    /// longer counts this node as a member.
+    async fn leader_removed_us(&self, index: u64) -> Result<bool, NodeError> {
+        let me = self
+            .node
+            .call(|reply| NodeRequest::Status { reply })
+            .await?;
+        for (id, address) in &me.members {
+            if *id == me.id {
+                continue;
+            }
+            let Ok(mut client) = self.peer_client(address) else {
+                continue;
+            };
+            let Ok(Ok(status)) =
+                tokio::time::timeout(IDENTIFY_TIMEOUT, client.status(StatusRequest {})).await
+            else {
+                continue;
+            };
+            let status = status.into_inner();
+            if status.id == *id
+                && status.role == "leader"
+                && status.term >= me.term
+                && status.applied_index >= index
+                && !status.members.iter().any(|m| m.id == me.id)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Calls the node at `address` back to check that it is the one asking to join.
+    async fn confirm_joiner(&self, address: &str, join_token: Vec<u8>) -> Result<(), Status> {
+        let refuse = |why: String| {
+            Status::failed_precondition(format!(
+                "cannot confirm that the node at {address} is asking to join: {why}"
+            ))
+        };
+        let mut client = RaftClient::new(self.peer_channel(address).map_err(refuse)?);
+        let request = IdentifyRequest {
+            address: address.to_string(),
+            join_token,
+        };
+        match tokio::time::timeout(IDENTIFY_TIMEOUT, client.identify(request)).await {
+            Ok(Ok(answer)) if answer.get_ref().joining => Ok(()),
+            Ok(Ok(_)) => Err(refuse("it says it is not".into())),
+            Ok(Err(status)) => Err(refuse(status.message().to_string())),
+            Err(_) => Err(refuse(format!("no answer within {IDENTIFY_TIMEOUT:?}"))),
+        }
+    }
+
+    /// A lazily connected channel to another node.
+    fn peer_channel(&self, address: &str) -> Result<Channel, String> {
+        let options = peer_dial_options(address, &self.tls, Some(FORWARD_TIMEOUT));
+        dial_lazy(address, &options).map_err(|e| e.to_string())
+    }
+
+    fn peer_client(&self, address: &str) -> Result<ClientClient<Channel>, String> {
+        Ok(ClientClient::new(self.peer_channel(address)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     fn leader_client(&self, address: &str) -> Result<ClientClient<Channel>, Status> {
@@ -132,14 +286,7 @@ impl NodeService {
         if let Some(client) = leaders.get(address) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::internal(format!("bad leader address {address}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(FORWARD_TIMEOUT)
-            .tcp_nodelay(true);
-        let client = ClientClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client = self.peer_client(address).map_err(Status::internal)?;
         leaders.insert(address.to_string(), client.clone());
         Ok(client)
     }
@@ -161,8 +308,10 @@ pub fn status_of(error: NodeError) -> Status {
     }
 }
 
+/// Whether `request` was forwarded by another node. Only a node may say so: a forwarded call
+/// is not forwarded again, and a forwarded join is not called back.
 fn forwarded<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED)
+    request.metadata().contains_key(FORWARDED) && access::is_node(&access::caller(request))
 }
 
 fn mark_forwarded<T>(message: T) -> Request<T> {
@@ -218,6 +367,22 @@ fn unreached_leader(status: Status, address: &str) -> Status {
     }
 }
 
+/// A joiner's address must be one that others can dial: `IP:PORT` with a real port and a
+/// specific IP (`0.0.0.0` names no one).
+fn check_join_address(address: &str) -> Result<(), Status> {
+    let bad = |why: &str| {
+        Status::invalid_argument(format!("the joining node's address {address:?} {why}"))
+    };
+    let parsed: std::net::SocketAddr = address.parse().map_err(|_| bad("is not IP:PORT"))?;
+    if parsed.port() == 0 {
+        return Err(bad("has port 0, which no one can dial"));
+    }
+    if parsed.ip().is_unspecified() {
+        return Err(bad("has an unspecified IP, which names no node"));
+    }
+    Ok(())
+}
+
 fn members(map: &BTreeMap<u64, String>) -> Vec<Member> {
     map.iter()
         .map(|(id, address)| Member {
@@ -233,6 +398,7 @@ impl Client for NodeService {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
+        access::authorize(&request, Need::Role(Role::Write), "Propose")?;
         let command = request.get_ref().command.clone();
         let result = self
             .node
@@ -256,6 +422,7 @@ impl Client for NodeService {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
+        access::authorize(&request, Need::Role(Role::Read), "Query")?;
         let QueryRequest { request, stale } = request.into_inner();
         let answered = self
             .node
@@ -278,8 +445,9 @@ impl Client for NodeService {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        access::authorize(&request, Need::Role(Role::Read), "Status")?;
         let status = self
             .node
             .call(|reply| NodeRequest::Status { reply })
@@ -310,11 +478,25 @@ impl Client for NodeService {
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let address = request.get_ref().address.clone();
-        if address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!(
-                "the joining node's address {address:?} is not HOST:PORT"
+        let JoinRequest {
+            address,
+            join_token,
+        } = request.get_ref().clone();
+        let caller = access::authorize(&request, Need::Node, "Join")?;
+        check_join_address(&address)?;
+        if let Some(named) = access::node_address(&caller)
+            && *named != *address
+            && !forwarded(&request)
+        {
+            tracing::warn!(%address, certificate = %named, "refused a join for another address");
+            return Err(Status::permission_denied(format!(
+                "a node joins at the address its certificate names: {named}, not {address}"
             )));
+        }
+        // The first node to see a join calls the joiner back; a forwarded join was checked by
+        // the node that forwarded it.
+        if !forwarded(&request) {
+            self.confirm_joiner(&address, join_token).await?;
         }
         let result = self
             .node
@@ -334,6 +516,7 @@ impl Client for NodeService {
         &self,
         request: Request<LeaveRequest>,
     ) -> Result<Response<LeaveResponse>, Status> {
+        access::authorize(&request, Need::Role(Role::Admin), "Leave")?;
         let mut id = request.get_ref().node_id;
         if id == 0 {
             id = self
@@ -371,11 +554,17 @@ impl Client for NodeService {
         &self,
         request: Request<Streaming<DeployChunk>>,
     ) -> Result<Response<DeployResponse>, Status> {
+        access::authorize(&request, Need::Role(Role::Admin), "Deploy")?;
         let was_forwarded = forwarded(&request);
+        let _upload = self.uploads.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_UPLOADS} deploys are being uploaded already; retry once they are done"
+            ))
+        })?;
         let mut chunks = request.into_inner();
         let mut module = Vec::new();
         let mut dry_run = None;
-        while let Some(chunk) = chunks.message().await? {
+        while let Some(chunk) = next_chunk(&mut chunks).await? {
             dry_run.get_or_insert(chunk.dry_run);
             if module.len() + chunk.data.len() > MAX_MODULE_BYTES {
                 return Err(Status::invalid_argument(format!(
@@ -396,6 +585,7 @@ impl Client for NodeService {
         &self,
         request: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
+        access::authorize(&request, Need::Role(Role::Admin), "TransferLeader")?;
         let to = request.get_ref().to;
         let result = self
             .node
@@ -464,6 +654,15 @@ impl NodeService {
     }
 }
 
+/// The next chunk of an upload, waiting at most [`CHUNK_IDLE`] for it.
+async fn next_chunk<T>(chunks: &mut Streaming<T>) -> Result<Option<T>, Status> {
+    tokio::time::timeout(CHUNK_IDLE, chunks.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!("no data for {CHUNK_IDLE:?}: upload dropped"))
+        })?
+}
+
 fn decode_message(bytes: &[u8]) -> Result<Message, Status> {
     Message::parse_from_bytes(bytes)
         .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))
@@ -471,8 +670,24 @@ fn decode_message(bytes: &[u8]) -> Result<Message, Status> {
 
 #[tonic::async_trait]
 impl Raft for NodeService {
+    async fn identify(
+        &self,
+        request: Request<IdentifyRequest>,
+    ) -> Result<Response<IdentifyResponse>, Status> {
+        access::authorize(&request, Need::Node, "Raft.Identify")?;
+        let IdentifyRequest {
+            address,
+            join_token,
+        } = request.into_inner();
+        let pending = self.join_token.lock().expect("join token lock").clone();
+        let joining = address == self.address && pending.is_some_and(|token| token == join_token);
+        Ok(Response::new(IdentifyResponse { joining }))
+    }
+
     async fn send(&self, request: Request<RaftBatch>) -> Result<Response<SendAck>, Status> {
-        self.deliver(request.into_inner())?;
+        let caller = access::authorize(&request, Need::Node, "Raft.Send")?;
+        let sender = access::node_address(&caller);
+        self.deliver(request.into_inner(), sender)?;
         Ok(Response::new(SendAck {}))
     }
 
@@ -480,9 +695,11 @@ impl Raft for NodeService {
         &self,
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<SendAck>, Status> {
+        let caller = access::authorize(&request, Need::Node, "Raft.Stream")?;
+        let sender = access::node_address(&caller);
         let mut batches = request.into_inner();
         while let Some(batch) = batches.message().await? {
-            self.deliver(batch)?;
+            self.deliver(batch, sender.clone())?;
         }
         Ok(Response::new(SendAck {}))
     }
@@ -491,20 +708,36 @@ impl Raft for NodeService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SendAck>, Status> {
+        let caller = access::authorize(&request, Need::Node, "Raft.InstallSnapshot")?;
+        let sender = access::node_address(&caller);
+        let _slot = self
+            .snapshot_slot
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::unavailable("another snapshot is being received; retry once it is taken")
+            })?;
         let mut chunks = request.into_inner();
-        let header = chunks
-            .message()
+        let header = next_chunk(&mut chunks)
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let mut message = decode_message(&header.message)?;
+        if message.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(format!(
+                "InstallSnapshot carries a MsgSnapshot, not a {:?}",
+                message.get_msg_type()
+            )));
+        }
         if header.data_len > MAX_SNAPSHOT_BYTES {
             return Err(Status::invalid_argument(format!(
                 "a snapshot of {} bytes exceeds the limit of {MAX_SNAPSHOT_BYTES}",
                 header.data_len
             )));
         }
-        let mut data = Vec::with_capacity(header.data_len as usize);
-        while let Some(chunk) = chunks.message().await? {
+        // Grown as the data arrives, never sized by the announced length: an announcement
+        // costs nothing to make.
+        let mut data = Vec::new();
+        while let Some(chunk) = next_chunk(&mut chunks).await? {
             if data.len() as u64 + chunk.data.len() as u64 > header.data_len {
                 return Err(Status::invalid_argument("snapshot longer than announced"));
             }
@@ -517,9 +750,18 @@ impl Raft for NodeService {
                 header.data_len
             )));
         }
+        // Data that does not decode would stop the node once raft had taken it: refuse it
+        // now, off the consensus thread.
+        let data = tokio::task::spawn_blocking(move || {
+            SnapshotData::decode(&data).map(|_| data).map_err(|e| {
+                Status::invalid_argument(format!("the snapshot's data is unusable: {e}"))
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         message.mut_snapshot().data = data.into();
         // The snapshot is precious: wait (boundedly) for room in the queue rather than drop it.
-        let mut request = Some(NodeRequest::Raft(Box::new(message)));
+        let mut request = Some(NodeRequest::Raft(Box::new(message), sender));
         for _ in 0..50 {
             match self.node.try_send(request.take().expect("set")) {
                 Ok(()) => return Ok(Response::new(SendAck {})),

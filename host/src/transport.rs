@@ -8,15 +8,17 @@
 //! go as a call of their own, in chunks, since one can be far larger than a gRPC message.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use riteraft_client::proto::raft_client::RaftClient;
 use riteraft_client::proto::{RaftBatch, SnapshotChunk};
+use riteraft_client::tls::ClientTls;
+use riteraft_client::{DialOptions, dial};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::node::{NodeHandle, Request};
 
@@ -50,6 +52,8 @@ pub struct Transport {
     node: NodeHandle,
     runtime: tokio::runtime::Handle,
     self_id: u64,
+    /// This node's TLS identity for dialing peers (`None`: plain connections).
+    tls: Option<Arc<ClientTls>>,
     peers: Mutex<HashMap<u64, Peer>>,
 }
 
@@ -67,11 +71,17 @@ impl Drop for Peer {
 
 impl Transport {
     /// A transport for node `self_id`, running its tasks on `runtime`.
-    pub fn new(self_id: u64, node: NodeHandle, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        self_id: u64,
+        node: NodeHandle,
+        runtime: tokio::runtime::Handle,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Self {
         Self {
             node,
             runtime,
             self_id,
+            tls,
             peers: Mutex::new(HashMap::new()),
         }
     }
@@ -96,9 +106,13 @@ impl Transport {
                 continue;
             }
             let (queue, receiver) = mpsc::channel(PEER_QUEUE);
-            let task =
-                self.runtime
-                    .spawn(deliver(*id, address.clone(), receiver, self.node.clone()));
+            let task = self.runtime.spawn(deliver(
+                *id,
+                address.clone(),
+                receiver,
+                self.node.clone(),
+                self.tls.clone(),
+            ));
             peers.insert(
                 *id,
                 Peer {
@@ -113,10 +127,11 @@ impl Transport {
     /// Tells a removed node that it was removed (it may never see its removal commit, since the
     /// leader stops replicating to it). Best effort: a few tries, then give up.
     pub fn notify_removed(&self, id: u64, address: String, index: u64) {
+        let tls = self.tls.clone();
         self.runtime.spawn(async move {
             for attempt in 0..5u32 {
                 let sent = async {
-                    let mut client = connect(&address).await?;
+                    let mut client = connect(&address, &tls).await?;
                     let batch = RaftBatch {
                         messages: vec![],
                         removed_at_index: index,
@@ -137,19 +152,41 @@ impl Transport {
     }
 }
 
-async fn connect(address: &str) -> Result<RaftClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+/// How a node dials another: with its own TLS identity (if any), expecting the certificate of
+/// the member at `address`, so that nothing else listening there can pose as it.
+pub fn peer_dial_options(
+    address: &str,
+    tls: &Option<Arc<ClientTls>>,
+    timeout: Option<Duration>,
+) -> DialOptions {
+    DialOptions {
+        connect_timeout: CONNECT_TIMEOUT,
+        timeout,
+        tls: tls.clone(),
+        expect_node: Some(address.to_string()),
+    }
+}
+
+async fn connect(
+    address: &str,
+    tls: &Option<Arc<ClientTls>>,
+) -> Result<RaftClient<Channel>, String> {
+    let channel = dial(address, &peer_dial_options(address, tls, None))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(RaftClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// The task that drains one peer's queue.
-async fn deliver(id: u64, address: String, mut queue: mpsc::Receiver<Message>, node: NodeHandle) {
+async fn deliver(
+    id: u64,
+    address: String,
+    mut queue: mpsc::Receiver<Message>,
+    node: NodeHandle,
+    tls: Option<Arc<ClientTls>>,
+) {
     let mut client: Option<RaftClient<Channel>> = None;
     let mut stream: Option<PeerStream> = None;
     let mut backoff = BACKOFF.0;
@@ -163,7 +200,7 @@ async fn deliver(id: u64, address: String, mut queue: mpsc::Receiver<Message>, n
             },
         };
         let delivered = if first.get_msg_type() == MessageType::MsgSnapshot {
-            let delivered = send_snapshot(&mut client, &address, first).await;
+            let delivered = send_snapshot(&mut client, &address, &tls, first).await;
             node.send(Request::SnapshotSent(id, delivered));
             delivered
         } else {
@@ -185,7 +222,7 @@ async fn deliver(id: u64, address: String, mut queue: mpsc::Receiver<Message>, n
                     Err(_) => {}
                 }
             }
-            send_batch(&mut client, &mut stream, &address, batch).await
+            send_batch(&mut client, &mut stream, &address, &tls, batch).await
         };
         if delivered {
             backoff = BACKOFF.0;
@@ -217,9 +254,10 @@ fn drop_message(id: u64, node: &NodeHandle, message: Message) {
 async fn ensure_client<'a>(
     client: &'a mut Option<RaftClient<Channel>>,
     address: &str,
+    tls: &Option<Arc<ClientTls>>,
 ) -> Result<&'a mut RaftClient<Channel>, String> {
     if client.is_none() {
-        *client = Some(connect(address).await?);
+        *client = Some(connect(address, tls).await?);
     }
     Ok(client.as_mut().expect("just set"))
 }
@@ -245,6 +283,7 @@ async fn send_batch(
     client: &mut Option<RaftClient<Channel>>,
     stream: &mut Option<PeerStream>,
     address: &str,
+    tls: &Option<Arc<ClientTls>>,
     messages: Vec<Vec<u8>>,
 ) -> bool {
     if stream.as_ref().is_some_and(|open| open.call.is_finished()) {
@@ -252,7 +291,7 @@ async fn send_batch(
         return false;
     }
     if stream.is_none() {
-        let Ok(client) = ensure_client(client, address).await else {
+        let Ok(client) = ensure_client(client, address, tls).await else {
             return false;
         };
         let (batches, receiver) = mpsc::channel(STREAM_QUEUE);
@@ -280,6 +319,7 @@ async fn send_batch(
 async fn send_snapshot(
     client: &mut Option<RaftClient<Channel>>,
     address: &str,
+    tls: &Option<Arc<ClientTls>>,
     mut message: Message,
 ) -> bool {
     let data = std::mem::take(&mut message.mut_snapshot().data);
@@ -304,7 +344,7 @@ async fn send_snapshot(
     let timeout = Duration::from_secs(10 + (data.len() as u64 >> 24));
     tracing::info!(to = message.to, bytes = data.len(), "sending a snapshot");
     let call = async {
-        let client = ensure_client(client, address).await?;
+        let client = ensure_client(client, address, tls).await?;
         client
             .install_snapshot(tokio_stream::iter(chunks))
             .await

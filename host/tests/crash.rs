@@ -20,7 +20,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use riteraft_client::proto::client_client::ClientClient;
 use riteraft_client::proto::{ProposeRequest, QueryRequest, propose_response, query_response};
-use riteraft_test_support::cluster::connect;
+use riteraft_test_support::cluster::Connector;
 use riteraft_test_support::{Cluster, ClusterOptions, within};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -165,6 +165,7 @@ struct Ledger {
 struct Targets {
     nodes: Vec<(u64, SocketAddr)>,
     up: Vec<AtomicBool>,
+    connector: Connector,
 }
 
 /// Writes `put c{client}-{seq} v{client}.{seq}` continuously through random live nodes until
@@ -181,7 +182,7 @@ async fn client(
     let mut channels: Vec<ClientClient<Channel>> = targets
         .nodes
         .iter()
-        .map(|(_, addr)| connect(*addr))
+        .map(|(_, addr)| targets.connector.connect(*addr))
         .collect();
     let mut ledger = Ledger::default();
     for seq in 0.. {
@@ -245,14 +246,14 @@ async fn client(
                     ) =>
                 {
                     if std::error::Error::source(&status).is_some() {
-                        channels[i] = connect(addr);
+                        channels[i] = targets.connector.connect(addr);
                     }
                     ledger.unknown.insert(key, value);
                     break;
                 }
                 Ok(Err(status)) => panic!("put {key} through node {node}: {status:?}"),
                 Err(_) => {
-                    channels[i] = connect(addr);
+                    channels[i] = targets.connector.connect(addr);
                     ledger.unknown.insert(key, value);
                     break;
                 }
@@ -312,6 +313,7 @@ async fn random_kills_under_load_lose_no_acknowledged_write() {
         let targets = Arc::new(Targets {
             nodes: ids.iter().map(|&id| (id, cluster.addr(id))).collect(),
             up: ids.iter().map(|_| AtomicBool::new(true)).collect(),
+            connector: cluster.connector(),
         });
         let position = |id: u64| ids.iter().position(|&i| i == id).expect("a known node");
         let stop = Arc::new(AtomicBool::new(false));

@@ -14,6 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use std::sync::Arc;
+
+use riteraft_client::certs::{client_files, node_files, write_test_pki};
+use riteraft_client::tls::{ClientTls, Role};
 use riteraft_client::{Client, NodeStatus};
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -45,6 +49,8 @@ pub struct LocalOptions {
     pub native: bool,
     /// More flags for every node (`--node-arg`).
     pub node_args: Vec<String>,
+    /// Mutual TLS (`--tls`): a test CA and certificates in the cluster's directory.
+    pub tls: bool,
     /// Where the temporary directory goes.
     pub data_root: PathBuf,
 }
@@ -92,6 +98,8 @@ impl Drop for LocalNode {
 pub struct LocalCluster {
     /// Declared before `dir` so that the processes die before their files are removed.
     pub nodes: Vec<LocalNode>,
+    /// With `--tls`: the certificates' directory, and the bench's client identity.
+    tls: Option<(PathBuf, Arc<ClientTls>)>,
     dir: TempDir,
 }
 
@@ -99,6 +107,11 @@ impl LocalCluster {
     /// The temporary directory holding the nodes' data dirs and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The bench's TLS identity (a `write` client), when the cluster runs TLS.
+    pub fn client_tls(&self) -> Option<Arc<ClientTls>> {
+        self.tls.as_ref().map(|(_, tls)| tls.clone())
     }
 
     /// The nodes' addresses, node 1 first.
@@ -146,16 +159,28 @@ impl LocalCluster {
                 )
             })?;
         let addresses = free_addresses(NODES)?;
+        let tls = match options.tls {
+            false => None,
+            true => {
+                let certs = dir.path().join("certs");
+                write_test_pki(&certs, &addresses, &[("bench".into(), Role::Write)])
+                    .context("cannot make the test certificates")?;
+                let tls = ClientTls::load(client_files(&certs, "bench"))?;
+                Some((certs, tls))
+            }
+        };
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
+            tls,
             dir,
         };
+        let tls = cluster.client_tls();
         for (n, address) in addresses.iter().enumerate() {
             let join = (n > 0).then(|| addresses[0].as_str());
             let node = cluster.spawn(options, n + 1, address, join)?;
             cluster.nodes.push(node);
             let node = cluster.nodes.last_mut().expect("just pushed");
-            node.id = wait_ready(node, join.is_none()).await?;
+            node.id = wait_ready(node, join.is_none(), tls.clone()).await?;
         }
         // Node 1 must count every member before the load starts (a join is a conf change that
         // the leader may still be applying when the joiner already answers `Status`).
@@ -164,7 +189,7 @@ impl LocalCluster {
             &mut cluster.nodes[0],
             "node 1 to count 3 members",
             async || {
-                status_of(&first)
+                status_of(&first, tls.clone())
                     .await
                     .filter(|status| status.members.len() == NODES && status.leader_id.is_some())
             },
@@ -196,6 +221,16 @@ impl LocalCluster {
         if options.native {
             command.arg("--builtin-kv");
         }
+        if let Some((certs, _)) = &self.tls {
+            let files = node_files(certs, address);
+            command
+                .arg("--tls-cert")
+                .arg(&files.cert)
+                .arg("--tls-key")
+                .arg(&files.key)
+                .arg("--tls-ca")
+                .arg(&files.ca);
+        }
         command.args(&options.node_args);
         // Warnings only, unless the user asked for more: a node logging every request at
         // `info` would measure its logging.
@@ -221,7 +256,11 @@ impl LocalCluster {
 
 /// Waits until the node at `node.address` serves `Status`, is a member, knows a leader (and,
 /// for the bootstrapping node, is that leader); returns its raft id.
-async fn wait_ready(node: &mut LocalNode, bootstrap: bool) -> anyhow::Result<u64> {
+async fn wait_ready(
+    node: &mut LocalNode,
+    bootstrap: bool,
+    tls: Option<Arc<ClientTls>>,
+) -> anyhow::Result<u64> {
     let address = node.address.clone();
     let what = if bootstrap {
         format!("the first node ({address}) to lead")
@@ -229,7 +268,7 @@ async fn wait_ready(node: &mut LocalNode, bootstrap: bool) -> anyhow::Result<u64
         format!("the node at {address} to join and know the leader")
     };
     let status = wait_for(node, &what, async || {
-        status_of(&address).await.filter(|status| {
+        status_of(&address, tls.clone()).await.filter(|status| {
             status.leader_id.is_some()
                 && status.members.iter().any(|member| member.id == status.id)
                 && (!bootstrap || status.role == "leader")
@@ -266,12 +305,15 @@ async fn wait_for<T>(
 }
 
 /// The status of the node at `address`, if it answers within a second.
-async fn status_of(address: &str) -> Option<NodeStatus> {
-    let client = Client::builder()
+async fn status_of(address: &str, tls: Option<Arc<ClientTls>>) -> Option<NodeStatus> {
+    let builder = Client::builder()
         .timeout(Duration::from_secs(1))
-        .connect_timeout(Duration::from_secs(1))
-        .connect([address])
-        .ok()?;
+        .connect_timeout(Duration::from_secs(1));
+    let builder = match tls {
+        Some(tls) => builder.tls(tls),
+        None => builder,
+    };
+    let client = builder.connect([address]).ok()?;
     client.status_of(address).await.ok()
 }
 

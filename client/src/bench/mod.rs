@@ -46,6 +46,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::parser::ValueSource;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use riteraft_client::tls::ClientTls;
 use riteraft_client::{Client, Consistency, NodeStatus};
 use tokio::time::Instant;
 
@@ -183,6 +184,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
     pub node_arg: Vec<String>,
 
+    /// Local clusters only: make a test CA and certificates in the cluster's directory and run
+    /// the nodes and the bench's clients with mutual TLS, as the README sets a cluster up.
+    #[arg(long)]
+    pub tls: bool,
+
     /// Local cluster only: where to put its temporary data dirs (default: the system's
     /// temporary directory, or the current one if that is in memory). Must be on disk:
     /// fsync is part of what is measured.
@@ -286,6 +292,7 @@ impl Plan {
                     ("--compare", args.compare),
                     ("--data-root", args.data_root.is_some()),
                     ("--node-arg", !args.node_arg.is_empty()),
+                    ("--tls", args.tls),
                 ];
                 if let Some((flag, _)) = local_only.iter().find(|(_, set)| *set) {
                     bail!(
@@ -307,6 +314,7 @@ impl Plan {
                 },
                 native: args.native,
                 node_args: args.node_arg.clone(),
+                tls: args.tls,
                 data_root: args
                     .data_root
                     .clone()
@@ -326,6 +334,7 @@ impl Plan {
                 keys: args.keys,
                 plugin: local.as_ref().map(|local| local.plugin.clone()),
                 node_args: args.node_arg.clone(),
+                tls: args.tls,
             },
             target,
             timeout,
@@ -407,8 +416,12 @@ impl Plan {
         local: Option<&LocalCluster>,
     ) -> anyhow::Result<RunReport> {
         let config = &self.config;
-        let routing = route(addresses, self.timeout).await?;
-        let workers = workers(config, &routing, self.timeout)?;
+        let clients = Clients {
+            timeout: self.timeout,
+            tls: local.and_then(LocalCluster::client_tls),
+        };
+        let routing = route(addresses, &clients).await?;
+        let workers = workers(config, &routing, &clients)?;
         let mix = Arc::new(Mix {
             reads_pct: config.reads_pct,
             consistency: if config.stale {
@@ -536,8 +549,25 @@ struct Routing {
 /// leader is matched by raft id among the given addresses (the addresses in `members` are the
 /// ones the nodes gave each other, which need not be reachable from here); if it is not among
 /// them, its member address is tried.
-async fn route(addresses: &[String], timeout: Duration) -> anyhow::Result<Routing> {
-    let client = Client::builder().timeout(timeout).connect(addresses)?;
+/// How the bench's clients are made: their timeout, and TLS for a local cluster running it.
+struct Clients {
+    timeout: Duration,
+    tls: Option<Arc<ClientTls>>,
+}
+
+impl Clients {
+    fn connect(&self, addresses: &[String]) -> Result<Client, riteraft_client::ClientError> {
+        let builder = Client::builder().timeout(self.timeout);
+        match &self.tls {
+            Some(tls) => builder.tls(tls.clone()),
+            None => builder,
+        }
+        .connect(addresses)
+    }
+}
+
+async fn route(addresses: &[String], clients: &Clients) -> anyhow::Result<Routing> {
+    let client = clients.connect(addresses)?;
     let mut statuses: Vec<(String, NodeStatus)> = Vec::new();
     let mut last_error = None;
     for address in addresses {
@@ -588,15 +618,15 @@ async fn route(addresses: &[String], timeout: Duration) -> anyhow::Result<Routin
 
 /// One [`Worker`] per client, over `config.connections` client handles. A handle's writer
 /// starts at the leader; with stale reads, each handle's reader starts at another node.
-fn workers(config: &Config, routing: &Routing, timeout: Duration) -> anyhow::Result<Vec<Worker>> {
+fn workers(config: &Config, routing: &Routing, clients: &Clients) -> anyhow::Result<Vec<Worker>> {
     let handles = (0..config.connections as usize)
         .map(|index| {
-            let writer = Client::builder().timeout(timeout).connect(&routing.order)?;
+            let writer = clients.connect(&routing.order)?;
             let reader = if config.stale {
                 let mut order = routing.order.clone();
                 let len = order.len();
                 order.rotate_left(index % len);
-                Client::builder().timeout(timeout).connect(&order)?
+                clients.connect(&order)?
             } else {
                 writer.clone()
             };

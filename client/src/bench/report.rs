@@ -27,6 +27,8 @@ pub struct Config {
     pub plugin: Option<PathBuf>,
     /// More flags the local nodes were started with (`--node-arg`).
     pub node_args: Vec<String>,
+    /// Whether the local cluster and the clients ran mutual TLS (`--tls`).
+    pub tls: bool,
 }
 
 /// Which cluster a run loaded.
@@ -317,6 +319,7 @@ impl Config {
             json!(self.plugin.as_ref().map(|path| path.display().to_string())),
         );
         object.insert("node_args".into(), json!(self.node_args));
+        object.insert("tls".into(), json!(self.tls));
     }
 
     /// `writes only`, `reads only (linearizable)`, `90% reads (stale), 10% writes`.
@@ -348,6 +351,9 @@ impl Config {
         );
         if let Some(plugin) = &self.plugin {
             let _ = writeln!(out, "plugin file: {}", plugin.display());
+        }
+        if self.tls {
+            let _ = writeln!(out, "tls:         mutual TLS between nodes and clients");
         }
         if !self.node_args.is_empty() {
             let _ = writeln!(out, "node flags:  {}", self.node_args.join(" "));
@@ -467,6 +473,7 @@ mod tests {
             keys: 10_000,
             plugin: Some(PathBuf::from("kv.wasm")),
             node_args: vec!["--read-lease".into()],
+            tls: false,
         }
     }
 

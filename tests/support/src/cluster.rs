@@ -22,13 +22,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use riteraft_client::certs::{client_files, write_test_pki};
 use riteraft_client::proto::client_client::ClientClient;
 use riteraft_client::proto::{
     LeaveRequest, ProposeRequest, ProposeResponse, QueryRequest, QueryResponse, StatusRequest,
     StatusResponse, TransferLeaderRequest, propose_response, query_response,
 };
+use riteraft_client::tls::{ClientTls, Role};
+use riteraft_client::{DialOptions, dial_lazy};
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::ports::free_addr;
@@ -63,6 +66,10 @@ pub struct ClusterOptions {
     /// How long a starting node may take to serve `Status` and know a leader. Generous: a
     /// debug-build node compiles the plugin at start, on a machine busy with other tests.
     pub ready_timeout: Duration,
+    /// Mutual TLS between the nodes and for the harness's calls (the default, as the README
+    /// sets a cluster up): a test CA, a certificate per node and an admin client certificate
+    /// in the cluster's directory.
+    pub tls: bool,
 }
 
 impl ClusterOptions {
@@ -77,7 +84,14 @@ impl ClusterOptions {
             data_root: None,
             rust_log: std::env::var("RITERAFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
             ready_timeout: Duration::from_secs(30),
+            tls: true,
         }
+    }
+
+    /// Runs the nodes without TLS (on loopback, which a node allows).
+    pub fn plaintext(mut self) -> Self {
+        self.tls = false;
+        self
     }
 
     /// Sets `--snapshot-entries N`.
@@ -144,7 +158,36 @@ pub struct Cluster {
     nodes: BTreeMap<u64, Node>,
     /// Counts nodes ever started, to name their directories before their ids are known.
     started: usize,
+    /// How the harness dials the nodes (with the admin certificate when TLS is on).
+    connector: Connector,
     root: TempDir,
+}
+
+/// Dials the cluster's nodes as the harness does: with TLS and the admin client certificate
+/// when the cluster runs TLS. Cheap to clone, for tests whose tasks keep their own channels.
+#[derive(Clone)]
+pub struct Connector {
+    tls: Option<Arc<ClientTls>>,
+}
+
+impl Connector {
+    /// A lazily connecting channel to `addr`: nodes come and go, and tonic reconnects on the
+    /// next call. The connect timeout keeps a call to a dead address short.
+    pub fn connect(&self, addr: SocketAddr) -> ClientClient<Channel> {
+        ClientClient::new(self.channel(addr))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// The channel under [`Connector::connect`], for the other gRPC services.
+    pub fn channel(&self, addr: SocketAddr) -> Channel {
+        let options = DialOptions {
+            connect_timeout: Duration::from_secs(1),
+            tls: self.tls.clone(),
+            ..DialOptions::default()
+        };
+        dial_lazy(&addr.to_string(), &options).expect("a socket address is a valid node address")
+    }
 }
 
 impl Cluster {
@@ -159,10 +202,17 @@ impl Cluster {
         if std::env::var_os("RITERAFT_KEEP_TEST_DIRS").is_some() {
             eprintln!("cluster files kept in {}", root.path().display());
         }
+        let tls = options.tls.then(|| {
+            let dir = root.path().join("certs");
+            write_test_pki(&dir, &[], &[("admin".into(), Role::Admin)])
+                .expect("cannot make the test certificates");
+            ClientTls::load(client_files(&dir, "admin")).expect("cannot load the admin certificate")
+        });
         let mut cluster = Cluster {
             options,
             nodes: BTreeMap::new(),
             started: 0,
+            connector: Connector { tls },
             root,
         };
         cluster.start_node(None).await;
@@ -180,6 +230,17 @@ impl Cluster {
     /// The cluster's temporary directory (one subdirectory per node).
     pub fn dir(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Where the test CA and the certificates are (when TLS is on): `riteraft_client::certs`
+    /// can issue more there.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.root.path().join("certs")
+    }
+
+    /// How the harness dials nodes.
+    pub fn connector(&self) -> Connector {
+        self.connector.clone()
     }
 
     /// Every node ever started, running or not, by raft id.
@@ -481,7 +542,7 @@ impl Cluster {
         };
         let process = self.spawn(&dir, &data_dir, addr, None);
         // A new channel: the old one may be backing off from the dead process.
-        let client = connect(addr);
+        let client = self.connector.connect(addr);
         let node = self.nodes.get_mut(&id).expect("the node exists");
         *node.process.get_mut().unwrap_or_else(|e| e.into_inner()) = process;
         node.client = client;
@@ -516,7 +577,7 @@ impl Cluster {
         };
         let addr = free_addr();
         let mut process = self.spawn(&dir, &data_dir, addr, join);
-        let client = connect(addr);
+        let client = self.connector.connect(addr);
         let bootstrap = join.is_none();
         let what = if bootstrap {
             format!("the first node ({addr}) to lead")
@@ -581,6 +642,19 @@ impl Cluster {
         if let Some(join) = join {
             command.arg("--join").arg(join.to_string());
         }
+        if self.options.tls {
+            let certs = self.certs_dir();
+            let pki = write_test_pki(&certs, &[addr.to_string()], &[])
+                .expect("cannot make a node certificate");
+            let files = &pki.nodes[0];
+            command
+                .arg("--tls-cert")
+                .arg(&files.cert)
+                .arg("--tls-key")
+                .arg(&files.key)
+                .arg("--tls-ca")
+                .arg(&files.ca);
+        }
         if let Some(entries) = options.snapshot_entries {
             command.arg("--snapshot-entries").arg(entries.to_string());
         }
@@ -616,19 +690,6 @@ impl Drop for Cluster {
             );
         }
     }
-}
-
-/// A lazily connecting channel to `addr`: nodes come and go, and tonic reconnects on the next
-/// call. The connect timeout keeps a call to a dead address short. (Public for tests whose
-/// concurrent clients keep their own channels while the cluster restarts nodes.)
-pub fn connect(addr: SocketAddr) -> ClientClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address is a valid URI")
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy();
-    ClientClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
 }
 
 /// Awaits a gRPC call for at most `timeout`; a call that takes longer fails with `CANCELLED`
