@@ -282,13 +282,15 @@ impl Client {
     }
 
     /// Adds a new node, serving at `address`, to the cluster; returns the id it was given. This
-    /// is what a starting node does with `--join`.
-    pub async fn join(&self, address: &str) -> Result<Joined, ClientError> {
+    /// is what a starting node does with `--join`: the cluster calls the node at `address` back
+    /// (`Raft.Identify`) and adds it only if it confirms `join_token`, and with TLS the caller
+    /// must hold that node's certificate.
+    pub async fn join(&self, address: &str, join_token: &[u8]) -> Result<Joined, ClientError> {
         let response = self
             .call(Kind::Write, Route::Cluster, |mut grpc| {
                 let request = proto::JoinRequest {
                     address: address.to_string(),
-                    ..Default::default()
+                    join_token: join_token.to_vec(),
                 };
                 async move { grpc.join(request).await }
             })

@@ -11,6 +11,11 @@ use tonic::transport::{Channel, Endpoint};
 use crate::tls::{self, ClientTls, TlsConnector};
 use crate::{ClientError, DEFAULT_CONNECT_TIMEOUT, endpoint_uri};
 
+/// How often an open connection pings the node: well inside a node's idle limit (60 s).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to dial a node.
 #[derive(Debug, Clone)]
 pub struct DialOptions {
@@ -80,7 +85,13 @@ pub(crate) fn endpoint(address: &str, options: &DialOptions) -> Result<Endpoint,
         .map_err(|error| ClientError::BadAddress(format!("bad node address {address:?}: {error}")))?
         .connect_timeout(options.connect_timeout)
         // Requests are small and latency-bound: do not let Nagle hold them back.
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // HTTP/2 pings, also while no call is open: a connection to a node that died or was cut
+        // off is noticed within seconds instead of hanging until the kernel gives up, and a
+        // healthy idle one is not dropped by the node's idle limit (see its `listener.rs`).
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     if let Some(timeout) = options.timeout {
         endpoint = endpoint.timeout(timeout);
     }

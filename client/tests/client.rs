@@ -262,7 +262,7 @@ async fn leave_without_an_id_never_fails_over() {
     // An explicit id may go to any node.
     client.leave(3).await.unwrap();
     client.transfer_leader(2).await.unwrap();
-    let joined = client.join("127.0.0.1:7009").await.unwrap();
+    let joined = client.join("127.0.0.1:7009", b"token").await.unwrap();
     assert_eq!(joined.id, 9);
     assert_eq!(node.log(), ["leave 3", "transfer 2", "join 127.0.0.1:7009"]);
 }

@@ -11,12 +11,16 @@
 //! Without TLS there is nothing to tell callers apart, so every caller may do everything; the
 //! node then listens on loopback only unless told `--insecure` (see `server.rs`).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use riteraft_client::tls::Role;
 use tonic::{Request, Status};
 
 use crate::listener::Caller;
+use crate::log_limit::LogLimiter;
+
+/// Refused calls, logged at most once a second (a caller can make them at will).
+static REFUSAL_LOG: LazyLock<LogLimiter> = LazyLock::new(LogLimiter::new);
 
 /// What a call needs from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +67,14 @@ pub fn authorize<T>(request: &Request<T>, need: Need, name: &str) -> Result<Arc<
     match refusal {
         None => Ok(caller),
         Some(status) => {
-            tracing::warn!(call = name, "refused: {}", status.message());
+            if let Some(held_back) = REFUSAL_LOG.admit() {
+                tracing::warn!(
+                    call = name,
+                    more_since_last = held_back,
+                    "refused: {}",
+                    status.message()
+                );
+            }
             Err(status)
         }
     }

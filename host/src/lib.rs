@@ -16,6 +16,7 @@ pub mod config;
 pub mod data_dir;
 pub mod listener;
 pub mod log_format;
+pub mod log_limit;
 pub mod node;
 pub mod peer_messages;
 pub mod plugin;

@@ -3,10 +3,11 @@
 //! spin when the process runs out of file descriptors. Each connection carries who is calling
 //! ([`Caller`]), read once from its certificate, to every request on it (see `access.rs`).
 
+use std::future::Future as _;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +23,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use crate::log_limit::LogLimiter;
+
 /// Most connections open at once. Peers use one or two each and clients share theirs, so a
 /// thousand is far beyond a healthy cluster's need, while each costs a descriptor and buffers:
 /// without a cap, a flood of idle connections exhausts the process's descriptors and memory.
@@ -32,6 +35,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept fails for lack of descriptors or memory: retrying at once would spin
 /// on the same error (a core at ~80 % was seen) while nothing frees any.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// A connection on which nothing arrives for this long is closed: a peer that died without a
+/// goodbye, was paused, or holds connections open to use up [`MAX_CONNECTIONS`]. Our own
+/// clients and peers ping every 20 s (see riteraft-client's `dial.rs`), so they stay.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the certificate files are checked for changes (they are also reloaded on SIGHUP).
 const RELOAD_CHECK: Duration = Duration::from_secs(5);
 
@@ -159,12 +166,28 @@ pub async fn watch_certificates(tls: Arc<ServerTls>, on_reload: impl Fn() + Send
     }
 }
 
+/// Failed handshakes: anyone can cause them, so they are logged at most once a second.
+static HANDSHAKE_LOG: LazyLock<LogLimiter> = LazyLock::new(LogLimiter::new);
+
 /// One accepted connection.
 pub struct Conn {
     io: ConnIo,
     caller: Arc<Caller>,
+    /// Fires [`IDLE_TIMEOUT`] after the last byte read: the connection is then closed.
+    idle: Pin<Box<tokio::time::Sleep>>,
     /// Held while the connection is open: its slot of [`MAX_CONNECTIONS`].
     _slot: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    fn new(io: ConnIo, caller: Arc<Caller>, slot: OwnedSemaphorePermit) -> Conn {
+        Conn {
+            io,
+            caller,
+            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            _slot: slot,
+        }
+    }
 }
 
 enum ConnIo {
@@ -186,9 +209,22 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let conn = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut conn.io {
             ConnIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
             ConnIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        };
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
+                conn.idle.as_mut().reset(deadline);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if conn.idle.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "idle connection closed"),
+            )),
+            other => other,
         }
     }
 }
@@ -277,11 +313,7 @@ async fn accept_loop(
         let sender = sender.clone();
         match &tls {
             None => {
-                let conn = Conn {
-                    io: ConnIo::Plain(tcp),
-                    caller: Arc::new(Caller::Anyone),
-                    _slot: slot,
-                };
+                let conn = Conn::new(ConnIo::Plain(tcp), Arc::new(Caller::Anyone), slot);
                 if sender.send(Ok(conn)).await.is_err() {
                     return;
                 }
@@ -293,15 +325,19 @@ async fn accept_loop(
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let caller = Arc::new(caller_of(&stream));
-                            let conn = Conn {
-                                io: ConnIo::Tls(Box::new(stream)),
-                                caller,
-                                _slot: slot,
-                            };
+                            let conn = Conn::new(ConnIo::Tls(Box::new(stream)), caller, slot);
                             let _ = sender.send(Ok(conn)).await;
                         }
-                        Ok(Err(e)) => tracing::info!(%remote, "TLS handshake refused: {e}"),
-                        Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            if let Some(held_back) = HANDSHAKE_LOG.admit() {
+                                tracing::info!(%remote, more_since_last = held_back, "TLS handshake refused: {e}");
+                            }
+                        }
+                        Err(_) => {
+                            if let Some(held_back) = HANDSHAKE_LOG.admit() {
+                                tracing::info!(%remote, more_since_last = held_back, "TLS handshake timed out");
+                            }
+                        }
                     }
                 });
             }

@@ -18,6 +18,7 @@ use crate::log_format::{
     ClusterState, DecodeError, EntryPayload, MAX_UPGRADES_KEPT, SNAPSHOT_FORMAT, SnapshotData,
     UpgradeRecord, encode,
 };
+use crate::log_limit::LogLimiter;
 use crate::peer_messages::{self, Local, Refused};
 use crate::state_machine::{ApplyContext, ModuleInfo, Rejection, StateMachine, StateMachineError};
 use crate::storage::{LogStore, SavedSnapshot, StorageError};
@@ -388,34 +389,7 @@ pub struct Node<S: StateMachine, L: LogStore> {
     /// this.
     snapshot_retry_at: Option<Instant>,
     /// Peers' messages refused at the door, logged at most once a second.
-    refusals: RefusalLog,
-}
-
-/// Logs refused peer messages without letting a flood of them flood the log: the first one at
-/// once, then at most one line a second with the count of those not shown.
-struct RefusalLog {
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl RefusalLog {
-    fn note(&mut self, from: u64, refused: &Refused) {
-        let now = Instant::now();
-        if self
-            .last_logged
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
-        {
-            self.unlogged += 1;
-            return;
-        }
-        tracing::warn!(
-            from,
-            more_since_last = self.unlogged,
-            "refused a raft message: {refused}"
-        );
-        self.last_logged = Some(now);
-        self.unlogged = 0;
-    }
+    refusals: LogLimiter,
 }
 
 /// How long after a failed snapshot write the node tries again: a full or failing disk is not
@@ -502,10 +476,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             disk_full: None,
             saving: None,
             snapshot_retry_at: None,
-            refusals: RefusalLog {
-                last_logged: None,
-                unlogged: 0,
-            },
+            refusals: LogLimiter::new(),
         };
         // The state machine was just restored from the store's snapshot (if any).
         node.checkpoint_saved();
@@ -583,7 +554,13 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         match request {
             Request::Raft(mut message, sender) => {
                 if let Err(refused) = self.admit(&message, sender.as_deref()) {
-                    self.refusals.note(message.from, &refused);
+                    if let Some(held_back) = self.refusals.admit() {
+                        tracing::warn!(
+                            from = message.from,
+                            more_since_last = held_back,
+                            "refused a raft message: {refused}"
+                        );
+                    }
                     return Ok(());
                 }
                 if self.ignores_votes(&message) {
@@ -639,6 +616,8 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 last_index: self.raw.raft.raft_log.last_index(),
                 applied: self.applied,
                 sender,
+                term: self.raw.raft.term,
+                leader_id: self.raw.raft.leader_id,
             },
         )
     }

@@ -42,6 +42,13 @@ pub enum Refused {
     /// A follower acknowledged entries this leader never had.
     #[error("acknowledges index {index}, past this node's last entry {last}")]
     AckPastLog { index: u64, last: u64 },
+    /// Leader traffic in this node's term from a member that is not the leader it knows: two
+    /// leaders in one term cannot be, and following the second would let it overwrite entries.
+    #[error("leader traffic in term {term} from node {from}, but node {leader} leads that term")]
+    NotTheLeader { from: u64, leader: u64, term: u64 },
+    /// A leadership transfer that the leader did not ask for.
+    #[error("a MsgTimeoutNow from node {from}, which is not this node's leader in its term")]
+    UnaskedTransfer { from: u64 },
     /// A snapshot that would not move this node forward, or is malformed.
     #[error("snapshot refused: {0}")]
     BadSnapshot(String),
@@ -60,6 +67,9 @@ pub struct Local<'a> {
     /// The member address the sender's certificate names; `None` without TLS, where senders
     /// cannot be told apart.
     pub sender: Option<&'a str>,
+    /// This node's term, and the leader it knows in it (0: none).
+    pub term: u64,
+    pub leader_id: u64,
 }
 
 /// Checks one message from a peer. `Ok` means raft-rs may step it.
@@ -106,7 +116,22 @@ pub fn check(message: &Message, local: &Local) -> Result<(), Refused> {
     if message.term == 0 && kind != MsgReadIndex {
         return Err(Refused::NoTerm(kind));
     }
+    let from_leader_of_my_term = message.term == local.term && message.from == local.leader_id;
     match kind {
+        MsgAppend | MsgHeartbeat | MsgSnapshot
+            if message.term == local.term
+                && local.leader_id != raft::INVALID_ID
+                && message.from != local.leader_id =>
+        {
+            Err(Refused::NotTheLeader {
+                from: message.from,
+                leader: local.leader_id,
+                term: local.term,
+            })
+        }
+        MsgTimeoutNow if !from_leader_of_my_term => {
+            Err(Refused::UnaskedTransfer { from: message.from })
+        }
         MsgAppend => check_entries(message),
         MsgReadIndex | MsgReadIndexResp if message.entries.len() != 1 => {
             Err(Refused::BadReadIndex(kind))
@@ -190,6 +215,8 @@ mod tests {
             last_index: 10,
             applied: 8,
             sender: None,
+            term: 3,
+            leader_id: 1,
         }
     }
 
@@ -272,6 +299,51 @@ mod tests {
             ..local(&members)
         };
         assert_eq!(check(&m, &from_1), Ok(()));
+    }
+
+    #[test]
+    fn only_the_known_leader_of_the_term_sends_leader_traffic() {
+        let members = members();
+        for kind in [MessageType::MsgAppend, MessageType::MsgHeartbeat] {
+            let mut m = message(kind);
+            m.from = 3;
+            assert_eq!(
+                check(&m, &local(&members)),
+                Err(Refused::NotTheLeader {
+                    from: 3,
+                    leader: 1,
+                    term: 3
+                })
+            );
+            // A later term is a new leader's: raft itself steps down for it.
+            m.term = 4;
+            assert_eq!(check(&m, &local(&members)), Ok(()));
+            // Without a known leader, the first one of the term is how this node learns it.
+            m.term = 3;
+            let leaderless = Local {
+                leader_id: 0,
+                ..local(&members)
+            };
+            assert_eq!(check(&m, &leaderless), Ok(()));
+        }
+    }
+
+    #[test]
+    fn only_the_leader_may_hand_over_leadership() {
+        let members = members();
+        let mut m = message(MessageType::MsgTimeoutNow);
+        assert_eq!(check(&m, &local(&members)), Ok(()));
+        m.from = 3;
+        assert_eq!(
+            check(&m, &local(&members)),
+            Err(Refused::UnaskedTransfer { from: 3 })
+        );
+        m.from = 1;
+        m.term = 4;
+        assert_eq!(
+            check(&m, &local(&members)),
+            Err(Refused::UnaskedTransfer { from: 1 })
+        );
     }
 
     #[test]

@@ -493,11 +493,10 @@ impl Client for NodeService {
                 "a node joins at the address its certificate names: {named}, not {address}"
             )));
         }
-        // The first node to see a join calls the joiner back; a forwarded join was checked by
-        // the node that forwarded it.
-        if !forwarded(&request) {
-            self.confirm_joiner(&address, join_token).await?;
-        }
+        // Every node that handles a join calls the joiner back, the leader too when the join
+        // was forwarded to it: a mark saying "checked already" would be one more thing to
+        // trust, and the call back is cheap next to the membership change it guards.
+        self.confirm_joiner(&address, join_token).await?;
         let result = self
             .node
             .call(|reply| NodeRequest::AddNode { address, reply })

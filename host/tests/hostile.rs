@@ -17,7 +17,7 @@ use riteraft_client::proto::{
     DeployChunk, JoinRequest, LeaveRequest, ProposeRequest, QueryRequest, RaftBatch, SnapshotChunk,
     StatusRequest, TransferLeaderRequest,
 };
-use riteraft_client::tls::{ClientTls, Role, TlsFiles};
+use riteraft_client::tls::{ClientTls, Role, TlsFiles, crypto_provider, load_pem};
 use riteraft_client::{DialOptions, dial_lazy};
 use riteraft_test_support::{Cluster, ClusterOptions, within};
 use tonic::Code;
@@ -91,6 +91,16 @@ async fn assert_intact(cluster: &Cluster, keys: &[String]) {
         assert!(cluster.is_running(id), "node {id} died: see its log above");
     }
     cluster.wait_caught_up(CONVERGE).await;
+    // Every replica holds the same keys and values, not only the ones checked below.
+    let mut dumps = Vec::new();
+    for id in cluster.ids() {
+        let all = cluster.query(id, "keys", true).await;
+        dumps.push((id, all.map_err(|e| e.to_string())));
+    }
+    assert!(
+        dumps.windows(2).all(|pair| pair[0].1 == pair[1].1),
+        "the replicas differ: {dumps:?}"
+    );
     for id in cluster.ids() {
         for key in keys {
             let answer = cluster.query(id, &format!("get {key}"), true).await;
@@ -115,6 +125,35 @@ async fn acknowledged_writes(cluster: &Cluster) -> Vec<String> {
     keys
 }
 
+/// Whether the node at `addr` answers HTTP/2 over a TLS connection that presents no client
+/// certificate (trusting the cluster's CA, so the node's certificate is not the problem).
+async fn speaks_without_a_certificate(cluster: &Cluster, addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_, _, roots) = load_pem(&client_files(&cluster.certs_dir(), "admin")).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    // With TLS 1.3 the client may finish its side of the handshake before the node refuses.
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return false;
+    };
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    if tls.write_all(preface).await.is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 9];
+    matches!(
+        tokio::time::timeout(CALL, tls.read(&mut answer)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
 fn log_of(cluster: &Cluster, id: u64) -> String {
     std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default()
 }
@@ -136,6 +175,12 @@ async fn outsiders_without_the_clusters_certificates_are_refused() {
             status.code(),
             Code::Ok,
             "plain HTTP/2 got through: {status:?}"
+        );
+
+        // TLS that trusts the cluster's CA but presents no certificate.
+        assert!(
+            !speaks_without_a_certificate(&cluster, addr).await,
+            "a TLS connection without a client certificate was served"
         );
 
         // A certificate of another CA, even one that names a member.
@@ -351,6 +396,16 @@ async fn malformed_or_forged_messages_from_members_change_nothing() {
             .await
             .unwrap();
 
+        // Member `a` in its own name: leader traffic in the leader's term, and a transfer
+        // that the leader did not ask for (raft-rs would start an election on it).
+        let mut second_leader = raft_message(MessageType::MsgHeartbeat, a, b, term);
+        second_leader.commit = applied;
+        let timeout_now = raft_message(MessageType::MsgTimeoutNow, a, b, term);
+        raft_as(&cluster, a, b)
+            .send(batch(&[second_leader, timeout_now]))
+            .await
+            .unwrap();
+
         // The leader's own certificate, entries that skip indexes.
         let mut skipping = raft_message(MessageType::MsgAppend, leader, b, term);
         skipping.index = applied;
@@ -454,6 +509,10 @@ async fn malformed_or_forged_messages_from_members_change_nothing() {
             .sum();
         assert!(refusals >= 2, "the refusals are logged");
         assert!(log_of(&cluster, b).contains("no leader confirms"));
+        assert!(
+            !log_of(&cluster, b).contains("received MsgTimeoutNow"),
+            "an unasked transfer started an election"
+        );
         assert!(log_of(&cluster, b).contains("certificate names"));
         let members = cluster.status(leader).await.unwrap().members.len();
         assert_eq!(members, 3);
@@ -574,6 +633,7 @@ async fn a_new_ca_file_is_picked_up_without_a_restart() {
         // CA file, which is about to be replaced.
         let trusted = other.path().join("cluster-ca.pem");
         std::fs::copy(cluster.certs_dir().join("ca.pem"), &trusted).unwrap();
+        let trusted_copy = trusted.clone();
         let old_admin = TlsFiles {
             ca: trusted.clone(),
             ..client_files(&cluster.certs_dir(), "admin")
@@ -605,10 +665,34 @@ async fn a_new_ca_file_is_picked_up_without_a_restart() {
             })
             .await;
         assert!(
-            status_with(old_admin).await.is_err(),
+            status_with(old_admin.clone()).await.is_err(),
             "the old CA is no longer trusted"
         );
         assert!(log_of(&cluster, 1).contains("TLS certificates reloaded"));
+
+        // And back, on SIGHUP alone: the file keeps its modification time, so the node's
+        // check for changed files does not see it.
+        let modified = std::fs::metadata(&node_ca).unwrap().modified().unwrap();
+        std::fs::copy(&trusted_copy, &node_ca).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&node_ca)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            status_with(old_admin.clone()).await.is_err(),
+            "reloaded without being asked"
+        );
+        cluster.hangup(1);
+        cluster
+            .wait_for(
+                "the node to take the old CA back on SIGHUP",
+                CONVERGE,
+                async || status_with(old_admin.clone()).await.ok(),
+            )
+            .await;
 
         // A broken file is refused, and the node keeps what it had.
         std::fs::write(&node_ca, b"not a certificate").unwrap();
@@ -619,7 +703,7 @@ async fn a_new_ca_file_is_picked_up_without_a_restart() {
                     .then_some(())
             })
             .await;
-        assert!(status_with(new_admin).await.is_ok());
+        assert!(status_with(old_admin).await.is_ok());
         assert!(cluster.is_running(1));
     })
     .await;

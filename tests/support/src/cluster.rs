@@ -505,6 +505,11 @@ impl Cluster {
         lock(&self.node(id).process).pause();
     }
 
+    /// Sends node `id` SIGHUP: it reloads its TLS certificates.
+    pub fn hangup(&self, id: u64) {
+        lock(&self.node(id).process).hangup();
+    }
+
     /// Lets a frozen node go on (SIGCONT).
     pub fn resume(&self, id: u64) {
         lock(&self.node(id).process).resume();

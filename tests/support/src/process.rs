@@ -101,6 +101,11 @@ impl NodeProcess {
         self.signal(libc::SIGCONT);
     }
 
+    /// Sends SIGHUP (a node reloads its TLS certificates on it).
+    pub fn hangup(&mut self) {
+        self.signal(libc::SIGHUP);
+    }
+
     fn signal(&mut self, signal: libc::c_int) {
         if self.is_running() {
             let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit in pid_t");
