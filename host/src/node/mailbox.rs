@@ -1,0 +1,205 @@
+//! The node's mailbox: what the consensus loop can be asked ([`Request`]), the handle async code
+//! asks it through ([`NodeHandle`], a bounded channel), and the answers and errors it gives.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use raft::prelude::Message;
+use tokio::sync::oneshot;
+
+use crate::log_format::{DecodeError, UpgradeRecord};
+use crate::state_machine::{ModuleInfo, Rejection, StateMachineError};
+use crate::storage::StorageError;
+
+/// Why a request to the node was not served. Each maps to one gRPC status for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// Another node leads; the request should go there.
+    #[error("node {leader_id} is the leader")]
+    NotLeader { leader_id: u64, address: String },
+    /// No leader is known (an election is running, or this node is cut off).
+    #[error(
+        "no leader is known (an election is running, or this node is cut off from the cluster)"
+    )]
+    NoLeader,
+    /// The request was not completed in time; a proposal may still be applied later.
+    #[error("{0}")]
+    Timeout(String),
+    /// The proposal was replaced by another leader's entry and will never be applied.
+    #[error("{0}")]
+    Aborted(String),
+    /// The request is malformed or too large.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request does not fit the cluster's current state.
+    #[error("{0}")]
+    Precondition(String),
+    /// The node cannot take the request now; retry shortly.
+    #[error("{0}")]
+    Busy(String),
+    /// The disk is (nearly) full: writes are refused until space is freed.
+    #[error("{0}")]
+    DiskFull(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// Why the node stopped.
+#[derive(Debug)]
+pub enum NodeExit {
+    /// Every handle was dropped (shutdown).
+    Shutdown,
+    /// This node was removed from the cluster.
+    Removed,
+}
+
+/// A failure that stops the node: continuing could make this replica diverge or lose data.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFatal {
+    /// The state machine is broken.
+    #[error(transparent)]
+    StateMachine(#[from] StateMachineError),
+    /// The log store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A replicated record could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// raft-rs refused something it must accept.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// The answer to a proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Where the command landed in the log.
+    pub index: u64,
+    /// The store's answer.
+    pub outcome: Result<Vec<u8>, Rejection>,
+}
+
+/// The answer to a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    /// The applied index of the state that answered.
+    pub applied_index: u64,
+    /// The store's answer.
+    pub outcome: Result<Vec<u8>, Rejection>,
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The new member's id.
+    pub id: u64,
+    /// All members after the join.
+    pub members: BTreeMap<u64, String>,
+}
+
+/// A node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: &'static str,
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub members: BTreeMap<u64, String>,
+    pub module: ModuleInfo,
+    pub upgrades: Vec<UpgradeRecord>,
+}
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// What the consensus loop can be asked to do.
+pub enum Request {
+    /// A raft message from a peer, and the member address the peer's certificate names
+    /// (`None` without TLS).
+    Raft(Box<Message>, Option<Arc<str>>),
+    /// Replicate a command.
+    Propose {
+        command: Vec<u8>,
+        reply: Reply<Applied>,
+    },
+    /// Replicate new code for the store (leader only).
+    Deploy {
+        module: Vec<u8>,
+        reply: Reply<Applied>,
+    },
+    /// The store's current snapshot, and the code that wrote it (for a deploy's dry run).
+    Snapshot {
+        reply: Reply<(bytes::Bytes, ModuleInfo)>,
+    },
+    /// Answer a query, linearizably unless `stale`.
+    Query {
+        request: Vec<u8>,
+        stale: bool,
+        reply: Reply<Answered>,
+    },
+    /// Report this node's view.
+    Status { reply: Reply<NodeStatus> },
+    /// Add the node at `address` (leader only).
+    AddNode {
+        address: String,
+        reply: Reply<Joined>,
+    },
+    /// Remove node `id` (leader only).
+    RemoveNode { id: u64, reply: Reply<()> },
+    /// Hand leadership to node `to` (leader only).
+    TransferLeader { to: u64, reply: Reply<()> },
+    /// The transport could not deliver to this peer.
+    Unreachable(u64),
+    /// A snapshot to this peer was delivered (`true`) or not.
+    SnapshotSent(u64, bool),
+    /// The leader says this node was removed from the cluster at this index.
+    Removed(u64),
+}
+
+/// A cloneable way to reach the consensus loop from async code.
+#[derive(Clone)]
+pub struct NodeHandle {
+    sender: SyncSender<Request>,
+}
+
+impl NodeHandle {
+    /// Sends a request without waiting: for raft messages and transport reports. A full queue
+    /// drops it (raft retransmits; reports are hints).
+    pub fn send(&self, request: Request) -> bool {
+        self.sender.try_send(request).is_ok()
+    }
+
+    /// Like [`NodeHandle::send`], but gives the request back when the queue is full.
+    pub fn try_send(&self, request: Request) -> Result<(), Request> {
+        match self.sender.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) => Err(request),
+        }
+    }
+
+    /// Sends a request and waits for its reply.
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        match self.sender.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(NodeError::Busy(
+                    "the node is overloaded (request queue full); retry shortly".into(),
+                ));
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(NodeError::Stopped),
+        }
+        answer.await.unwrap_or(Err(NodeError::Stopped))
+    }
+}
+
+/// The bounded queue into the consensus loop: 64k requests is a few seconds of peak load;
+/// beyond it clients get "overloaded" instead of unbounded memory growth.
+pub fn channel() -> (NodeHandle, Receiver<Request>) {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(65_536);
+    (NodeHandle { sender }, receiver)
+}

@@ -1,0 +1,565 @@
+//! The consensus loop: one thread owns the raft-rs `RawNode`, the log store and the state
+//! machine. Everything else talks to it through [`NodeHandle`] (a bounded channel), so nothing
+//! here is shared or locked. This file holds the node, its loop and the Ready handling in
+//! raft-rs' documented order; each concern around them has a file of its own:
+//!
+//! - [`mailbox`]: requests, the handle, answers and errors;
+//! - [`options`]: tuning; [`reads`]: linearizable reads and leases;
+//! - [`proposals`]: commands and deploys; [`membership`]: joins, leaves, transfers;
+//! - [`snapshots`]: taking, saving and installing them; [`safety`]: the rules around raft-rs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
+
+use crate::log_format::{ClusterState, EntryPayload};
+use crate::log_limit::LogLimiter;
+use crate::state_machine::{ApplyContext, StateMachine};
+use crate::storage::LogStore;
+use crate::transport::Transport;
+
+mod mailbox;
+mod membership;
+mod options;
+mod proposals;
+mod reads;
+mod safety;
+mod snapshots;
+
+pub use mailbox::{
+    Answered, Applied, Joined, NodeError, NodeExit, NodeFatal, NodeHandle, NodeStatus, Request,
+    channel,
+};
+pub use options::{MAX_MODULE_BYTES, NodeOptions};
+pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
+
+use mailbox::Reply;
+use membership::PendingConf;
+use proposals::PendingProposal;
+use reads::{Lease, PendingQuery, ReadBatch};
+use snapshots::SnapshotSave;
+
+/// Most requests handled between two Ready rounds: bounds the latency one round adds, while
+/// letting a burst of proposals share one fsync.
+const MAX_REQUESTS_PER_ROUND: usize = 4096;
+
+/// The consensus loop's state.
+pub struct Node<S: StateMachine, L: LogStore> {
+    id: u64,
+    raw: RawNode<L>,
+    state_machine: S,
+    cluster: ClusterState,
+    applied: u64,
+    options: NodeOptions,
+    transport: Arc<Transport>,
+    next_request_id: u64,
+    /// The last timestamp this node stamped on a proposal, to keep them increasing.
+    last_stamp_ms: u64,
+    /// Proposals by the log index they were appended at.
+    proposals: BTreeMap<u64, PendingProposal>,
+    /// The conf change in flight, by log index (raft allows one at a time).
+    conf_change: Option<(u64, Instant, PendingConf)>,
+    transfer: Option<(u64, Instant, Reply<()>)>,
+    /// Linearizable queries not yet in a batch: they share the next read index.
+    new_reads: Vec<PendingQuery>,
+    /// When the oldest of `new_reads` times out: a query waiting for the batch ahead of it
+    /// gets no more time than one sent into a batch at once.
+    new_reads_deadline: Option<Instant>,
+    /// Read batches waiting for raft to confirm a read index, by batch id.
+    reads_waiting: HashMap<u64, ReadBatch>,
+    /// Read batches with a confirmed read index, waiting for the state machine to apply it.
+    reads_ready: VecDeque<(u64, ReadBatch)>,
+    next_read_id: u64,
+    /// The leader's read lease, when `options.read_lease` is on and one was earned.
+    lease: Option<Lease>,
+    /// Read-index rounds first asked before this earn no lease: leadership was handed over or
+    /// the membership changed after they started.
+    lease_barrier: Instant,
+    /// A read was answered from the lease since it was last renewed, so it is worth renewing.
+    lease_used: bool,
+    /// When this node started: it ignores vote requests for one election timeout after (see
+    /// [`Node::ignores_votes`]).
+    started: Instant,
+    removed: bool,
+    /// Why writes are refused for lack of disk space, checked every tick.
+    disk_full: Option<String>,
+    /// The snapshot being encoded and written on a thread of its own (one at a time): a large
+    /// store's file takes seconds to write, during which this node keeps replicating.
+    saving: Option<SnapshotSave>,
+    /// After a snapshot could not be written (e.g. the disk is full), none is started before
+    /// this.
+    snapshot_retry_at: Option<Instant>,
+    /// Peers' messages refused at the door, logged at most once a second.
+    refusals: LogLimiter,
+}
+
+/// raft-rs logs through slog; send it to our tracing log.
+fn raft_logger() -> slog::Logger {
+    slog::Logger::root(crate::raft_log::TracingDrain, slog::o!())
+}
+
+impl<S: StateMachine, L: LogStore> Node<S, L> {
+    /// A node with id `id` over `store`. `cluster` is the replicated state matching the store's
+    /// snapshot (empty for a node that has just joined and waits for the leader's snapshot).
+    pub fn new(
+        id: u64,
+        store: L,
+        state_machine: S,
+        cluster: ClusterState,
+        transport: Arc<Transport>,
+        options: NodeOptions,
+    ) -> Result<Self, NodeFatal> {
+        let applied = store.snapshot_metadata().index;
+        let config = raft::Config {
+            id,
+            election_tick: options.election_ticks,
+            heartbeat_tick: options.heartbeat_ticks,
+            applied,
+            max_size_per_msg: options.max_append_bytes,
+            max_inflight_msgs: options.max_inflight_appends,
+            check_quorum: true,
+            pre_vote: true,
+            // Bounds memory held by entries proposed but not yet committed: 64 MiB; beyond
+            // it proposals are refused ("overloaded") instead of piling up.
+            max_uncommitted_size: 64 << 20,
+            ..Default::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, store, &raft_logger())?;
+        transport.set_members(&cluster.members);
+        let mut node = Self {
+            id,
+            raw,
+            state_machine,
+            cluster,
+            applied,
+            options,
+            transport,
+            next_request_id: 1,
+            last_stamp_ms: 0,
+            proposals: BTreeMap::new(),
+            conf_change: None,
+            transfer: None,
+            new_reads: Vec::new(),
+            new_reads_deadline: None,
+            reads_waiting: HashMap::new(),
+            reads_ready: VecDeque::new(),
+            next_read_id: 1,
+            lease: None,
+            lease_barrier: Instant::now(),
+            lease_used: false,
+            started: Instant::now(),
+            removed: false,
+            disk_full: None,
+            saving: None,
+            snapshot_retry_at: None,
+            refusals: LogLimiter::new(),
+        };
+        // The state machine was just restored from the store's snapshot (if any).
+        node.checkpoint_saved();
+        Ok(node)
+    }
+
+    /// Starts an election at once (a freshly bootstrapped single node becomes leader now).
+    pub fn campaign(&mut self) -> Result<(), NodeFatal> {
+        self.raw.campaign()?;
+        Ok(())
+    }
+
+    /// Runs the loop until shutdown, removal or a fatal error.
+    ///
+    /// Each round: wait for requests until the next tick is due, handle every queued request
+    /// (a burst shares one round), tick if due, process the Ready (see `on_ready`), record a
+    /// snapshot whose file is now durable (`finish_snapshot`), and start one if due
+    /// (`maybe_snapshot`: checked every round, not only after a Ready, so that a snapshot put
+    /// off by a failed write is retried on an idle node too).
+    pub fn run(mut self, requests: Receiver<Request>) -> Result<NodeExit, NodeFatal> {
+        let mut next_tick = Instant::now() + self.options.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match requests.recv_timeout(wait) {
+                Ok(request) => {
+                    self.handle(request)?;
+                    for request in requests.try_iter().take(MAX_REQUESTS_PER_ROUND) {
+                        self.handle(request)?;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.finish_snapshot(true)?;
+                    return Ok(NodeExit::Shutdown);
+                }
+            }
+            self.ask_read_index();
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = (next_tick + self.options.tick).max(now);
+                self.expire(now);
+                self.check_disk();
+            }
+            self.on_ready()?;
+            self.finish_snapshot(false)?;
+            self.maybe_snapshot()?;
+            if self.removed {
+                self.finish_snapshot(true)?;
+                self.fail_all(NodeError::Aborted(
+                    "this node was removed from the cluster".into(),
+                ));
+                return Ok(NodeExit::Removed);
+            }
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The error for a request that needs the leader, sent to a non-leader.
+    fn not_leader(&self) -> NodeError {
+        let leader_id = self.raw.raft.leader_id;
+        match self.cluster.members.get(&leader_id) {
+            Some(address) if leader_id != self.id => NodeError::NotLeader {
+                leader_id,
+                address: address.clone(),
+            },
+            _ => NodeError::NoLeader,
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Result<(), NodeFatal> {
+        match request {
+            Request::Raft(mut message, sender) => {
+                if let Err(refused) = self.admit(&message, sender.as_deref()) {
+                    if let Some(held_back) = self.refusals.admit() {
+                        tracing::warn!(
+                            from = message.from,
+                            more_since_last = held_back,
+                            "refused a raft message: {refused}"
+                        );
+                    }
+                    return Ok(());
+                }
+                if self.ignores_votes(&message) {
+                    tracing::debug!(from = message.from, "ignored a vote request: just started");
+                    return Ok(());
+                }
+                self.tolerate_lost_entries(&mut message);
+                if let Err(e) = self.raw.step(*message) {
+                    tracing::debug!("dropped a raft message: {e}");
+                }
+            }
+            Request::Propose { command, reply } => self.propose(command, reply),
+            Request::Deploy { module, reply } => self.deploy(module, reply),
+            Request::Snapshot { reply } => {
+                let snapshot = self.state_machine.snapshot()?;
+                let _ = reply.send(Ok((snapshot, self.state_machine.module_info())));
+            }
+            Request::Query {
+                request,
+                stale,
+                reply,
+            } => self.query(request, stale, reply)?,
+            Request::Status { reply } => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Request::AddNode { address, reply } => self.add_node(address, reply),
+            Request::RemoveNode { id, reply } => self.remove_node(id, reply),
+            Request::TransferLeader { to, reply } => self.transfer_leader(to, reply),
+            Request::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Request::SnapshotSent(peer, delivered) => {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(peer, status);
+            }
+            Request::Removed(index) => {
+                tracing::warn!(index, "the leader removed this node from the cluster");
+                self.removed = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> NodeStatus {
+        let role = match self.raw.raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        NodeStatus {
+            id: self.id,
+            role,
+            leader_id: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+            commit_index: self.raw.raft.raft_log.committed,
+            applied_index: self.applied,
+            snapshot_index: self.raw.store().snapshot_metadata().index,
+            members: self.cluster.members.clone(),
+            module: self.state_machine.module_info(),
+            upgrades: self.cluster.upgrades.clone(),
+        }
+    }
+
+    /// Refuses writes while the data dir's free space is under the reserve, and says so once.
+    fn check_disk(&mut self) {
+        let Some(dir) = &self.options.data_dir else {
+            return;
+        };
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot check free disk space: {e}");
+                return;
+            }
+        };
+        let full = free < self.options.min_free_disk_bytes;
+        match (&self.disk_full, full) {
+            (None, true) => {
+                let why = format!(
+                    "disk full: {} MiB free in {}, writes need at least {} MiB; free some \
+                     space (writes resume by themselves)",
+                    free >> 20,
+                    dir.display(),
+                    self.options.min_free_disk_bytes >> 20
+                );
+                tracing::error!("{why}");
+                self.disk_full = Some(why);
+            }
+            (Some(_), false) => {
+                tracing::info!(
+                    free_mib = free >> 20,
+                    "disk space available again; accepting writes"
+                );
+                self.disk_full = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Fails requests whose time is up.
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in expired {
+            if let Some(p) = self.proposals.remove(&index) {
+                let _ = p.reply.send(Err(NodeError::Timeout(format!(
+                    "the proposal was not committed within {:?} (is this node cut off from \
+                     the leader?); it may still be applied later",
+                    self.options.request_timeout
+                ))));
+            }
+        }
+        let expired: Vec<u64> = self
+            .reads_waiting
+            .iter()
+            .filter(|(_, b)| b.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut late: Vec<ReadBatch> = expired
+            .into_iter()
+            .filter_map(|id| self.reads_waiting.remove(&id))
+            .collect();
+        // Confirmed reads whose index this node has not applied in time (it fell behind).
+        while self
+            .reads_ready
+            .front()
+            .is_some_and(|(_, batch)| batch.deadline <= now)
+        {
+            late.extend(self.reads_ready.pop_front().map(|(_, batch)| batch));
+        }
+        for batch in late {
+            for query in batch.queries {
+                let _ = query.reply.send(Err(NodeError::Timeout(
+                    "the read could not be confirmed with the leader in time; retry, or read \
+                     with --stale"
+                        .into(),
+                )));
+            }
+        }
+        if let Some((_, _, pending)) = self
+            .conf_change
+            .take_if(|(_, deadline, _)| *deadline <= now)
+        {
+            pending.fail(NodeError::Timeout(
+                "the membership change was not committed in time".into(),
+            ));
+        }
+        if let Some((to, _, reply)) = self.transfer.take_if(|(_, deadline, _)| *deadline <= now) {
+            let _ = reply.send(Err(NodeError::Timeout(format!(
+                "node {to} did not take over leadership in time"
+            ))));
+        }
+    }
+
+    fn fail_all(&mut self, error: NodeError) {
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+        self.new_reads_deadline = None;
+        for query in std::mem::take(&mut self.new_reads) {
+            let _ = query.reply.send(Err(error.clone()));
+        }
+        let waiting = std::mem::take(&mut self.reads_waiting).into_values();
+        let ready = std::mem::take(&mut self.reads_ready)
+            .into_iter()
+            .map(|(_, b)| b);
+        for batch in waiting.chain(ready) {
+            for query in batch.queries {
+                let _ = query.reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Processes one Ready, in the order raft-rs documents ("Processing the Ready State"):
+    /// 1. send the messages (a leader may send before it persists: it counts itself later);
+    /// 2. install a snapshot received from the leader;
+    /// 3. note confirmed read indexes, apply the committed entries;
+    /// 4. persist new entries and the hard state, with one sync (group commit);
+    /// 5. send the messages that had to wait for that persistence (votes, append responses);
+    /// 6. advance, then send and apply what the light ready holds;
+    /// 7. serve reads whose index is now applied, and take a snapshot if the log is long.
+    fn on_ready(&mut self) -> Result<(), NodeFatal> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+
+        self.send(ready.take_messages());
+
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone())?;
+        }
+
+        self.note_read_states(ready.take_read_states());
+        self.apply(ready.take_committed_entries())?;
+
+        self.raw.mut_store().persist(ready.entries(), ready.hs())?;
+
+        self.send(ready.take_persisted_messages());
+
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+
+        self.serve_reads()?;
+        self.check_transfer();
+        Ok(())
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            if !self.transport.send(message) {
+                if is_snapshot {
+                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
+                self.raw.report_unreachable(to);
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeFatal> {
+        for entry in entries {
+            let index = entry.index;
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    // A new leader's empty entry.
+                    self.resolve_proposal(index, None);
+                }
+                EntryType::EntryNormal => {
+                    let payload: EntryPayload =
+                        match crate::log_format::decode("log entry", &entry.data) {
+                            Ok(payload) => payload,
+                            Err(e) => {
+                                // Every replica holds the same bytes, so every replica skips
+                                // this entry alike: a rejection, not a reason to stop.
+                                tracing::error!(
+                                    index,
+                                    "skipping a log entry on every replica: {e}"
+                                );
+                                self.resolve_proposal(index, None);
+                                self.applied = index;
+                                continue;
+                            }
+                        };
+                    match payload {
+                        EntryPayload::Command {
+                            proposer,
+                            request_id,
+                            timestamp_ms,
+                            command,
+                        } => {
+                            let timestamp_ms = timestamp_ms.max(self.cluster.last_timestamp_ms);
+                            self.cluster.last_timestamp_ms = timestamp_ms;
+                            let ctx = ApplyContext {
+                                index,
+                                term: entry.term,
+                                timestamp_ms,
+                            };
+                            let outcome = self.state_machine.apply(ctx, &command)?;
+                            let mine = (proposer == self.id).then_some((request_id, outcome));
+                            self.resolve_proposal(index, mine);
+                        }
+                        EntryPayload::Deploy {
+                            proposer,
+                            request_id,
+                            timestamp_ms,
+                            module,
+                        } => {
+                            let timestamp_ms = timestamp_ms.max(self.cluster.last_timestamp_ms);
+                            self.cluster.last_timestamp_ms = timestamp_ms;
+                            let outcome = self.upgrade(index, timestamp_ms, &module)?;
+                            let mine = (proposer == self.id).then_some((request_id, outcome));
+                            self.resolve_proposal(index, mine);
+                        }
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    match ConfChange::parse_from_bytes(&entry.data) {
+                        Ok(change) => self.apply_conf_change(index, change)?,
+                        Err(e) => tracing::error!(
+                            index,
+                            "skipping a membership change that cannot be decoded, on every \
+                             replica: {e}"
+                        ),
+                    }
+                    self.resolve_proposal(index, None);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    tracing::error!(index, "ignoring a joint-consensus conf change: unsupported");
+                    self.resolve_proposal(index, None);
+                }
+            }
+            self.applied = index;
+            // raft-rs turns a conf change it cannot take now into an empty entry: the change
+            // pending at this index was not applied, and never will be.
+            if let Some((_, _, pending)) = self
+                .conf_change
+                .take_if(|(pending, _, _)| *pending <= index)
+            {
+                pending.fail(NodeError::Busy(
+                    "the membership change was refused (another one is in progress); retry".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! A node's tuning, with the defaults for a LAN or loopback cluster and the reason for each.
+
+use std::time::Duration;
+
+/// Largest module a deploy accepts by default: it travels as one log entry, so it must fit in
+/// one gRPC message with room to spare (a Rust store is typically 0.2–3 MiB).
+pub const MAX_MODULE_BYTES: usize = 12 << 20;
+
+/// Tuning of a node. The defaults suit a LAN or loopback cluster.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// One raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before an election (raft randomises up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot (and compact the log) after this many entries since the last one.
+    pub snapshot_entries: u64,
+    /// ... or once the log holds this many bytes of entries.
+    pub snapshot_log_bytes: u64,
+    /// Entries kept in the log behind a snapshot, for followers that are only a little behind.
+    pub log_entries_kept: u64,
+    /// How long a client waits for its proposal (or linearizable read) before an error.
+    pub request_timeout: Duration,
+    /// Largest command accepted; bigger ones are refused before they reach the log.
+    pub max_command_bytes: usize,
+    /// Most bytes in one append message to a follower (raft `max_size_per_msg`).
+    pub max_append_bytes: u64,
+    /// Most append messages in flight to one follower (raft `max_inflight_msgs`).
+    pub max_inflight_appends: usize,
+    /// Largest module `riteraft deploy` accepts: it travels as one log entry, so it must fit
+    /// in one gRPC message with room to spare (12 MiB; a Rust store is typically 0.2–3 MiB).
+    pub max_module_bytes: usize,
+    /// The directory the log lives in, watched for free space.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Below this much free space on `data_dir`, proposals are refused ("disk full") so the
+    /// log and snapshots still have room to finish what was already accepted.
+    pub min_free_disk_bytes: u64,
+    /// Serve linearizable reads on the leader from a lease (see [`Lease`]) instead of a
+    /// heartbeat round per batch of reads. Off by default: it trusts timing (see `Lease`).
+    pub read_lease: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_entries: 10_000,
+            snapshot_log_bytes: 256 << 20,
+            log_entries_kept: 1_000,
+            request_timeout: Duration::from_secs(5),
+            max_command_bytes: 4 << 20,
+            max_append_bytes: 1 << 20,
+            max_inflight_appends: 256,
+            max_module_bytes: MAX_MODULE_BYTES,
+            data_dir: None,
+            min_free_disk_bytes: 256 << 20,
+            read_lease: false,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Snapshots: when one is due, gathering it on the consensus thread and writing it on a thread
+//! of its own, recording it once durable; installing a leader's; and the snapshot that starts a
+//! new cluster.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use raft::prelude::{Snapshot, SnapshotMetadata};
+
+use super::Node;
+use super::mailbox::NodeFatal;
+use crate::log_format::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
+use crate::state_machine::{StateMachine, StateMachineError};
+use crate::storage::{LogStore, SavedSnapshot, StorageError};
+
+/// How long after a failed snapshot write the node tries again: a full or failing disk is not
+/// asked to take the whole store again every round, and ten seconds add little to the log.
+pub(super) const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
+
+/// A snapshot of this node's state on its way to disk (see [`Node::maybe_snapshot`]).
+pub(super) struct SnapshotSave {
+    /// Encodes and writes it; the log store records the result.
+    pub(super) thread: std::thread::JoinHandle<Result<SavedSnapshot, StorageError>>,
+    /// The log index it stands at.
+    pub(super) index: u64,
+    /// Where the log is compacted to once it is durable.
+    pub(super) compact_index: u64,
+    /// When the snapshot was started, and how long the state took to gather (for the log).
+    pub(super) started: Instant,
+    pub(super) taken: Duration,
+}
+
+/// The snapshot that starts a new cluster: node 1 alone, with the store's initial state.
+pub fn bootstrap_snapshot(
+    address: String,
+    state_machine: &mut impl StateMachine,
+) -> Result<(Snapshot, ClusterState), StateMachineError> {
+    let cluster = ClusterState {
+        members: BTreeMap::from([(1, address)]),
+        next_node_id: 2,
+        ..ClusterState::default()
+    };
+    let data = SnapshotData {
+        format: SNAPSHOT_FORMAT,
+        cluster: cluster.clone(),
+        plugin_sha256: state_machine.module_info().sha256,
+        module: state_machine
+            .module_bytes()
+            .map(|bytes| bytes.to_vec())
+            .unwrap_or_default(),
+        store: state_machine.snapshot()?,
+    };
+    let mut snapshot = Snapshot {
+        data: encode(&data).into(),
+        ..Default::default()
+    };
+    let meta = snapshot.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.mut_conf_state().voters = vec![1];
+    Ok((snapshot, cluster))
+}
+
+/// Restores a snapshot's store state, switching to the snapshot's code first when it differs
+/// from the code running now (a node that joins or restarts after a deploy).
+pub fn restore_snapshot_data(
+    state_machine: &mut impl StateMachine,
+    data: &SnapshotData,
+) -> Result<(), StateMachineError> {
+    let running = state_machine.module_info().sha256;
+    if !data.module.is_empty() && data.plugin_sha256 != running {
+        tracing::warn!(
+            cluster = %hex::encode(data.plugin_sha256),
+            started_with = %hex::encode(running),
+            "the cluster runs different store code than --plugin: switching to the cluster's"
+        );
+        state_machine.restore_with_module(&data.module, &data.store)
+    } else {
+        state_machine.restore(&data.store)
+    }
+}
+
+impl<S: StateMachine, L: LogStore> Node<S, L> {
+    /// Takes a snapshot when one is due: gathers the state here (the state machine lives on
+    /// this thread), then encodes and writes it on a thread of its own, so that the Ready loop
+    /// goes on meanwhile; [`Node::finish_snapshot`] records it once it is durable.
+    pub(super) fn maybe_snapshot(&mut self) -> Result<(), NodeFatal> {
+        let retry_later = self.snapshot_retry_at.is_some_and(|at| Instant::now() < at);
+        if self.saving.is_some() || retry_later {
+            return Ok(());
+        }
+        let store = self.raw.store();
+        let last_snapshot = store.snapshot_metadata().index;
+        let since = self.applied.saturating_sub(last_snapshot);
+        // A snapshot rewrites the whole store, so a large one waits until the log since the
+        // last snapshot is a quarter of the store's size: snapshots then cost at most about
+        // four times what is written, instead of a 300 MiB rewrite every 10,000 writes.
+        let log_bytes = store.log_bytes();
+        // The snapshot also carries the module's bytes, which are not the store's size.
+        let module_bytes = self
+            .state_machine
+            .module_bytes()
+            .map_or(0, |bytes| bytes.len());
+        let state_bytes = store.snapshot_bytes().saturating_sub(module_bytes as u64);
+        let due = (since >= self.options.snapshot_entries && log_bytes >= state_bytes / 4)
+            || log_bytes >= self.options.snapshot_log_bytes
+            || store.snapshot_requested()
+            || self.state_machine.wants_snapshot();
+        if since == 0 || !due {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut metadata = SnapshotMetadata {
+            index: self.applied,
+            term: raft::Storage::term(store, self.applied)?,
+            ..Default::default()
+        };
+        metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let data = SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            cluster: self.cluster.clone(),
+            plugin_sha256: self.state_machine.module_info().sha256,
+            module: self
+                .state_machine
+                .module_bytes()
+                .map(|bytes| bytes.to_vec())
+                .unwrap_or_default(),
+            store: self.state_machine.snapshot()?,
+        };
+        let save = store.snapshot_saver();
+        let thread = std::thread::Builder::new()
+            .name("snapshot-save".into())
+            .spawn(move || {
+                let mut snapshot = Snapshot {
+                    data: encode(&data).into(),
+                    ..Default::default()
+                };
+                // The store's bytes are in the encoding now: free them before the file is
+                // written.
+                drop(data);
+                snapshot.set_metadata(metadata);
+                save(snapshot)
+            })
+            .map_err(StorageError::Io)?;
+        self.saving = Some(SnapshotSave {
+            thread,
+            index: self.applied,
+            compact_index: self.applied.saturating_sub(self.options.log_entries_kept),
+            started,
+            taken: started.elapsed(),
+        });
+        Ok(())
+    }
+
+    /// Records the snapshot being written once its file is durable (with `wait`, waits for it:
+    /// a node that stops leaves no half-written snapshot behind), and compacts the log.
+    pub(super) fn finish_snapshot(&mut self, wait: bool) -> Result<(), NodeFatal> {
+        let Some(save) = self
+            .saving
+            .take_if(|save| wait || save.thread.is_finished())
+        else {
+            return Ok(());
+        };
+        let saved = match save.thread.join() {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(e)) => {
+                // Nothing was recorded: the log is whole and the previous snapshot stands, so
+                // the node goes on (writes stop by themselves when the disk is nearly full).
+                tracing::error!(
+                    index = save.index,
+                    retry_in_s = SNAPSHOT_RETRY.as_secs(),
+                    "cannot write a snapshot: {e}; the log is kept whole until one is written"
+                );
+                self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+                return Ok(());
+            }
+            Err(_) => {
+                return Err(StorageError::Inconsistent(
+                    "the thread writing a snapshot panicked".into(),
+                )
+                .into());
+            }
+        };
+        let (index, bytes) = (saved.metadata().index, saved.bytes());
+        self.raw
+            .mut_store()
+            .compact_to_saved(saved, save.compact_index)?;
+        self.checkpoint_saved();
+        tracing::info!(
+            index,
+            bytes,
+            taken_ms = save.taken.as_millis() as u64,
+            saved_ms = (save.started.elapsed() - save.taken).as_millis() as u64,
+            "took a snapshot"
+        );
+        Ok(())
+    }
+
+    /// Tells the state machine its state as of the latest snapshot is durable, and how to read
+    /// it back, so that it need not keep a copy in memory.
+    pub(super) fn checkpoint_saved(&mut self) {
+        let Some(read) = self.raw.store().snapshot_reader() else {
+            return;
+        };
+        self.state_machine.checkpoint_saved(Box::new(move || {
+            let snapshot = read().map_err(|e| e.to_string())?;
+            let data = SnapshotData::decode(&snapshot.data).map_err(|e| e.to_string())?;
+            Ok(data.store.into())
+        }));
+    }
+
+    pub(super) fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), NodeFatal> {
+        let index = snapshot.get_metadata().index;
+        let data = SnapshotData::decode(&snapshot.data)?;
+        tracing::info!(
+            index,
+            bytes = snapshot.data.len(),
+            "installing a snapshot from the leader"
+        );
+        restore_snapshot_data(&mut self.state_machine, &data)?;
+        self.cluster = data.cluster;
+        self.transport.set_members(&self.cluster.members);
+        self.raw.mut_store().install_snapshot(snapshot)?;
+        self.checkpoint_saved();
+        self.applied = index;
+        Ok(())
+    }
+}
