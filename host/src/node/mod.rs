@@ -8,7 +8,7 @@
 //! - [`proposals`]: commands and deploys; [`membership`]: joins, leaves, transfers;
 //! - [`snapshots`]: taking, saving and installing them; [`safety`]: the rules around raft-rs.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
@@ -41,7 +41,7 @@ pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
 use mailbox::Reply;
 use membership::PendingConf;
 use proposals::PendingProposal;
-use reads::{Lease, PendingQuery, ReadBatch};
+use reads::{PendingQuery, ReadRules, Reads};
 use snapshots::SnapshotSave;
 
 /// Most requests handled between two Ready rounds: bounds the latency one round adds, while
@@ -65,23 +65,8 @@ pub struct Node<S: StateMachine, L: LogStore> {
     /// The conf change in flight, by log index (raft allows one at a time).
     conf_change: Option<(u64, Instant, PendingConf)>,
     transfer: Option<(u64, Instant, Reply<()>)>,
-    /// Linearizable queries not yet in a batch: they share the next read index.
-    new_reads: Vec<PendingQuery>,
-    /// When the oldest of `new_reads` times out: a query waiting for the batch ahead of it
-    /// gets no more time than one sent into a batch at once.
-    new_reads_deadline: Option<Instant>,
-    /// Read batches waiting for raft to confirm a read index, by batch id.
-    reads_waiting: HashMap<u64, ReadBatch>,
-    /// Read batches with a confirmed read index, waiting for the state machine to apply it.
-    reads_ready: VecDeque<(u64, ReadBatch)>,
-    next_read_id: u64,
-    /// The leader's read lease, when `options.read_lease` is on and one was earned.
-    lease: Option<Lease>,
-    /// Read-index rounds first asked before this earn no lease: leadership was handed over or
-    /// the membership changed after they started.
-    lease_barrier: Instant,
-    /// A read was answered from the lease since it was last renewed, so it is worth renewing.
-    lease_used: bool,
+    /// Linearizable reads waiting for a read index, and the lease (see [`reads`]).
+    reads: Reads<PendingQuery>,
     /// When this node started: it ignores vote requests for one election timeout after (see
     /// [`Node::ignores_votes`]).
     started: Instant,
@@ -132,6 +117,13 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         config.validate()?;
         let raw = RawNode::new(&config, store, &raft_logger())?;
         transport.set_members(&cluster.members);
+        let read_rules = ReadRules {
+            timeout: options.request_timeout,
+            lease_length: options
+                .read_lease
+                .then(|| ReadRules::lease_length(options.tick, options.election_ticks)),
+            retry_after: options.tick * 3,
+        };
         let mut node = Self {
             id,
             raw,
@@ -145,14 +137,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             proposals: BTreeMap::new(),
             conf_change: None,
             transfer: None,
-            new_reads: Vec::new(),
-            new_reads_deadline: None,
-            reads_waiting: HashMap::new(),
-            reads_ready: VecDeque::new(),
-            next_read_id: 1,
-            lease: None,
-            lease_barrier: Instant::now(),
-            lease_used: false,
+            reads: Reads::new(read_rules, Instant::now()),
             started: Instant::now(),
             removed: false,
             disk_full: None,
@@ -362,32 +347,12 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 ))));
             }
         }
-        let expired: Vec<u64> = self
-            .reads_waiting
-            .iter()
-            .filter(|(_, b)| b.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut late: Vec<ReadBatch> = expired
-            .into_iter()
-            .filter_map(|id| self.reads_waiting.remove(&id))
-            .collect();
-        // Confirmed reads whose index this node has not applied in time (it fell behind).
-        while self
-            .reads_ready
-            .front()
-            .is_some_and(|(_, batch)| batch.deadline <= now)
-        {
-            late.extend(self.reads_ready.pop_front().map(|(_, batch)| batch));
-        }
-        for batch in late {
-            for query in batch.queries {
-                let _ = query.reply.send(Err(NodeError::Timeout(
-                    "the read could not be confirmed with the leader in time; retry, or read \
-                     with --stale"
-                        .into(),
-                )));
-            }
+        for query in self.reads.expired(now) {
+            let _ = query.reply.send(Err(NodeError::Timeout(
+                "the read could not be confirmed with the leader in time; retry, or read with \
+                 --stale"
+                    .into(),
+            )));
         }
         if let Some((_, _, pending)) = self
             .conf_change
@@ -408,18 +373,8 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         for (_, p) in std::mem::take(&mut self.proposals) {
             let _ = p.reply.send(Err(error.clone()));
         }
-        self.new_reads_deadline = None;
-        for query in std::mem::take(&mut self.new_reads) {
+        for query in self.reads.take_all() {
             let _ = query.reply.send(Err(error.clone()));
-        }
-        let waiting = std::mem::take(&mut self.reads_waiting).into_values();
-        let ready = std::mem::take(&mut self.reads_ready)
-            .into_iter()
-            .map(|(_, b)| b);
-        for batch in waiting.chain(ready) {
-            for query in batch.queries {
-                let _ = query.reply.send(Err(error.clone()));
-            }
         }
     }
 
