@@ -221,12 +221,7 @@ fn run_with<S: StateMachine + 'static>(
         }
     };
 
-    let transport = Arc::new(Transport::new(
-        id,
-        handle.clone(),
-        runtime.handle().clone(),
-        client_tls,
-    ));
+    let transport = Transport::new(id, handle.clone(), runtime.handle().clone(), client_tls);
     let options = NodeOptions {
         snapshot_entries: config.snapshot_entries,
         request_timeout: Duration::from_millis(config.proposal_timeout_ms),

@@ -8,7 +8,7 @@
 //! go as a call of their own, in chunks, since one can be far larger than a gRPC message.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -20,7 +20,7 @@ use riteraft_client::{DialOptions, dial};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::node::{NodeHandle, Request};
+use crate::node::{NodeHandle, Outbox, Request};
 
 /// Messages queued for one peer before new ones are dropped (and the peer reported
 /// unreachable): enough for a few seconds of full-speed replication.
@@ -54,7 +54,8 @@ pub struct Transport {
     self_id: u64,
     /// This node's TLS identity for dialing peers (`None`: plain connections).
     tls: Option<Arc<ClientTls>>,
-    peers: Mutex<HashMap<u64, Peer>>,
+    /// Only the consensus thread uses the transport, so no lock.
+    peers: HashMap<u64, Peer>,
 }
 
 struct Peer {
@@ -82,15 +83,16 @@ impl Transport {
             runtime,
             self_id,
             tls,
-            peers: Mutex::new(HashMap::new()),
+            peers: HashMap::new(),
         }
     }
+}
 
+impl Outbox for Transport {
     /// Queues a message for its peer. `false` when it cannot be queued (unknown peer, or its
     /// queue is full): the caller reports the peer unreachable.
-    pub fn send(&self, message: Message) -> bool {
-        let peers = self.peers.lock().expect("peers lock");
-        match peers.get(&message.to) {
+    fn send(&mut self, message: Message) -> bool {
+        match self.peers.get(&message.to) {
             Some(peer) => peer.queue.try_send(message).is_ok(),
             None => false,
         }
@@ -98,8 +100,8 @@ impl Transport {
 
     /// Makes the set of peers match the membership: starts tasks for new members, stops those
     /// of removed ones, restarts those whose address changed.
-    pub fn set_members(&self, members: &BTreeMap<u64, String>) {
-        let mut peers = self.peers.lock().expect("peers lock");
+    fn set_members(&mut self, members: &BTreeMap<u64, String>) {
+        let peers = &mut self.peers;
         peers.retain(|id, peer| members.get(id) == Some(&peer.address));
         for (id, address) in members {
             if *id == self.self_id || peers.contains_key(id) {
@@ -126,7 +128,7 @@ impl Transport {
 
     /// Tells a removed node that it was removed (it may never see its removal commit, since the
     /// leader stops replicating to it). Best effort: a few tries, then give up.
-    pub fn notify_removed(&self, id: u64, address: String, index: u64) {
+    fn notify_removed(&mut self, id: u64, address: String, index: u64) {
         let tls = self.tls.clone();
         self.runtime.spawn(async move {
             for attempt in 0..5u32 {

@@ -160,6 +160,21 @@ pub enum Request {
     Removed(u64),
 }
 
+/// Where the node's messages to its peers go: the gRPC transport in a running node (see
+/// `transport.rs`), a simulated network in tests. Only the consensus thread uses it, and no call
+/// may block it: delivery happens elsewhere, and failures come back as requests
+/// ([`Request::Unreachable`], [`Request::SnapshotSent`]).
+pub trait Outbox {
+    /// Queues `message` for its peer; `false` if it cannot be (unknown peer, full queue): raft
+    /// then hears that the peer is unreachable.
+    fn send(&mut self, message: Message) -> bool;
+    /// The membership changed: from now on these are the peers (this node's own id among them).
+    fn set_members(&mut self, members: &BTreeMap<u64, String>);
+    /// Tells node `id`, at `address`, that it was removed at log index `index` (it may never
+    /// see its removal commit, since the leader stops replicating to it). Best effort.
+    fn notify_removed(&mut self, id: u64, address: String, index: u64);
+}
+
 /// A cloneable way to reach the consensus loop from async code.
 #[derive(Clone)]
 pub struct NodeHandle {

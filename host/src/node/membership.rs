@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use raft::prelude::{ConfChange, ConfChangeType};
 
-use super::Node;
 use super::mailbox::{Joined, NodeError, NodeFatal, Reply};
+use super::{Node, Outbox};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 
@@ -28,7 +28,7 @@ impl PendingConf {
     }
 }
 
-impl<S: StateMachine, L: LogStore> Node<S, L> {
+impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     pub(super) fn add_node(&mut self, address: String, reply: Reply<Joined>) {
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
@@ -186,11 +186,11 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
                 if node == self.id {
                     self.removed = true;
                 } else if let (true, Some(address)) = (self.is_leader(), address) {
-                    self.transport.notify_removed(node, address, index);
+                    self.outbox.notify_removed(node, address, index);
                 }
             }
         }
-        self.transport.set_members(&self.cluster.members);
+        self.outbox.set_members(&self.cluster.members);
         if matches!(&self.conf_change, Some((pending_index, _, _)) if *pending_index == index) {
             let (_, _, pending) = self.conf_change.take().expect("checked above");
             match pending {

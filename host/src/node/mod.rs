@@ -9,7 +9,6 @@
 //! - [`snapshots`]: taking, saving and installing them; [`safety`]: the rules around raft-rs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
@@ -21,7 +20,6 @@ use crate::log_format::{ClusterState, EntryPayload};
 use crate::log_limit::LogLimiter;
 use crate::state_machine::{ApplyContext, StateMachine};
 use crate::storage::LogStore;
-use crate::transport::Transport;
 
 mod mailbox;
 mod membership;
@@ -32,8 +30,8 @@ mod safety;
 mod snapshots;
 
 pub use mailbox::{
-    Answered, Applied, Joined, NodeError, NodeExit, NodeFatal, NodeHandle, NodeStatus, Request,
-    channel,
+    Answered, Applied, Joined, NodeError, NodeExit, NodeFatal, NodeHandle, NodeStatus, Outbox,
+    Request, channel,
 };
 pub use options::{MAX_MODULE_BYTES, NodeOptions};
 pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
@@ -49,14 +47,15 @@ use snapshots::SnapshotSave;
 const MAX_REQUESTS_PER_ROUND: usize = 4096;
 
 /// The consensus loop's state.
-pub struct Node<S: StateMachine, L: LogStore> {
+pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     id: u64,
     raw: RawNode<L>,
     state_machine: S,
     cluster: ClusterState,
     applied: u64,
     options: NodeOptions,
-    transport: Arc<Transport>,
+    /// Where messages to peers go (see [`Outbox`]).
+    outbox: O,
     next_request_id: u64,
     /// The last timestamp this node stamped on a proposal, to keep them increasing.
     last_stamp_ms: u64,
@@ -88,7 +87,7 @@ fn raft_logger() -> slog::Logger {
     slog::Logger::root(crate::raft_log::TracingDrain, slog::o!())
 }
 
-impl<S: StateMachine, L: LogStore> Node<S, L> {
+impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// A node with id `id` over `store`. `cluster` is the replicated state matching the store's
     /// snapshot (empty for a node that has just joined and waits for the leader's snapshot).
     pub fn new(
@@ -96,7 +95,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         store: L,
         state_machine: S,
         cluster: ClusterState,
-        transport: Arc<Transport>,
+        mut outbox: O,
         options: NodeOptions,
     ) -> Result<Self, NodeFatal> {
         let applied = store.snapshot_metadata().index;
@@ -116,7 +115,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         };
         config.validate()?;
         let raw = RawNode::new(&config, store, &raft_logger())?;
-        transport.set_members(&cluster.members);
+        outbox.set_members(&cluster.members);
         let read_rules = ReadRules {
             timeout: options.request_timeout,
             lease_length: options
@@ -131,7 +130,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
             cluster,
             applied,
             options,
-            transport,
+            outbox,
             next_request_id: 1,
             last_stamp_ms: 0,
             proposals: BTreeMap::new(),
@@ -422,7 +421,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         for message in messages {
             let to = message.to;
             let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-            if !self.transport.send(message) {
+            if !self.outbox.send(message) {
                 if is_snapshot {
                     self.raw.report_snapshot(to, SnapshotStatus::Failure);
                 }

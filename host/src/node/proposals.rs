@@ -4,8 +4,8 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::Node;
 use super::mailbox::{Applied, NodeError, NodeFatal, Reply};
+use super::{Node, Outbox};
 use crate::log_format::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
 use crate::state_machine::{Rejection, StateMachine};
 use crate::storage::LogStore;
@@ -23,7 +23,7 @@ pub(super) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-impl<S: StateMachine, L: LogStore> Node<S, L> {
+impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     pub(super) fn propose(&mut self, command: Vec<u8>, reply: Reply<Applied>) {
         if command.len() > self.options.max_command_bytes {
             let _ = reply.send(Err(NodeError::Invalid(format!(

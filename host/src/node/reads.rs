@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::Node;
 use super::mailbox::{Answered, NodeError, NodeFatal, Reply};
+use super::{Node, Outbox};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 
@@ -298,7 +298,7 @@ impl<Q> Reads<Q> {
     }
 }
 
-impl<S: StateMachine, L: LogStore> Node<S, L> {
+impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Answers a query: a stale one at once, a linearizable one once its read is confirmed.
     pub(super) fn query(
         &mut self,

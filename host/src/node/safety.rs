@@ -4,12 +4,12 @@
 
 use raft::prelude::{Message, MessageType};
 
-use super::Node;
+use super::{Node, Outbox};
 use crate::peer_messages::{self, Local, Refused};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 
-impl<S: StateMachine, L: LogStore> Node<S, L> {
+impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Checks a peer's message at the door (see [`crate::peer_messages`]).
     pub(super) fn admit(&self, message: &Message, sender: Option<&str>) -> Result<(), Refused> {
         peer_messages::check(

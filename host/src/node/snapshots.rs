@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use raft::prelude::{Snapshot, SnapshotMetadata};
 
-use super::Node;
 use super::mailbox::NodeFatal;
+use super::{Node, Outbox};
 use crate::log_format::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, SavedSnapshot, StorageError};
@@ -80,7 +80,7 @@ pub fn restore_snapshot_data(
     }
 }
 
-impl<S: StateMachine, L: LogStore> Node<S, L> {
+impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Takes a snapshot when one is due: gathers the state here (the state machine lives on
     /// this thread), then encodes and writes it on a thread of its own, so that the Ready loop
     /// goes on meanwhile; [`Node::finish_snapshot`] records it once it is durable.
@@ -219,7 +219,7 @@ impl<S: StateMachine, L: LogStore> Node<S, L> {
         );
         restore_snapshot_data(&mut self.state_machine, &data)?;
         self.cluster = data.cluster;
-        self.transport.set_members(&self.cluster.members);
+        self.outbox.set_members(&self.cluster.members);
         self.raw.mut_store().install_snapshot(snapshot)?;
         self.checkpoint_saved();
         self.applied = index;
