@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::access::{self, Need};
 use crate::log_format::SnapshotData;
 
-use crate::node::{MAX_MODULE_BYTES, NodeError, NodeHandle, Request as NodeRequest};
+use crate::node::{DeployOutcome, MAX_MODULE_BYTES, NodeError, NodeHandle, Request as NodeRequest};
 use crate::plugin::PluginRuntime;
 use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES, peer_dial_options};
 
@@ -616,7 +616,7 @@ impl NodeService {
             })
             .await;
         let applied = match result {
-            Ok(applied) => applied,
+            Ok(deployed) => deployed,
             Err(NodeError::NotLeader { address, .. }) if !was_forwarded => {
                 let mut client = self.leader_client(&address)?;
                 let chunks: Vec<DeployChunk> = module
@@ -634,20 +634,28 @@ impl NodeService {
             }
             Err(error) => return Err(status_of(error)),
         };
-        let message = match applied.outcome {
-            Ok(message) => String::from_utf8_lossy(&message).into_owned(),
-            Err(rejection) => return Err(Status::failed_precondition(rejection.to_string())),
+        let (info, unchanged) = match applied.outcome {
+            DeployOutcome::Switched(info) => (info, false),
+            DeployOutcome::Unchanged(info) => (info, true),
+            DeployOutcome::Refused(reason) => {
+                return Err(Status::failed_precondition(format!(
+                    "deploy refused: {reason}"
+                )));
+            }
         };
-        let status = self
-            .node
-            .call(|reply| NodeRequest::Status { reply })
-            .await
-            .map_err(status_of)?;
+        let sha256 = hex::encode(info.sha256);
+        let message = if unchanged {
+            format!("unchanged: {sha256} is already active")
+        } else {
+            format!("deployed {sha256} {}", info.version)
+                .trim_end()
+                .to_string()
+        };
         Ok(DeployResponse {
-            unchanged: message.starts_with("unchanged"),
+            unchanged,
             message,
-            sha256: validated.sha256,
-            version: status.module.version,
+            sha256,
+            version: info.version,
             index: applied.index,
         })
     }

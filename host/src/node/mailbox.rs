@@ -81,6 +81,26 @@ pub struct Applied {
     pub outcome: Result<Vec<u8>, Rejection>,
 }
 
+/// The answer to a deploy: where its entry landed, and what it did there (the same on every
+/// replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    pub index: u64,
+    pub outcome: DeployOutcome,
+}
+
+/// What applying a deploy entry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeployOutcome {
+    /// Every replica switched to this module at the entry.
+    Switched(ModuleInfo),
+    /// The module was already active: nothing changed.
+    Unchanged(ModuleInfo),
+    /// Every replica refused it (it does not load, or cannot restore the state); the old code
+    /// goes on.
+    Refused(String),
+}
+
 /// The answer to a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answered {
@@ -129,7 +149,7 @@ pub enum Request {
     /// Replicate new code for the store (leader only).
     Deploy {
         module: Vec<u8>,
-        reply: Reply<Applied>,
+        reply: Reply<Deployed>,
     },
     /// The store's current snapshot, and the code that wrote it (for a deploy's dry run).
     Snapshot {

@@ -30,15 +30,15 @@ mod safety;
 mod snapshots;
 
 pub use mailbox::{
-    Answered, Applied, Joined, NodeError, NodeExit, NodeFatal, NodeHandle, NodeStatus, Outbox,
-    Request, channel,
+    Answered, Applied, DeployOutcome, Deployed, Joined, NodeError, NodeExit, NodeFatal, NodeHandle,
+    NodeStatus, Outbox, Request, channel,
 };
 pub use options::{MAX_MODULE_BYTES, NodeOptions};
 pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
 
 use mailbox::Reply;
 use membership::PendingConf;
-use proposals::PendingProposal;
+use proposals::{Outcome, PendingProposal, Waiter};
 use reads::{PendingQuery, ReadRules, Reads};
 use snapshots::SnapshotSave;
 
@@ -238,8 +238,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     tracing::debug!("dropped a raft message: {e}");
                 }
             }
-            Request::Propose { command, reply } => self.propose(command, reply),
-            Request::Deploy { module, reply } => self.deploy(module, reply),
+            Request::Propose { command, reply } => self.propose(command, Waiter::Command(reply)),
+            Request::Deploy { module, reply } => self.deploy(module, Waiter::Deploy(reply)),
             Request::Snapshot { reply } => {
                 let snapshot = self.state_machine.snapshot()?;
                 let _ = reply.send(Ok((snapshot, self.state_machine.module_info())));
@@ -339,11 +339,11 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             .collect();
         for index in expired {
             if let Some(p) = self.proposals.remove(&index) {
-                let _ = p.reply.send(Err(NodeError::Timeout(format!(
+                p.reply.fail(NodeError::Timeout(format!(
                     "the proposal was not committed within {:?} (is this node cut off from \
                      the leader?); it may still be applied later",
                     self.options.request_timeout
-                ))));
+                )));
             }
         }
         for query in self.reads.expired(now) {
@@ -370,7 +370,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
 
     fn fail_all(&mut self, error: NodeError) {
         for (_, p) in std::mem::take(&mut self.proposals) {
-            let _ = p.reply.send(Err(error.clone()));
+            p.reply.fail(error.clone());
         }
         for query in self.reads.take_all() {
             let _ = query.reply.send(Err(error.clone()));
@@ -469,7 +469,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                                 timestamp_ms,
                             };
                             let outcome = self.state_machine.apply(ctx, &command)?;
-                            let mine = (proposer == self.id).then_some((request_id, outcome));
+                            let mine = (proposer == self.id)
+                                .then_some((request_id, Outcome::Command(outcome)));
                             self.resolve_proposal(index, mine);
                         }
                         EntryPayload::Deploy {
@@ -481,7 +482,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                             let timestamp_ms = timestamp_ms.max(self.cluster.last_timestamp_ms);
                             self.cluster.last_timestamp_ms = timestamp_ms;
                             let outcome = self.upgrade(index, timestamp_ms, &module)?;
-                            let mine = (proposer == self.id).then_some((request_id, outcome));
+                            let mine = (proposer == self.id)
+                                .then_some((request_id, Outcome::Deploy(outcome)));
                             self.resolve_proposal(index, mine);
                         }
                     }

@@ -4,7 +4,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::mailbox::{Applied, NodeError, NodeFatal, Reply};
+use super::mailbox::{Applied, DeployOutcome, Deployed, NodeError, NodeFatal, Reply};
 use super::{Node, Outbox};
 use crate::log_format::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
 use crate::state_machine::{Rejection, StateMachine};
@@ -13,7 +13,32 @@ use crate::storage::LogStore;
 pub(super) struct PendingProposal {
     pub(super) request_id: u64,
     pub(super) deadline: Instant,
-    pub(super) reply: Reply<Applied>,
+    pub(super) reply: Waiter,
+}
+
+/// Who waits for a proposal's answer, by kind of proposal.
+pub(super) enum Waiter {
+    Command(Reply<Applied>),
+    Deploy(Reply<Deployed>),
+}
+
+impl Waiter {
+    pub(super) fn fail(self, error: NodeError) {
+        match self {
+            Waiter::Command(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Waiter::Deploy(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// What applying a proposal's entry gave, by kind of entry.
+pub(super) enum Outcome {
+    Command(Result<Vec<u8>, Rejection>),
+    Deploy(DeployOutcome),
 }
 
 pub(super) fn now_ms() -> u64 {
@@ -24,13 +49,13 @@ pub(super) fn now_ms() -> u64 {
 }
 
 impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
-    pub(super) fn propose(&mut self, command: Vec<u8>, reply: Reply<Applied>) {
+    pub(super) fn propose(&mut self, command: Vec<u8>, reply: Waiter) {
         if command.len() > self.options.max_command_bytes {
-            let _ = reply.send(Err(NodeError::Invalid(format!(
+            reply.fail(NodeError::Invalid(format!(
                 "the command is {} bytes; the limit is {} bytes",
                 command.len(),
                 self.options.max_command_bytes
-            ))));
+            )));
             return;
         }
         self.propose_payload(reply, |proposer, request_id, timestamp_ms| {
@@ -43,13 +68,13 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         });
     }
 
-    pub(super) fn deploy(&mut self, module: Vec<u8>, reply: Reply<Applied>) {
+    pub(super) fn deploy(&mut self, module: Vec<u8>, reply: Waiter) {
         if module.len() > self.options.max_module_bytes {
-            let _ = reply.send(Err(NodeError::Invalid(format!(
+            reply.fail(NodeError::Invalid(format!(
                 "the module is {} bytes; the limit is {} bytes",
                 module.len(),
                 self.options.max_module_bytes
-            ))));
+            )));
             return;
         }
         self.propose_payload(reply, |proposer, request_id, timestamp_ms| {
@@ -66,15 +91,15 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// log, and remembers who waits for its answer.
     pub(super) fn propose_payload(
         &mut self,
-        reply: Reply<Applied>,
+        reply: Waiter,
         payload: impl FnOnce(u64, u64, u64) -> EntryPayload,
     ) {
         if !self.is_leader() {
-            let _ = reply.send(Err(self.not_leader()));
+            reply.fail(self.not_leader());
             return;
         }
         if let Some(why) = &self.disk_full {
-            let _ = reply.send(Err(NodeError::DiskFull(why.clone())));
+            reply.fail(NodeError::DiskFull(why.clone()));
             return;
         }
         let request_id = self.next_request_id;
@@ -82,9 +107,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.last_stamp_ms = now_ms().max(self.last_stamp_ms);
         let payload = payload(self.id, request_id, self.last_stamp_ms);
         if let Err(e) = self.raw.propose(vec![], encode(&payload)) {
-            let _ = reply.send(Err(NodeError::Busy(format!(
+            reply.fail(NodeError::Busy(format!(
                 "the leader cannot take proposals right now ({e}); retry shortly"
-            ))));
+            )));
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
@@ -100,23 +125,28 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
 
     /// Answers the client waiting for the entry at `index`, if any: with the outcome when the
     /// entry is its proposal, with "aborted" when another leader's entry took the slot.
-    pub(super) fn resolve_proposal(
-        &mut self,
-        index: u64,
-        mine: Option<(u64, Result<Vec<u8>, Rejection>)>,
-    ) {
+    pub(super) fn resolve_proposal(&mut self, index: u64, mine: Option<(u64, Outcome)>) {
         let Some(pending) = self.proposals.remove(&index) else {
             return;
         };
-        let answer = match mine {
-            Some((request_id, outcome)) if request_id == pending.request_id => {
-                Ok(Applied { index, outcome })
-            }
-            _ => Err(NodeError::Aborted(
+        let lost = || {
+            NodeError::Aborted(
                 "the proposal was lost to a leader change and will not be applied; retry".into(),
-            )),
+            )
         };
-        let _ = pending.reply.send(answer);
+        match (pending.reply, mine) {
+            (Waiter::Command(reply), Some((id, Outcome::Command(outcome))))
+                if id == pending.request_id =>
+            {
+                let _ = reply.send(Ok(Applied { index, outcome }));
+            }
+            (Waiter::Deploy(reply), Some((id, Outcome::Deploy(outcome))))
+                if id == pending.request_id =>
+            {
+                let _ = reply.send(Ok(Deployed { index, outcome }));
+            }
+            (waiter, _) => waiter.fail(lost()),
+        }
     }
 
     /// Applies a deploy entry: the same switch, or the same refusal, on every replica.
@@ -125,21 +155,19 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         index: u64,
         timestamp_ms: u64,
         module: &[u8],
-    ) -> Result<Result<Vec<u8>, Rejection>, NodeFatal> {
+    ) -> Result<DeployOutcome, NodeFatal> {
         let before = self.state_machine.module_info();
         let info = match self.state_machine.upgrade(module)? {
             Ok(info) => info,
             Err(reason) => {
                 tracing::warn!(index, "deploy refused: {reason}");
-                return Ok(Err(Rejection::Store(format!("deploy refused: {reason}"))));
+                return Ok(DeployOutcome::Refused(reason.to_string()));
             }
         };
-        let sha256 = hex::encode(info.sha256);
         if info.sha256 == before.sha256 {
-            return Ok(Ok(
-                format!("unchanged: {sha256} is already active").into_bytes()
-            ));
+            return Ok(DeployOutcome::Unchanged(info));
         }
+        let sha256 = hex::encode(info.sha256);
         tracing::info!(index, %sha256, version = %info.version, "store code upgraded");
         if self.cluster.upgrades.len() >= MAX_UPGRADES_KEPT {
             self.cluster.upgrades.remove(0);
@@ -150,9 +178,6 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             timestamp_ms,
             version: info.version.clone(),
         });
-        Ok(Ok(format!("deployed {sha256} {}", info.version)
-            .trim_end()
-            .to_string()
-            .into_bytes()))
+        Ok(DeployOutcome::Switched(info))
     }
 }
