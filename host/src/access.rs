@@ -9,7 +9,7 @@
 //!   forwarding node to have checked the client's role.
 //!
 //! Without TLS there is nothing to tell callers apart, so every caller may do everything; the
-//! node then listens on loopback only unless told `--insecure` (see `server.rs`).
+//! node then listens on loopback only unless told `--insecure` (see `startup.rs`).
 
 use std::sync::{Arc, LazyLock};
 

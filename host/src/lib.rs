@@ -5,24 +5,27 @@
 //! - [`wasm_state_machine`]: the plugin-backed implementation, rebuilt after traps.
 //! - [`node`]: the consensus loop that owns raft, the log store and the state machine;
 //!   [`peer_messages`]: what a peer's raft message must be before raft sees it.
-//! - [`storage`]: the raft log store; [`log_format`]: what the node puts in entries and snapshots.
-//! - [`transport`] (peers) and [`service`] (gRPC servers); [`server`] wires a node together.
-//! - [`listener`] accepts connections (mutual TLS, caps); [`access`] says who may call what.
+//! - [`storage`]: the raft log store; [`replicated`]: the formats of what the node puts in log
+//!   entries and snapshots (frozen: every replica must read them alike).
+//! - [`transport`] (to peers) and [`grpc_services`] (the gRPC servers); [`startup`] wires a
+//!   node together and runs it.
+//! - [`listener`] accepts connections (mutual TLS, caps); [`access`] says who may call what;
+//!   [`log_limit`] keeps what others can make us log to a line a second.
 
 #![deny(unsafe_code)]
 
 pub mod access;
 pub mod config;
 pub mod data_dir;
+pub mod grpc_services;
 pub mod listener;
-pub mod log_format;
 pub mod log_limit;
 pub mod node;
 pub mod peer_messages;
 pub mod plugin;
-mod raft_log;
-pub mod server;
-pub mod service;
+mod raft_logger;
+pub mod replicated;
+pub mod startup;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         .init();
     raise_open_file_limit();
     let config = NodeConfig::parse();
-    match riteraft_host::server::run(config, release_memory) {
+    match riteraft_host::startup::run(config, release_memory) {
         Ok(NodeExit::Shutdown | NodeExit::Removed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("riteraft-host: error: {e}");

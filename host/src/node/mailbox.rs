@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use raft::prelude::Message;
 use tokio::sync::oneshot;
 
-use crate::log_format::{DecodeError, UpgradeRecord};
+use crate::replicated::{DecodeError, UpgradeRecord};
 use crate::state_machine::{ModuleInfo, Rejection, StateMachineError};
 use crate::storage::StorageError;
 

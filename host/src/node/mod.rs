@@ -16,8 +16,8 @@ use protobuf::Message as _;
 use raft::prelude::{ConfChange, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
-use crate::log_format::{ClusterState, EntryPayload};
 use crate::log_limit::LogLimiter;
+use crate::replicated::{ClusterState, EntryPayload};
 use crate::state_machine::{ApplyContext, StateMachine};
 use crate::storage::LogStore;
 
@@ -84,7 +84,7 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
 
 /// raft-rs logs through slog; send it to our tracing log.
 fn raft_logger() -> slog::Logger {
-    slog::Logger::root(crate::raft_log::TracingDrain, slog::o!())
+    slog::Logger::root(crate::raft_logger::TracingDrain, slog::o!())
 }
 
 impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
@@ -440,7 +440,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 }
                 EntryType::EntryNormal => {
                     let payload: EntryPayload =
-                        match crate::log_format::decode("log entry", &entry.data) {
+                        match crate::replicated::decode("log entry", &entry.data) {
                             Ok(payload) => payload,
                             Err(e) => {
                                 // Every replica holds the same bytes, so every replica skips

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::mailbox::{Applied, DeployOutcome, Deployed, NodeError, NodeFatal, Reply};
 use super::{Node, Outbox};
-use crate::log_format::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
+use crate::replicated::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
 use crate::state_machine::{Rejection, StateMachine};
 use crate::storage::LogStore;
 

@@ -9,7 +9,7 @@ use raft::prelude::{Snapshot, SnapshotMetadata};
 
 use super::mailbox::NodeFatal;
 use super::{Node, Outbox};
-use crate::log_format::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
+use crate::replicated::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, SavedSnapshot, StorageError};
 

@@ -12,11 +12,11 @@ use riteraft_client::{ClientError, dial};
 
 use crate::config::NodeConfig;
 use crate::data_dir::{DataDir, DataDirError, write_identity};
+use crate::grpc_services::NodeService;
 use crate::listener::{ServerTls, incoming, watch_certificates};
-use crate::log_format::{ClusterState, SnapshotData};
 use crate::node::{self, Node, NodeExit, NodeFatal, NodeOptions};
 use crate::plugin::{LoadError, PluginRuntime, RuntimeError};
-use crate::service::NodeService;
+use crate::replicated::{ClusterState, SnapshotData};
 use crate::state_machine::{NativeStateMachine, StateMachine, StateMachineError};
 use crate::storage::{DiskLogStore, LogStore, StorageError};
 use crate::transport::{MAX_MESSAGE_BYTES, Transport, peer_dial_options};
