@@ -1,0 +1,172 @@
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_compaction_catches_up_by_snapshot() {
+    const ENTRIES: usize = 10_000;
+    within(Duration::from_secs(240), async {
+        let cluster = Cluster::start(3, options().snapshot_entries(1000)).await;
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+
+        let commands: Vec<String> = (0..ENTRIES).map(|i| format!("put k{i:05} v{i}")).collect();
+        let started = Instant::now();
+        let answers = cluster
+            .propose_many(leader, commands, 32)
+            .await
+            .unwrap_or_else(|e| panic!("writing {ENTRIES} entries: {e}"));
+        eprintln!("{ENTRIES} proposals took {:?}", started.elapsed());
+        for (i, answer) in answers.iter().enumerate() {
+            let answer = answer
+                .as_ref()
+                .unwrap_or_else(|e| panic!("put k{i:05}: {e}"));
+            assert!(
+                answer.starts_with(&format!("ok: k{i:05} = v{i}")),
+                "{answer}"
+            );
+        }
+
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        let status = cluster.status(leader).await.unwrap();
+        assert!(status.commit_index >= ENTRIES as u64, "{status:?}");
+        // Compaction is driven by --snapshot-entries 1000, so by now the leader's last snapshot
+        // covers thousands of entries (a snapshot taken for a join would sit near the start).
+        let compacted = cluster
+            .wait_for(
+                "the leader to compact its log",
+                CONVERGE_LIMIT,
+                async || {
+                    let status = cluster.status(leader).await.ok()?;
+                    (status.snapshot_index >= 1000).then_some(status.snapshot_index)
+                },
+            )
+            .await;
+        let commit = cluster.status(leader).await.unwrap().commit_index;
+
+        let mut cluster = cluster;
+        let joined_at = Instant::now();
+        let newcomer = cluster.add_node().await;
+        let what = format!("node {newcomer} to apply index {commit}");
+        cluster
+            .wait_for(&what, Duration::from_secs(60), async || {
+                let status = cluster.status(newcomer).await.ok()?;
+                (status.applied_index >= commit).then_some(())
+            })
+            .await;
+        eprintln!("node {newcomer} caught up in {:?}", joined_at.elapsed());
+        let status = cluster.status(newcomer).await.unwrap();
+        // The entries before `compacted` are gone from the leader's log: only a snapshot has them.
+        assert!(
+            status.snapshot_index >= compacted,
+            "node {newcomer} should hold the snapshot at {compacted} or later: {status:?}"
+        );
+        for i in [0, 1, 999, 5000, ENTRIES - 1] {
+            let (key, value) = (format!("k{i:05}"), format!("v{i}"));
+            assert_get(&cluster, newcomer, &key, &value, true).await;
+        }
+        let last = format!("k{:05}", ENTRIES - 1);
+        assert_get(
+            &cluster,
+            newcomer,
+            &last,
+            &format!("v{}", ENTRIES - 1),
+            false,
+        )
+        .await;
+        assert_eq!(status.members.len(), 4, "{:?}", status.members);
+    })
+    .await
+}
+
+/// A store snapshot of more than 64 MiB reaches a new node: it travels as a stream of chunks,
+/// each within the gRPC message limit (16 MiB), never as one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_over_64_mib_reaches_a_new_node() {
+    const VALUES: usize = 1100;
+    const VALUE_BYTES: usize = 64 << 10;
+    within(Duration::from_secs(240), async {
+        // Big entries on a busy machine: give each write more time than the other tests do.
+        let options = options().snapshot_entries(1000).proposal_timeout_ms(10_000);
+        let cluster = Cluster::start(1, options).await;
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        // Values differ (so no layer can shrink the state by deduplication) and are text.
+        let value = |i: usize| format!("{i:08}{}", "abcdefghijklmnop".repeat(VALUE_BYTES / 16));
+        let commands: Vec<String> = (0..VALUES)
+            .map(|i| format!("put big{i} {}", value(i)))
+            .collect();
+        let started = Instant::now();
+        let answers = cluster
+            .propose_many(leader, commands, 8)
+            .await
+            .unwrap_or_else(|e| panic!("writing {VALUES} values: {e}"));
+        assert!(answers.iter().all(|a| a.is_ok()));
+        eprintln!(
+            "wrote {} MiB in {:?}",
+            (VALUES * VALUE_BYTES) >> 20,
+            started.elapsed()
+        );
+
+        let mut cluster = cluster;
+        let commit = cluster.status(leader).await.unwrap().commit_index;
+        let joined_at = Instant::now();
+        let newcomer = cluster.add_node().await;
+        cluster
+            .wait_for(
+                "the newcomer to catch up",
+                Duration::from_secs(120),
+                async || {
+                    let status = cluster.status(newcomer).await.ok()?;
+                    (status.applied_index >= commit).then_some(())
+                },
+            )
+            .await;
+        eprintln!("node {newcomer} caught up in {:?}", joined_at.elapsed());
+        let status = cluster.status(newcomer).await.unwrap();
+        assert!(status.snapshot_index >= 1000, "{status:?}");
+        for i in [0, 555, VALUES - 1] {
+            let answer = cluster
+                .query(newcomer, &format!("get big{i}"), true)
+                .await
+                .unwrap();
+            assert_eq!(answer, Ok(value(i)), "big{i} on node {newcomer}");
+        }
+    })
+    .await
+}
+
+/// A plugin that traps after the node's snapshot is on disk is rebuilt from the snapshot file
+/// (the node keeps no copy of the state in memory) plus the entries applied since: the trapping
+/// command has no effect, on every replica alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_after_a_snapshot_is_recovered_from_the_snapshot_file() {
+    within(TEST_LIMIT, async {
+        let options = options()
+            .plugin(riteraft_test_support::plugin("misbehaving"))
+            .snapshot_entries(20);
+        let cluster = Cluster::start(3, options).await;
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        for _ in 0..50 {
+            let answer = cluster.propose(leader, "add 1").await.unwrap();
+            assert!(answer.is_ok(), "{answer:?}");
+        }
+        cluster.wait_caught_up(CONVERGE_LIMIT).await;
+        for id in cluster.ids() {
+            let status = cluster.status(id).await.unwrap();
+            assert!(status.snapshot_index > 0, "node {id} took no snapshot");
+        }
+        let trapped = cluster.propose(leader, "panic").await.unwrap();
+        assert!(
+            matches!(&trapped, Err(reason) if reason.contains("trapped")),
+            "{trapped:?}"
+        );
+        let answer = cluster.propose(leader, "add 1").await.unwrap();
+        assert!(answer.is_ok(), "{answer:?}");
+        cluster.wait_caught_up(CONVERGE_LIMIT).await;
+        for id in cluster.ids() {
+            assert_eq!(
+                cluster.query(id, "total", true).await.unwrap(),
+                Ok("51".to_string()),
+                "node {id}"
+            );
+        }
+    })
+    .await
+}
