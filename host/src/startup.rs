@@ -230,7 +230,15 @@ fn run_with<S: StateMachine + 'static>(
         read_lease: config.read_lease,
         ..NodeOptions::default()
     };
-    let mut node = Node::new(id, store, state_machine, cluster, transport, options)?;
+    let mut node = Node::new(
+        id,
+        store,
+        state_machine,
+        cluster,
+        transport,
+        options,
+        Instant::now(),
+    )?;
     if config.join.is_none() {
         node.campaign()?;
     }

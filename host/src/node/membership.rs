@@ -1,8 +1,6 @@
 //! Membership: joins, leaves and leadership transfers, one conf change at a time, and what
 //! applying a conf change does to the cluster's state and the transport.
 
-use std::time::Instant;
-
 use raft::prelude::{ConfChange, ConfChangeType};
 
 use super::mailbox::{Joined, NodeError, NodeFatal, Reply};
@@ -112,7 +110,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
-        let deadline = Instant::now() + self.options.request_timeout;
+        let deadline = self.now + self.options.request_timeout;
         self.conf_change = Some((index, deadline, pending));
     }
 
@@ -133,7 +131,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         }
         self.drop_lease();
         self.raw.transfer_leader(to);
-        let deadline = Instant::now() + self.options.request_timeout;
+        let deadline = self.now + self.options.request_timeout;
         if let Some((_, _, previous)) = self.transfer.replace((to, deadline, reply)) {
             let _ = previous.send(Err(NodeError::Aborted(
                 "superseded by another leadership transfer".into(),

@@ -80,6 +80,21 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     snapshot_retry_at: Option<Instant>,
     /// Peers' messages refused at the door, logged at most once a second.
     refusals: LogLimiter,
+    /// The time of the current round, and the wall clock then (ms since the Unix epoch, for
+    /// the timestamps of entries): time is an input (see [`Node::round`]), so the node's rules
+    /// run the same on a simulated clock.
+    now: Instant,
+    now_ms: u64,
+    /// When raft ticks next.
+    next_tick: Instant,
+}
+
+/// The wall clock, in milliseconds since the Unix epoch.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// raft-rs logs through slog; send it to our tracing log.
@@ -97,6 +112,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         cluster: ClusterState,
         mut outbox: O,
         options: NodeOptions,
+        now: Instant,
     ) -> Result<Self, NodeFatal> {
         let applied = store.snapshot_metadata().index;
         let config = raft::Config {
@@ -116,6 +132,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         config.validate()?;
         let raw = RawNode::new(&config, store, &raft_logger())?;
         outbox.set_members(&cluster.members);
+        let tick = options.tick;
         let read_rules = ReadRules {
             timeout: options.request_timeout,
             lease_length: options
@@ -136,13 +153,16 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             proposals: BTreeMap::new(),
             conf_change: None,
             transfer: None,
-            reads: Reads::new(read_rules, Instant::now()),
-            started: Instant::now(),
+            reads: Reads::new(read_rules, now),
+            started: now,
             removed: false,
             disk_full: None,
             saving: None,
             snapshot_retry_at: None,
             refusals: LogLimiter::new(),
+            now,
+            now_ms: 0,
+            next_tick: now + tick,
         };
         // The state machine was just restored from the store's snapshot (if any).
         node.checkpoint_saved();
@@ -155,49 +175,75 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         Ok(())
     }
 
-    /// Runs the loop until shutdown, removal or a fatal error.
-    ///
-    /// Each round: wait for requests until the next tick is due, handle every queued request
-    /// (a burst shares one round), tick if due, process the Ready (see `on_ready`), record a
-    /// snapshot whose file is now durable (`finish_snapshot`), and start one if due
-    /// (`maybe_snapshot`: checked every round, not only after a Ready, so that a snapshot put
-    /// off by a failed write is retried on an idle node too).
+    /// Runs the loop on this thread until shutdown, removal or a fatal error: waits for
+    /// requests until the next tick is due, then runs a [`Node::round`] with every request that
+    /// queued up meanwhile (a burst shares one round, and so one fsync), on the real clock.
     pub fn run(mut self, requests: Receiver<Request>) -> Result<NodeExit, NodeFatal> {
-        let mut next_tick = Instant::now() + self.options.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            let mut batch = Vec::new();
             match requests.recv_timeout(wait) {
                 Ok(request) => {
-                    self.handle(request)?;
-                    for request in requests.try_iter().take(MAX_REQUESTS_PER_ROUND) {
-                        self.handle(request)?;
-                    }
+                    batch.push(request);
+                    batch.extend(requests.try_iter().take(MAX_REQUESTS_PER_ROUND));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.finish_snapshot(true)?;
-                    return Ok(NodeExit::Shutdown);
-                }
+                Err(RecvTimeoutError::Disconnected) => return self.shut_down(),
             }
-            self.ask_read_index();
-            let now = Instant::now();
-            if now >= next_tick {
-                self.raw.tick();
-                next_tick = (next_tick + self.options.tick).max(now);
-                self.expire(now);
-                self.check_disk();
-            }
-            self.on_ready()?;
-            self.finish_snapshot(false)?;
-            self.maybe_snapshot()?;
-            if self.removed {
-                self.finish_snapshot(true)?;
-                self.fail_all(NodeError::Aborted(
-                    "this node was removed from the cluster".into(),
-                ));
-                return Ok(NodeExit::Removed);
+            if let Some(exit) = self.round(Instant::now(), wall_clock_ms(), batch)? {
+                return Ok(exit);
             }
         }
+    }
+
+    /// One round of the loop at time `now` (`now_ms` on the wall clock, for the timestamps of
+    /// entries): handle `requests`, tick if due (and expire what timed out), process the Ready
+    /// (see `on_ready`), record a snapshot whose file is now durable, and start one if due
+    /// (checked every round, not only after a Ready, so that a snapshot put off by a failed
+    /// write is retried on an idle node too). `Some` when the node is done (removed).
+    ///
+    /// A driver other than [`Node::run`] (a simulator) calls this with its own clock, and
+    /// should call again no later than [`Node::next_tick`].
+    pub fn round(
+        &mut self,
+        now: Instant,
+        now_ms: u64,
+        requests: impl IntoIterator<Item = Request>,
+    ) -> Result<Option<NodeExit>, NodeFatal> {
+        self.now = now.max(self.now);
+        self.now_ms = now_ms;
+        for request in requests {
+            self.handle(request)?;
+        }
+        self.ask_read_index();
+        if self.now >= self.next_tick {
+            self.raw.tick();
+            self.next_tick = (self.next_tick + self.options.tick).max(self.now);
+            self.expire(self.now);
+            self.check_disk();
+        }
+        self.on_ready()?;
+        self.finish_snapshot(false)?;
+        self.maybe_snapshot()?;
+        if self.removed {
+            self.finish_snapshot(true)?;
+            self.fail_all(NodeError::Aborted(
+                "this node was removed from the cluster".into(),
+            ));
+            return Ok(Some(NodeExit::Removed));
+        }
+        Ok(None)
+    }
+
+    /// When the next round is due at the latest (raft's next tick).
+    pub fn next_tick(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// Stops the node: waits for a snapshot being written, so none is left half-written.
+    pub fn shut_down(mut self) -> Result<NodeExit, NodeFatal> {
+        self.finish_snapshot(true)?;
+        Ok(NodeExit::Shutdown)
     }
 
     fn is_leader(&self) -> bool {

@@ -2,7 +2,7 @@
 //! it remembered by log index, and answered (or told it lost to a leader change) when it
 //! applies.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::mailbox::{Applied, DeployOutcome, Deployed, NodeError, NodeFatal, Reply};
 use super::{Node, Outbox};
@@ -39,13 +39,6 @@ impl Waiter {
 pub(super) enum Outcome {
     Command(Result<Vec<u8>, Rejection>),
     Deploy(DeployOutcome),
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
@@ -104,7 +97,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         }
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        self.last_stamp_ms = now_ms().max(self.last_stamp_ms);
+        self.last_stamp_ms = self.now_ms.max(self.last_stamp_ms);
         let payload = payload(self.id, request_id, self.last_stamp_ms);
         if let Err(e) = self.raw.propose(vec![], encode(&payload)) {
             reply.fail(NodeError::Busy(format!(
@@ -117,7 +110,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             index,
             PendingProposal {
                 request_id,
-                deadline: Instant::now() + self.options.request_timeout,
+                deadline: self.now + self.options.request_timeout,
                 reply,
             },
         );

@@ -311,10 +311,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             return self.answer(query);
         }
         let view = self.raft_view();
-        match self
-            .reads
-            .submit(query, &view, self.applied, Instant::now())
-        {
+        match self.reads.submit(query, &view, self.applied, self.now) {
             Submitted::AnswerNow(query) => self.answer(query)?,
             Submitted::NoLeader(query) => {
                 let _ = query.reply.send(Err(NodeError::NoLeader));
@@ -340,7 +337,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
 
     /// Asks raft for the read indexes the read rules want now.
     pub(super) fn ask_read_index(&mut self) {
-        for id in self.reads.read_indexes_due(Instant::now()) {
+        for id in self.reads.read_indexes_due(self.now) {
             self.raw.read_index(id.to_le_bytes().to_vec());
         }
     }
@@ -356,7 +353,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     }
 
     pub(super) fn drop_lease(&mut self) {
-        self.reads.drop_lease(Instant::now());
+        self.reads.drop_lease(self.now);
     }
 
     pub(super) fn serve_reads(&mut self) -> Result<(), NodeFatal> {

@@ -36,7 +36,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             message.get_msg_type(),
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
         ) && message.context != raft::CAMPAIGN_TRANSFER
-            && self.started.elapsed() < self.options.tick * self.options.election_ticks as u32
+            && self.now.saturating_duration_since(self.started)
+                < self.options.tick * self.options.election_ticks as u32
     }
 
     /// Copes with a follower that lost log entries it had already synced (its disk lost the

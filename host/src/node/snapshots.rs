@@ -85,7 +85,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// this thread), then encodes and writes it on a thread of its own, so that the Ready loop
     /// goes on meanwhile; [`Node::finish_snapshot`] records it once it is durable.
     pub(super) fn maybe_snapshot(&mut self) -> Result<(), NodeFatal> {
-        let retry_later = self.snapshot_retry_at.is_some_and(|at| Instant::now() < at);
+        let retry_later = self.snapshot_retry_at.is_some_and(|at| self.now < at);
         if self.saving.is_some() || retry_later {
             return Ok(());
         }
@@ -171,7 +171,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     retry_in_s = SNAPSHOT_RETRY.as_secs(),
                     "cannot write a snapshot: {e}; the log is kept whole until one is written"
                 );
-                self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+                self.snapshot_retry_at = Some(self.now + SNAPSHOT_RETRY);
                 return Ok(());
             }
             Err(_) => {

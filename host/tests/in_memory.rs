@@ -1,0 +1,247 @@
+//! Three production `Node`s in one thread: the memory log store, the kv store compiled in (a
+//! native state machine), a network that is a queue of messages, and a virtual clock passed to
+//! `Node::round`. No process, no socket, no sleep: the core runs in memory, in milliseconds.
+//! This is the base the deterministic simulator (issue 11) builds on.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use raft::prelude::{Message, Snapshot};
+use riteraft_host::node::{Node, NodeOptions, Outbox, Request};
+use riteraft_host::replicated::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
+use riteraft_host::state_machine::{NativeStateMachine, StateMachine};
+use riteraft_host::storage::{LogStore, MemLogStore};
+use riteraft_plugin_sdk::Typed;
+use tokio::sync::oneshot;
+
+type Kv = NativeStateMachine<Typed<kv::KvStore>>;
+type MemNode = Node<Kv, MemLogStore, Wire>;
+
+/// Virtual time per step of the simulation.
+const STEP: Duration = Duration::from_millis(10);
+/// Steps before a test gives up (60 s of virtual time).
+const MAX_STEPS: usize = 6_000;
+
+/// A node's outgoing messages, collected for the network to deliver at the next step.
+struct Wire {
+    sent: Rc<RefCell<Vec<Message>>>,
+}
+
+impl Outbox for Wire {
+    fn send(&mut self, message: Message) -> bool {
+        self.sent.borrow_mut().push(message);
+        true
+    }
+    fn set_members(&mut self, _members: &BTreeMap<u64, String>) {}
+    fn notify_removed(&mut self, _id: u64, _address: String, _index: u64) {}
+}
+
+struct Sim {
+    nodes: BTreeMap<u64, MemNode>,
+    sent: BTreeMap<u64, Rc<RefCell<Vec<Message>>>>,
+    /// Requests waiting for each node's next round (raft messages and client calls).
+    inbox: BTreeMap<u64, VecDeque<Request>>,
+    /// Nodes cut off: nothing they send or are sent is delivered.
+    cut: Vec<u64>,
+    now: Instant,
+    now_ms: u64,
+}
+
+impl Sim {
+    /// Three voters, each starting from the same snapshot at index 1 (as if bootstrapped).
+    fn three_nodes() -> Sim {
+        let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("mem-{id}"))).collect();
+        let now = Instant::now();
+        let mut sim = Sim {
+            nodes: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            inbox: BTreeMap::new(),
+            cut: Vec::new(),
+            now,
+            now_ms: 1_700_000_000_000,
+        };
+        for id in 1..=3 {
+            let mut state_machine = Kv::new();
+            let cluster = ClusterState {
+                members: members.clone(),
+                next_node_id: 4,
+                ..ClusterState::default()
+            };
+            let data = SnapshotData {
+                format: SNAPSHOT_FORMAT,
+                cluster: cluster.clone(),
+                plugin_sha256: state_machine.module_info().sha256,
+                module: Vec::new(),
+                store: state_machine.snapshot().unwrap(),
+            };
+            let mut snapshot = Snapshot {
+                data: encode(&data).into(),
+                ..Default::default()
+            };
+            snapshot.mut_metadata().index = 1;
+            snapshot.mut_metadata().term = 1;
+            snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+            let mut store = MemLogStore::new();
+            store.install_snapshot(snapshot).unwrap();
+            let sent = Rc::new(RefCell::new(Vec::new()));
+            let wire = Wire { sent: sent.clone() };
+            let node = Node::new(
+                id,
+                store,
+                state_machine,
+                cluster,
+                wire,
+                NodeOptions::default(),
+                now,
+            )
+            .unwrap();
+            sim.nodes.insert(id, node);
+            sim.sent.insert(id, sent);
+            sim.inbox.insert(id, VecDeque::new());
+        }
+        sim
+    }
+
+    /// One step: every node runs a round with what reached it, then the network delivers what
+    /// they sent (to the next step), and the clock moves on.
+    fn step(&mut self) {
+        for (id, node) in self.nodes.iter_mut() {
+            let requests: Vec<Request> = self.inbox.get_mut(id).unwrap().drain(..).collect();
+            assert!(
+                node.round(self.now, self.now_ms, requests)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        for (from, sent) in &self.sent {
+            for message in sent.borrow_mut().drain(..) {
+                if self.cut.contains(from) || self.cut.contains(&message.to) {
+                    continue;
+                }
+                if let Some(inbox) = self.inbox.get_mut(&message.to) {
+                    inbox.push_back(Request::Raft(Box::new(message), None));
+                }
+            }
+        }
+        self.now += STEP;
+        self.now_ms += STEP.as_millis() as u64;
+    }
+
+    /// Steps until `answer` has a value; panics after [`MAX_STEPS`].
+    fn wait<T>(&mut self, what: &str, mut answer: impl FnMut(&mut Sim) -> Option<T>) -> T {
+        for _ in 0..MAX_STEPS {
+            if let Some(value) = answer(self) {
+                return value;
+            }
+            self.step();
+        }
+        panic!("{what}: nothing after {MAX_STEPS} steps");
+    }
+
+    /// Asks node `id` for its status and steps until it answers.
+    fn status(&mut self, id: u64) -> riteraft_host::node::NodeStatus {
+        let (reply, mut answer) = oneshot::channel();
+        self.inbox
+            .get_mut(&id)
+            .unwrap()
+            .push_back(Request::Status { reply });
+        self.wait("a status", |_| answer.try_recv().ok())
+            .expect("status never fails")
+    }
+
+    fn leader(&mut self) -> Option<u64> {
+        let ids: Vec<u64> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| !self.cut.contains(id))
+            .collect();
+        ids.into_iter().find(|id| self.status(*id).role == "leader")
+    }
+
+    fn propose(&mut self, id: u64, command: &str) -> Result<String, String> {
+        let (reply, mut answer) = oneshot::channel();
+        let request = Request::Propose {
+            command: command.as_bytes().to_vec(),
+            reply,
+        };
+        self.inbox.get_mut(&id).unwrap().push_back(request);
+        let applied = self.wait("a proposal's answer", |_| answer.try_recv().ok());
+        let applied = applied.map_err(|e| e.to_string())?;
+        applied
+            .outcome
+            .map(|bytes| String::from_utf8(bytes).unwrap())
+            .map_err(|rejection| rejection.to_string())
+    }
+
+    fn query(&mut self, id: u64, query: &str, stale: bool) -> Result<String, String> {
+        let (reply, mut answer) = oneshot::channel();
+        let request = Request::Query {
+            request: query.as_bytes().to_vec(),
+            stale,
+            reply,
+        };
+        self.inbox.get_mut(&id).unwrap().push_back(request);
+        let answered = self.wait("a query's answer", |_| answer.try_recv().ok());
+        let answered = answered.map_err(|e| e.to_string())?;
+        answered
+            .outcome
+            .map(|bytes| String::from_utf8(bytes).unwrap())
+            .map_err(|rejection| rejection.to_string())
+    }
+}
+
+#[test]
+fn three_nodes_in_memory_elect_replicate_and_read_linearizably() {
+    let mut sim = Sim::three_nodes();
+    sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
+    let leader = sim.wait("a leader", |sim| sim.leader());
+    let answer = sim.propose(leader, "put a 1").unwrap();
+    assert!(answer.starts_with("ok: a = 1"), "{answer}");
+    // Every replica applies it; a linearizable read on a follower sees it.
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    assert_eq!(sim.query(follower, "get a", false), Ok("1".into()));
+    for id in 1..=3 {
+        sim.wait("every replica to apply", |sim| {
+            (sim.status(id).applied_index >= 3).then_some(())
+        });
+        assert_eq!(sim.query(id, "get a", true), Ok("1".into()));
+    }
+}
+
+#[test]
+fn a_cut_off_leader_is_replaced_and_no_acknowledged_write_is_lost() {
+    let mut sim = Sim::three_nodes();
+    sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
+    let old = sim.wait("a leader", |sim| sim.leader());
+    for i in 0..20 {
+        let answer = sim.propose(old, &format!("put k{i} v{i}")).unwrap();
+        assert!(answer.starts_with(&format!("ok: k{i} = v{i}")), "{answer}");
+    }
+    // The leader is cut off: the other two elect one of themselves (check_quorum makes the
+    // old one step down too) and go on.
+    sim.cut.push(old);
+    let new = sim.wait("a new leader", |sim| sim.leader());
+    assert_ne!(new, old);
+    let answer = sim.propose(new, "put after cut").unwrap();
+    assert!(answer.starts_with("ok: after = cut"), "{answer}");
+    for i in 0..20 {
+        assert_eq!(
+            sim.query(new, &format!("get k{i}"), false),
+            Ok(format!("v{i}"))
+        );
+    }
+    // The old leader cannot serve a linearizable read while cut off: it times out.
+    let lost = sim.query(old, "get k0", false).unwrap_err();
+    assert!(
+        lost.contains("no leader") || lost.contains("in time"),
+        "{lost}"
+    );
+    // Healed, it catches up with what it missed.
+    sim.cut.clear();
+    sim.wait("the old leader to catch up", |sim| {
+        (sim.query(old, "get after", true) == Ok("cut".into())).then_some(())
+    });
+}
