@@ -173,7 +173,8 @@ fn snapshot_for(
     read().map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))))
 }
 
-/// A [`LogStore`] in memory.
+/// A [`LogStore`] in memory. A clone is a copy of everything it holds: what a simulated node
+/// that crashes finds again when it restarts (every write is "synced" at once).
 #[derive(Debug, Default)]
 pub struct MemLogStore {
     hard_state: HardState,
@@ -186,6 +187,20 @@ pub struct MemLogStore {
     entry_bytes: u64,
     /// Set by `snapshot()` (which only has `&self`) when the latest snapshot will not do.
     snapshot_requested: AtomicBool,
+}
+
+impl Clone for MemLogStore {
+    fn clone(&self) -> Self {
+        Self {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+            snapshot: self.snapshot.clone(),
+            truncated: self.truncated,
+            entries: self.entries.clone(),
+            entry_bytes: self.entry_bytes,
+            snapshot_requested: AtomicBool::new(self.snapshot_requested.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl MemLogStore {

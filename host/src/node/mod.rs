@@ -118,6 +118,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         let config = raft::Config {
             id,
             election_tick: options.election_ticks,
+            min_election_tick: options.election_timeout_ticks.map_or(0, |(min, _)| min),
+            max_election_tick: options.election_timeout_ticks.map_or(0, |(_, max)| max),
             heartbeat_tick: options.heartbeat_ticks,
             applied,
             max_size_per_msg: options.max_append_bytes,
@@ -235,6 +237,11 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         Ok(None)
     }
 
+    /// The node's log store (for checks of what it holds).
+    pub fn log_store(&self) -> &L {
+        self.raw.store()
+    }
+
     /// When the next round is due at the latest (raft's next tick).
     pub fn next_tick(&self) -> Instant {
         self.next_tick
@@ -318,7 +325,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         Ok(())
     }
 
-    fn status(&self) -> NodeStatus {
+    /// This node's view of the cluster, as `Request::Status` answers it.
+    pub fn status(&self) -> NodeStatus {
         let role = match self.raw.raft.state {
             StateRole::Leader => "leader",
             StateRole::Follower => "follower",

@@ -40,6 +40,14 @@ pub struct NodeOptions {
     /// Serve linearizable reads on the leader from a lease (see [`Lease`]) instead of a
     /// heartbeat round per batch of reads. Off by default: it trusts timing (see `Lease`).
     pub read_lease: bool,
+    /// The range election timeouts are drawn from, in ticks (`[min, max)`); `None`: raft's
+    /// `[election_ticks, 2 * election_ticks)`. raft-rs draws from an RNG of its own, so a
+    /// simulator that must replay a run gives each node a range of one value instead.
+    pub election_timeout_ticks: Option<(usize, usize)>,
+    /// Write snapshots on a thread of their own while the loop goes on (the default); `false`
+    /// writes each before the round ends, so that a simulated run does not depend on how
+    /// threads are scheduled.
+    pub snapshot_on_thread: bool,
 }
 
 impl Default for NodeOptions {
@@ -59,6 +67,8 @@ impl Default for NodeOptions {
             data_dir: None,
             min_free_disk_bytes: 256 << 20,
             read_lease: false,
+            election_timeout_ticks: None,
+            snapshot_on_thread: true,
         }
     }
 }

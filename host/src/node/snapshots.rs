@@ -149,6 +149,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             started,
             taken: started.elapsed(),
         });
+        if !self.options.snapshot_on_thread {
+            self.finish_snapshot(true)?;
+        }
         Ok(())
     }
 
