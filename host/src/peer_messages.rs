@@ -23,7 +23,7 @@ pub enum Refused {
     /// Addressed to another node.
     #[error("addressed to node {to}, but this is node {me}")]
     WrongRecipient { to: u64, me: u64 },
-    /// From no member of the cluster (or from this node's own id).
+    /// From a node that is no longer a member (ids are never reused), or this node's own id.
     #[error("from node {0}, which is not a member of the cluster")]
     NotAMember(u64),
     /// The sender's certificate names another member than the message's `from`.
@@ -60,6 +60,8 @@ pub struct Local<'a> {
     pub id: u64,
     /// The current members, by id.
     pub members: &'a BTreeMap<u64, String>,
+    /// The id the next node to join will get, as far as this node knows.
+    pub next_node_id: u64,
     /// The index of the last entry in this node's log.
     pub last_index: u64,
     /// The index this node has applied: no snapshot at or below it is of any use.
@@ -98,20 +100,7 @@ pub fn check(message: &Message, local: &Local) -> Result<(), Refused> {
             me: local.id,
         });
     }
-    let Some(from_address) = local.members.get(&message.from) else {
-        return Err(Refused::NotAMember(message.from));
-    };
-    if message.from == local.id {
-        return Err(Refused::NotAMember(message.from));
-    }
-    if let Some(sender) = local.sender
-        && sender != from_address
-    {
-        return Err(Refused::Impostor {
-            from: message.from,
-            sender: sender.to_string(),
-        });
-    }
+    check_sender(message.from, local)?;
     // raft-rs sends a follower's read-index request to the leader without a term.
     if message.term == 0 && kind != MsgReadIndex {
         return Err(Refused::NoTerm(kind));
@@ -144,6 +133,36 @@ pub fn check(message: &Message, local: &Local) -> Result<(), Refused> {
         }
         MsgSnapshot => check_snapshot(message, local),
         _ => Ok(()),
+    }
+}
+
+/// The sender must be a member, and the one its certificate names. A node that was cut off
+/// while others joined does not know them yet, and must still hear from them (one of them may
+/// lead now, and only the log it sends tells of the join): so an id this node has not handed
+/// out yet (`next_node_id` or above) passes too, unless its certificate names a member this
+/// node knows. Ids below that which are not members are removed nodes: ids are never reused.
+fn check_sender(from: u64, local: &Local) -> Result<(), Refused> {
+    let impostor = |sender: &str| Refused::Impostor {
+        from,
+        sender: sender.to_string(),
+    };
+    if from == local.id {
+        return Err(Refused::NotAMember(from));
+    }
+    match local.members.get(&from) {
+        Some(address) => match local.sender {
+            Some(sender) if sender != address => Err(impostor(sender)),
+            _ => Ok(()),
+        },
+        None if from < local.next_node_id || from == raft::INVALID_ID => {
+            Err(Refused::NotAMember(from))
+        }
+        None => match local.sender {
+            Some(sender) if local.members.values().any(|known| known == sender) => {
+                Err(impostor(sender))
+            }
+            _ => Ok(()),
+        },
     }
 }
 
@@ -212,6 +231,7 @@ mod tests {
         Local {
             id: 2,
             members,
+            next_node_id: 4,
             last_index: 10,
             applied: 8,
             sender: None,
@@ -270,15 +290,44 @@ mod tests {
     fn strangers_and_misaddressed_messages_are_refused() {
         let members = members();
         let mut m = message(MessageType::MsgHeartbeat);
-        m.from = 9;
-        assert_eq!(check(&m, &local(&members)), Err(Refused::NotAMember(9)));
+        // An id handed out before that is not a member: a removed node.
+        let removed_one = BTreeMap::from([(1, "a".to_string()), (2, "b".to_string())]);
+        m.from = 3;
+        assert_eq!(check(&m, &local(&removed_one)), Err(Refused::NotAMember(3)));
         m.from = 2;
         assert_eq!(check(&m, &local(&members)), Err(Refused::NotAMember(2)));
+        m.from = 0;
+        assert_eq!(check(&m, &local(&members)), Err(Refused::NotAMember(0)));
         m.from = 1;
         m.to = 3;
         assert!(matches!(
             check(&m, &local(&members)),
             Err(Refused::WrongRecipient { to: 3, me: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_member_that_joined_unseen_is_heard() {
+        // Node 9 joined (and may lead) while this node was cut off: it must hear from it.
+        let members = members();
+        let mut m = message(MessageType::MsgAppend);
+        m.from = 9;
+        m.index = 10;
+        m.log_term = 3;
+        let unknown = Local {
+            leader_id: 0,
+            sender: Some("127.0.0.1:7009"),
+            ..local(&members)
+        };
+        assert_eq!(check(&m, &unknown), Ok(()));
+        // But not a known member posing as a new one.
+        let posing = Local {
+            sender: Some("127.0.0.1:7003"),
+            ..unknown
+        };
+        assert!(matches!(
+            check(&m, &posing),
+            Err(Refused::Impostor { from: 9, .. })
         ));
     }
 

@@ -229,8 +229,12 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.maybe_snapshot()?;
         if self.removed {
             self.finish_snapshot(true)?;
-            self.fail_all(NodeError::Aborted(
-                "this node was removed from the cluster".into(),
+            // Not "aborted": a node removed while it led may hold proposals that the rest of the
+            // cluster still commits (the simulator's seed 462 found one that did).
+            self.fail_all(NodeError::Timeout(
+                "this node was removed from the cluster while the request was in flight; a \
+                 write may or may not have been applied"
+                    .into(),
             ));
             return Ok(Some(NodeExit::Removed));
         }

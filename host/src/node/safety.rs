@@ -17,6 +17,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             &Local {
                 id: self.id,
                 members: &self.cluster.members,
+                next_node_id: self.cluster.next_node_id,
                 last_index: self.raw.raft.raft_log.last_index(),
                 applied: self.applied,
                 sender,

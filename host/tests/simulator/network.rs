@@ -15,6 +15,9 @@ use riteraft_host::node::Outbox;
 #[derive(Clone, Default)]
 pub struct Wire {
     pub sent: Rc<RefCell<Vec<Message>>>,
+    /// Nodes this one told they were removed, with the index (delivered as the real node's
+    /// service does once the leader confirms it).
+    pub removed: Rc<RefCell<Vec<(u64, u64)>>>,
 }
 
 impl Outbox for Wire {
@@ -23,7 +26,9 @@ impl Outbox for Wire {
         true
     }
     fn set_members(&mut self, _members: &BTreeMap<u64, String>) {}
-    fn notify_removed(&mut self, _id: u64, _address: String, _index: u64) {}
+    fn notify_removed(&mut self, id: u64, _address: String, index: u64) {
+        self.removed.borrow_mut().push((id, index));
+    }
 }
 
 /// How unreliable the network is, per message.
