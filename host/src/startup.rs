@@ -141,85 +141,13 @@ fn run_with<S: StateMachine + 'static>(
     }
     runtime.block_on(async { serve(listener, server_tls, service.clone()) });
 
-    let data_dir = DataDir::inspect(&config.data_dir())?;
-    data_dir.check_address(&address)?;
-    let (id, store, cluster) = match data_dir {
-        DataDir::Member(path, identity) => {
-            let store = DiskLogStore::open(&path)?;
-            let snapshot = store.read_snapshot()?;
-            if snapshot.get_metadata().index == 0 {
-                // A node that joined but stopped before the leader's snapshot reached it.
-                let Some(target) = config.join.filter(|_| identity.node_id != 1) else {
-                    return Err(RunError::Storage(StorageError::Inconsistent(format!(
-                        "data dir {} holds node {} but none of the cluster's state; restart it \
-                         with --join ADDR, or start over with an empty data dir",
-                        path.display(),
-                        identity.node_id
-                    ))));
-                };
-                let (id, cluster) = runtime.block_on(join(
-                    &service,
-                    target.to_string(),
-                    address.clone(),
-                    &client_tls,
-                ))?;
-                if id != identity.node_id {
-                    return Err(RunError::Join {
-                        address: target.to_string(),
-                        reason: format!(
-                            "the cluster knows this address as node {id}, not {}",
-                            identity.node_id
-                        ),
-                    });
-                }
-                (id, store, cluster)
-            } else {
-                let data = SnapshotData::decode(&snapshot.data).map_err(NodeFatal::from)?;
-                node::restore_snapshot_data(&mut state_machine, &data)?;
-                if config.join.is_some() {
-                    tracing::info!("already a member: --join is ignored on restart");
-                }
-                tracing::info!(
-                    id = identity.node_id,
-                    snapshot = snapshot.get_metadata().index,
-                    "resuming from the data dir; replaying the log through the plugin"
-                );
-                (identity.node_id, store, data.cluster)
-            }
-        }
-        DataDir::Empty(path) => {
-            let (id, cluster, snapshot) = match config.join {
-                None => {
-                    let (snapshot, cluster) =
-                        node::bootstrap_snapshot(address.clone(), &mut state_machine)?;
-                    tracing::info!(%address, "starting a new cluster as node 1");
-                    (1, cluster, Some(snapshot))
-                }
-                Some(target) => {
-                    let (id, cluster) = runtime.block_on(join(
-                        &service,
-                        target.to_string(),
-                        address.clone(),
-                        &client_tls,
-                    ))?;
-                    tracing::info!(id, %target, "joined the cluster");
-                    (id, cluster, None)
-                }
-            };
-            std::fs::create_dir_all(&path).map_err(StorageError::from)?;
-            // A joiner records who it is at once (a restart re-joins if the leader's snapshot
-            // has not arrived yet); the first node only once its cluster exists on disk.
-            if snapshot.is_none() {
-                write_identity(&path, id, &address)?;
-            }
-            let mut store = DiskLogStore::open(&path)?;
-            if let Some(snapshot) = snapshot {
-                store.install_snapshot(snapshot)?;
-                write_identity(&path, id, &address)?;
-            }
-            (id, store, cluster)
-        }
+    let joiner = Joiner {
+        runtime: &runtime,
+        service: &service,
+        tls: &client_tls,
+        address: &address,
     };
+    let (id, store, cluster) = open_data_dir(&config, &joiner, &mut state_machine)?;
 
     let transport = Transport::new(id, handle.clone(), runtime.handle().clone(), client_tls);
     let options = NodeOptions {
@@ -271,6 +199,105 @@ fn run_with<S: StateMachine + 'static>(
             }
         }
     })
+}
+
+/// How a node asks a cluster to add it (see [`join`]).
+struct Joiner<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    service: &'a NodeService,
+    tls: &'a Option<Arc<ClientTls>>,
+    /// This node's address.
+    address: &'a str,
+}
+
+impl Joiner<'_> {
+    fn join(&self, target: std::net::SocketAddr) -> Result<(u64, ClusterState), RunError> {
+        self.runtime.block_on(join(
+            self.service,
+            target.to_string(),
+            self.address.to_string(),
+            self.tls,
+        ))
+    }
+}
+
+/// Opens the data dir as this node's: resumes the member it holds (restoring the state
+/// machine from its snapshot), or for an empty one, bootstraps a new cluster or joins one.
+/// Returns the node's id, its log store and the cluster as of the store's snapshot.
+fn open_data_dir<S: StateMachine>(
+    config: &NodeConfig,
+    joiner: &Joiner,
+    state_machine: &mut S,
+) -> Result<(u64, DiskLogStore, ClusterState), RunError> {
+    let data_dir = DataDir::inspect(&config.data_dir())?;
+    data_dir.check_address(joiner.address)?;
+    match data_dir {
+        DataDir::Member(path, identity) => {
+            let store = DiskLogStore::open(&path)?;
+            let snapshot = store.read_snapshot()?;
+            if snapshot.get_metadata().index == 0 {
+                // A node that joined but stopped before the leader's snapshot reached it.
+                let Some(target) = config.join.filter(|_| identity.node_id != 1) else {
+                    return Err(RunError::Storage(StorageError::Inconsistent(format!(
+                        "data dir {} holds node {} but none of the cluster's state; restart it \
+                         with --join ADDR, or start over with an empty data dir",
+                        path.display(),
+                        identity.node_id
+                    ))));
+                };
+                let (id, cluster) = joiner.join(target)?;
+                if id != identity.node_id {
+                    return Err(RunError::Join {
+                        address: target.to_string(),
+                        reason: format!(
+                            "the cluster knows this address as node {id}, not {}",
+                            identity.node_id
+                        ),
+                    });
+                }
+                Ok((id, store, cluster))
+            } else {
+                let data = SnapshotData::decode(&snapshot.data).map_err(NodeFatal::from)?;
+                node::restore_snapshot_data(state_machine, &data)?;
+                if config.join.is_some() {
+                    tracing::info!("already a member: --join is ignored on restart");
+                }
+                tracing::info!(
+                    id = identity.node_id,
+                    snapshot = snapshot.get_metadata().index,
+                    "resuming from the data dir; replaying the log through the plugin"
+                );
+                Ok((identity.node_id, store, data.cluster))
+            }
+        }
+        DataDir::Empty(path) => {
+            let (id, cluster, snapshot) = match config.join {
+                None => {
+                    let (snapshot, cluster) =
+                        node::bootstrap_snapshot(joiner.address.to_string(), state_machine)?;
+                    tracing::info!(address = joiner.address, "starting a new cluster as node 1");
+                    (1, cluster, Some(snapshot))
+                }
+                Some(target) => {
+                    let (id, cluster) = joiner.join(target)?;
+                    tracing::info!(id, %target, "joined the cluster");
+                    (id, cluster, None)
+                }
+            };
+            std::fs::create_dir_all(&path).map_err(StorageError::from)?;
+            // A joiner records who it is at once (a restart re-joins if the leader's snapshot
+            // has not arrived yet); the first node only once its cluster exists on disk.
+            if snapshot.is_none() {
+                write_identity(&path, id, joiner.address)?;
+            }
+            let mut store = DiskLogStore::open(&path)?;
+            if let Some(snapshot) = snapshot {
+                store.install_snapshot(snapshot)?;
+                write_identity(&path, id, joiner.address)?;
+            }
+            Ok((id, store, cluster))
+        }
+    }
 }
 
 /// The node's TLS identity, for its server and for dialing others, checked to name this node;

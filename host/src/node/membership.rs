@@ -153,6 +153,16 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     ) -> Result<(), NodeFatal> {
         self.drop_lease();
         let node = change.node_id;
+        if node == self.id && change.get_change_type() == ConfChangeType::RemoveNode {
+            // This node is done: it stops at the end of the round. raft-rs is not told: a
+            // leader that drops itself from its progress tracker panics when the same Ready's
+            // persisted entries advance its own progress (the simulator's seed 1161 found it).
+            // A restart replays this entry and stops again.
+            tracing::info!(node, index, "this node was removed from the cluster");
+            self.cluster.members.remove(&node);
+            self.removed = true;
+            return Ok(());
+        }
         // Every replica applies the same change to the same membership, so a change raft-rs
         // refuses (e.g. one that would leave no voter) is refused alike everywhere.
         let conf_state = match node {

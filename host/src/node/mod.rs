@@ -17,8 +17,8 @@ use raft::prelude::{ConfChange, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::log_limit::LogLimiter;
-use crate::replicated::{ClusterState, EntryPayload};
-use crate::state_machine::{ApplyContext, StateMachine};
+use crate::replicated::ClusterState;
+use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 
 mod mailbox;
@@ -38,7 +38,7 @@ pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
 
 use mailbox::Reply;
 use membership::PendingConf;
-use proposals::{Outcome, PendingProposal, Waiter};
+use proposals::{PendingProposal, Waiter};
 use reads::{PendingQuery, ReadRules, Reads};
 use snapshots::SnapshotSave;
 
@@ -496,56 +496,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     // A new leader's empty entry.
                     self.resolve_proposal(index, None);
                 }
-                EntryType::EntryNormal => {
-                    let payload: EntryPayload =
-                        match crate::replicated::decode("log entry", &entry.data) {
-                            Ok(payload) => payload,
-                            Err(e) => {
-                                // Every replica holds the same bytes, so every replica skips
-                                // this entry alike: a rejection, not a reason to stop.
-                                tracing::error!(
-                                    index,
-                                    "skipping a log entry on every replica: {e}"
-                                );
-                                self.resolve_proposal(index, None);
-                                self.applied = index;
-                                continue;
-                            }
-                        };
-                    match payload {
-                        EntryPayload::Command {
-                            proposer,
-                            request_id,
-                            timestamp_ms,
-                            command,
-                        } => {
-                            let timestamp_ms = timestamp_ms.max(self.cluster.last_timestamp_ms);
-                            self.cluster.last_timestamp_ms = timestamp_ms;
-                            let ctx = ApplyContext {
-                                index,
-                                term: entry.term,
-                                timestamp_ms,
-                            };
-                            let outcome = self.state_machine.apply(ctx, &command)?;
-                            let mine = (proposer == self.id)
-                                .then_some((request_id, Outcome::Command(outcome)));
-                            self.resolve_proposal(index, mine);
-                        }
-                        EntryPayload::Deploy {
-                            proposer,
-                            request_id,
-                            timestamp_ms,
-                            module,
-                        } => {
-                            let timestamp_ms = timestamp_ms.max(self.cluster.last_timestamp_ms);
-                            self.cluster.last_timestamp_ms = timestamp_ms;
-                            let outcome = self.upgrade(index, timestamp_ms, &module)?;
-                            let mine = (proposer == self.id)
-                                .then_some((request_id, Outcome::Deploy(outcome)));
-                            self.resolve_proposal(index, mine);
-                        }
-                    }
-                }
+                EntryType::EntryNormal => self.apply_payload(index, entry.term, &entry.data)?,
                 EntryType::EntryConfChange => {
                     match ConfChange::parse_from_bytes(&entry.data) {
                         Ok(change) => self.apply_conf_change(index, change)?,

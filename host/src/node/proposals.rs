@@ -7,11 +7,17 @@ use std::time::Instant;
 use super::mailbox::{Applied, DeployOutcome, Deployed, NodeError, NodeFatal, Reply};
 use super::{Node, Outbox};
 use crate::replicated::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
-use crate::state_machine::{Rejection, StateMachine};
+use crate::state_machine::{ApplyContext, Rejection, StateMachine};
 use crate::storage::LogStore;
 
 pub(super) struct PendingProposal {
     pub(super) request_id: u64,
+    /// The term it was appended in. With its index, that names the entry: one leader per term
+    /// appends each index once. The request id alone does not: a restarted node counts from 1
+    /// again, so an old entry of its previous life that another leader commits at the same
+    /// index could carry the same proposer and request id, and answer the new client with
+    /// that entry's outcome.
+    pub(super) term: u64,
     pub(super) deadline: Instant,
     pub(super) reply: Waiter,
 }
@@ -110,6 +116,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             index,
             PendingProposal {
                 request_id,
+                term: self.raw.raft.term,
                 deadline: self.now + self.options.request_timeout,
                 reply,
             },
@@ -118,7 +125,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
 
     /// Answers the client waiting for the entry at `index`, if any: with the outcome when the
     /// entry is its proposal, with "aborted" when another leader's entry took the slot.
-    pub(super) fn resolve_proposal(&mut self, index: u64, mine: Option<(u64, Outcome)>) {
+    /// `mine` is (request id, term, outcome) of an entry this node proposed.
+    pub(super) fn resolve_proposal(&mut self, index: u64, mine: Option<(u64, u64, Outcome)>) {
         let Some(pending) = self.proposals.remove(&index) else {
             return;
         };
@@ -128,18 +136,74 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             )
         };
         match (pending.reply, mine) {
-            (Waiter::Command(reply), Some((id, Outcome::Command(outcome))))
-                if id == pending.request_id =>
+            (Waiter::Command(reply), Some((id, term, Outcome::Command(outcome))))
+                if id == pending.request_id && term == pending.term =>
             {
                 let _ = reply.send(Ok(Applied { index, outcome }));
             }
-            (Waiter::Deploy(reply), Some((id, Outcome::Deploy(outcome))))
-                if id == pending.request_id =>
+            (Waiter::Deploy(reply), Some((id, term, Outcome::Deploy(outcome))))
+                if id == pending.request_id && term == pending.term =>
             {
                 let _ = reply.send(Ok(Deployed { index, outcome }));
             }
             (waiter, _) => waiter.fail(lost()),
         }
+    }
+
+    /// Applies a client's entry (a command or a deploy) and answers whoever waits for it here.
+    /// An entry that cannot be decoded is skipped: every replica holds the same bytes, so every
+    /// replica skips it alike; a rejection, not a reason to stop.
+    pub(super) fn apply_payload(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<(), NodeFatal> {
+        let payload: EntryPayload = match crate::replicated::decode("log entry", data) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(index, "skipping a log entry on every replica: {e}");
+                self.resolve_proposal(index, None);
+                return Ok(());
+            }
+        };
+        let (proposer, request_id, outcome) = match payload {
+            EntryPayload::Command {
+                proposer,
+                request_id,
+                timestamp_ms,
+                command,
+            } => {
+                let ctx = ApplyContext {
+                    index,
+                    term,
+                    timestamp_ms: self.stamp(timestamp_ms),
+                };
+                let outcome = self.state_machine.apply(ctx, &command)?;
+                (proposer, request_id, Outcome::Command(outcome))
+            }
+            EntryPayload::Deploy {
+                proposer,
+                request_id,
+                timestamp_ms,
+                module,
+            } => {
+                let timestamp_ms = self.stamp(timestamp_ms);
+                let outcome = self.upgrade(index, timestamp_ms, &module)?;
+                (proposer, request_id, Outcome::Deploy(outcome))
+            }
+        };
+        let mine = (proposer == self.id).then_some((request_id, term, outcome));
+        self.resolve_proposal(index, mine);
+        Ok(())
+    }
+
+    /// The timestamp the store sees for an entry stamped `timestamp_ms` by its leader: never
+    /// earlier than the last one, even when a new leader's clock is behind the old one's.
+    fn stamp(&mut self, timestamp_ms: u64) -> u64 {
+        let timestamp_ms = timestamp_ms.max(self.cluster.last_timestamp_ms);
+        self.cluster.last_timestamp_ms = timestamp_ms;
+        timestamp_ms
     }
 
     /// Applies a deploy entry: the same switch, or the same refusal, on every replica.

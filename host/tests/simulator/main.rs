@@ -82,6 +82,8 @@ enum Waiting {
 }
 
 struct InFlight {
+    /// The node it was sent to.
+    node: u64,
     key: String,
     call: Call,
     invoked: Step,
@@ -497,6 +499,7 @@ impl Sim {
             };
             self.slots.get_mut(&id).unwrap().inbox.push_back(request);
             self.clients[client] = Some(InFlight {
+                node: id,
                 key,
                 call,
                 invoked: self.step,
@@ -515,12 +518,7 @@ impl Sim {
                     Err(oneshot::error::TryRecvError::Empty) => continue,
                     Ok(Ok(_)) => Outcome::Ok(None),
                     Ok(Err(NodeError::Timeout(_) | NodeError::Stopped)) => Outcome::Unknown,
-                    Ok(Err(e)) => {
-                        if std::env::var_os("SIM_DEBUG").is_some() {
-                            eprintln!("step {} put {:?} failed: {e:?}", self.step, in_flight.call);
-                        }
-                        Outcome::Failed
-                    }
+                    Ok(Err(_)) => Outcome::Failed,
                     // The node crashed with the write in flight.
                     Err(oneshot::error::TryRecvError::Closed) => Outcome::Unknown,
                 },
@@ -536,7 +534,13 @@ impl Sim {
                 },
             };
             let in_flight = self.clients[client].take().unwrap();
-            self.note((client, &in_flight.key, format!("{outcome:?}"), self.step));
+            self.note((
+                client,
+                in_flight.node,
+                &in_flight.key,
+                format!("{outcome:?}"),
+                self.step,
+            ));
             self.history.record(
                 &in_flight.key,
                 Op {
@@ -623,10 +627,14 @@ impl Sim {
                 .values()
                 .map(|slot| slot.node.as_ref().unwrap().status().commit_index)
                 .collect();
-            let leader = self
-                .slots
-                .values()
-                .any(|slot| slot.node.as_ref().unwrap().status().role == "leader");
+            // A leader whose whole log is committed (a new leader's own entry too: until then
+            // it does not know what is committed).
+            let leader = self.slots.values().any(|slot| {
+                let node = slot.node.as_ref().unwrap();
+                let status = node.status();
+                status.role == "leader"
+                    && status.commit_index == node.log_store().last_index().unwrap()
+            });
             if leader
                 && self.clients.iter().all(Option::is_none)
                 && applied.iter().all(|a| *a == applied[0])
@@ -825,9 +833,15 @@ fn seeds_part_4() {
     run_seeds(seeds(3));
 }
 
-/// `SIM_SEED=S`: one seed (a replay); without it, seed 1.
+/// `SIM_SEED=S`: one seed (a replay); without it, seed 1. `SIM_LOG=info` shows the nodes' log.
 #[test]
 fn one_seed() {
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let seed = std::env::var("SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -841,11 +855,14 @@ fn one_seed() {
 ///   (the door let only known members speak), so it never heard of the join, nor caught up;
 /// - 462, 550: a node removed while it led answered its pending writes "aborted, will not be
 ///   applied", and the rest of the cluster applied one of them;
-/// - 8, 503, 752: the simulator's own: a node removed while it was down never hears of it, and
-///   was counted as a replica that must converge.
+/// - 1161, 3104: a leader that applied its own removal dropped itself from raft-rs' progress
+///   tracker, and raft-rs panicked when the same Ready advanced its own progress;
+/// - the simulator's own: a node removed while it was down never hears of it, and was counted
+///   as a replica that must converge (8, 503, 752); it took "every node applied its commit
+///   index" for converged while a new leader had not committed its first entry yet (9672).
 #[test]
 fn seeds_that_found_bugs() {
-    run_seeds([8, 41, 296, 462, 503, 550, 642, 752, 822].into_iter());
+    run_seeds([8, 41, 296, 462, 503, 550, 642, 752, 822, 1161, 3104, 9672].into_iter());
 }
 
 #[test]
