@@ -214,6 +214,21 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
+impl TlsFiles {
+    /// The flags that give these files to `riteraft-host` or `riteraft`: `--tls-cert`,
+    /// `--tls-key`, `--tls-ca`, each followed by its path.
+    pub fn flags(&self) -> [std::ffi::OsString; 6] {
+        [
+            "--tls-cert".into(),
+            self.cert.clone().into(),
+            "--tls-key".into(),
+            self.key.clone().into(),
+            "--tls-ca".into(),
+            self.ca.clone().into(),
+        ]
+    }
+}
+
 /// The crypto provider of every RiteRaft TLS configuration: rustls's ring provider.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();

@@ -222,14 +222,7 @@ impl LocalCluster {
             command.arg("--builtin-kv");
         }
         if let Some((certs, _)) = &self.tls {
-            let files = node_files(certs, address);
-            command
-                .arg("--tls-cert")
-                .arg(&files.cert)
-                .arg("--tls-key")
-                .arg(&files.key)
-                .arg("--tls-ca")
-                .arg(&files.ca);
+            command.args(node_files(certs, address).flags());
         }
         command.args(&options.node_args);
         // Warnings only, unless the user asked for more: a node logging every request at

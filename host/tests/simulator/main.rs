@@ -19,6 +19,7 @@
 //! syncs every write), and checks of leader completeness beyond committed log matching.
 
 mod checker;
+mod in_memory;
 mod network;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -651,14 +651,7 @@ impl Cluster {
             let certs = self.certs_dir();
             let pki = write_test_pki(&certs, &[addr.to_string()], &[])
                 .expect("cannot make a node certificate");
-            let files = &pki.nodes[0];
-            command
-                .arg("--tls-cert")
-                .arg(&files.cert)
-                .arg("--tls-key")
-                .arg(&files.key)
-                .arg("--tls-ca")
-                .arg(&files.ca);
+            command.args(pki.nodes[0].flags());
         }
         if let Some(entries) = options.snapshot_entries {
             command.arg("--snapshot-entries").arg(entries.to_string());

@@ -1,22 +1,21 @@
-//! Three production `Node`s in one thread: the memory log store, the kv store compiled in (a
-//! native state machine), a network that is a queue of messages, and a virtual clock passed to
-//! `Node::round`. No process, no socket, no sleep: the core runs in memory, in milliseconds.
-//! This is the base the deterministic simulator (issue 11) builds on.
+//! Three production `Node`s in one thread, scripted rather than seeded: the memory log store,
+//! the kv store compiled in, a network that is a queue of messages, and a virtual clock passed
+//! to `Node::round`. No process, no socket, no sleep: the core runs in memory, in milliseconds.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use raft::prelude::{Message, Snapshot};
-use riteraft_host::node::{Node, NodeOptions, Outbox, Request};
-use riteraft_host::replicated::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
-use riteraft_host::state_machine::{NativeStateMachine, StateMachine};
+use raft::prelude::Message;
+use riteraft_host::node::{Node, NodeOptions, Request};
+use riteraft_host::replicated::ClusterState;
 use riteraft_host::storage::{LogStore, MemLogStore};
-use riteraft_plugin_sdk::Typed;
 use tokio::sync::oneshot;
 
-type Kv = NativeStateMachine<Typed<kv::KvStore>>;
+use super::network::Wire;
+use super::{Kv, initial_snapshot};
+
 type MemNode = Node<Kv, MemLogStore, Wire>;
 
 /// Virtual time per step of the simulation.
@@ -24,21 +23,7 @@ const STEP: Duration = Duration::from_millis(10);
 /// Steps before a test gives up (60 s of virtual time).
 const MAX_STEPS: usize = 6_000;
 
-/// A node's outgoing messages, collected for the network to deliver at the next step.
-struct Wire {
-    sent: Rc<RefCell<Vec<Message>>>,
-}
-
-impl Outbox for Wire {
-    fn send(&mut self, message: Message) -> bool {
-        self.sent.borrow_mut().push(message);
-        true
-    }
-    fn set_members(&mut self, _members: &BTreeMap<u64, String>) {}
-    fn notify_removed(&mut self, _id: u64, _address: String, _index: u64) {}
-}
-
-struct Sim {
+struct MemCluster {
     nodes: BTreeMap<u64, MemNode>,
     sent: BTreeMap<u64, Rc<RefCell<Vec<Message>>>>,
     /// Requests waiting for each node's next round (raft messages and client calls).
@@ -49,12 +34,12 @@ struct Sim {
     now_ms: u64,
 }
 
-impl Sim {
+impl MemCluster {
     /// Three voters, each starting from the same snapshot at index 1 (as if bootstrapped).
-    fn three_nodes() -> Sim {
+    fn three_nodes() -> MemCluster {
         let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("mem-{id}"))).collect();
         let now = Instant::now();
-        let mut sim = Sim {
+        let mut sim = MemCluster {
             nodes: BTreeMap::new(),
             sent: BTreeMap::new(),
             inbox: BTreeMap::new(),
@@ -63,30 +48,16 @@ impl Sim {
             now_ms: 1_700_000_000_000,
         };
         for id in 1..=3 {
-            let mut state_machine = Kv::new();
+            let state_machine = Kv::new();
             let cluster = ClusterState {
                 members: members.clone(),
                 next_node_id: 4,
                 ..ClusterState::default()
             };
-            let data = SnapshotData {
-                format: SNAPSHOT_FORMAT,
-                cluster: cluster.clone(),
-                plugin_sha256: state_machine.module_info().sha256,
-                module: Vec::new(),
-                store: state_machine.snapshot().unwrap(),
-            };
-            let mut snapshot = Snapshot {
-                data: encode(&data).into(),
-                ..Default::default()
-            };
-            snapshot.mut_metadata().index = 1;
-            snapshot.mut_metadata().term = 1;
-            snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
             let mut store = MemLogStore::new();
-            store.install_snapshot(snapshot).unwrap();
-            let sent = Rc::new(RefCell::new(Vec::new()));
-            let wire = Wire { sent: sent.clone() };
+            store.install_snapshot(initial_snapshot(&members)).unwrap();
+            let wire = Wire::default();
+            let sent = wire.sent.clone();
             let node = Node::new(
                 id,
                 store,
@@ -130,7 +101,7 @@ impl Sim {
     }
 
     /// Steps until `answer` has a value; panics after [`MAX_STEPS`].
-    fn wait<T>(&mut self, what: &str, mut answer: impl FnMut(&mut Sim) -> Option<T>) -> T {
+    fn wait<T>(&mut self, what: &str, mut answer: impl FnMut(&mut MemCluster) -> Option<T>) -> T {
         for _ in 0..MAX_STEPS {
             if let Some(value) = answer(self) {
                 return value;
@@ -195,7 +166,7 @@ impl Sim {
 
 #[test]
 fn three_nodes_in_memory_elect_replicate_and_read_linearizably() {
-    let mut sim = Sim::three_nodes();
+    let mut sim = MemCluster::three_nodes();
     sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
     let leader = sim.wait("a leader", |sim| sim.leader());
     let answer = sim.propose(leader, "put a 1").unwrap();
@@ -213,7 +184,7 @@ fn three_nodes_in_memory_elect_replicate_and_read_linearizably() {
 
 #[test]
 fn a_cut_off_leader_is_replaced_and_no_acknowledged_write_is_lost() {
-    let mut sim = Sim::three_nodes();
+    let mut sim = MemCluster::three_nodes();
     sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
     let old = sim.wait("a leader", |sim| sim.leader());
     for i in 0..20 {
