@@ -194,7 +194,7 @@ fn check_entries(message: &Message) -> Result<(), Refused> {
 }
 
 /// A snapshot must move this node forward and name a membership. (Its data is checked where it
-/// is received, off the consensus thread: see `grpc_services.rs`.)
+/// is received, off the consensus thread: see `grpc_services/raft_service.rs`.)
 fn check_snapshot(message: &Message, local: &Local) -> Result<(), Refused> {
     let metadata = message.get_snapshot().get_metadata();
     if metadata.index <= local.applied {

@@ -1,0 +1,226 @@
+//! The gRPC services a node serves: `Raft` for its peers and `Client` for everyone else.
+//!
+//! Any node accepts any client call. Calls that need the leader (propose, join, leave,
+//! transfer) are forwarded to it once; linearizable reads are served locally after raft
+//! confirms a read index, so they need no forwarding.
+//!
+//! This file holds the service's state and what both share (forwarding, upload limits);
+//! `client_service.rs` is the `Client` service, `raft_service.rs` the `Raft` service.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use riteraft_client::dial_lazy;
+use riteraft_client::proto::client_client::ClientClient;
+use riteraft_client::proto::client_server::Client;
+use riteraft_client::proto::raft_client::RaftClient;
+use riteraft_client::proto::raft_server::Raft;
+use riteraft_client::proto::{
+    DeployChunk, DeployResponse, IdentifyRequest, IdentifyResponse, JoinRequest, JoinResponse,
+    LeaveRequest, LeaveResponse, Member, ProposeRequest, ProposeResponse, QueryRequest,
+    QueryResponse, RaftBatch, SendAck, SnapshotChunk, StatusRequest, StatusResponse,
+    TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response, query_response,
+};
+use riteraft_client::tls::ClientTls;
+use riteraft_client::tls::Role;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::access::{self, Need};
+use crate::replicated::SnapshotData;
+
+use crate::node::{DeployOutcome, MAX_MODULE_BYTES, NodeError, NodeHandle, Request as NodeRequest};
+use crate::plugin::PluginRuntime;
+use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES, peer_dial_options};
+
+/// Metadata key marking a call forwarded by another node, so it is never forwarded again.
+const FORWARDED: &str = "riteraft-forwarded";
+/// How long a forwarded call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leaving leader waits for a successor before giving up.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size of the chunks a forwarded deploy is re-sent in.
+const DEPLOY_CHUNK_BYTES: usize = 1 << 20;
+/// Deploy uploads held at once: each may hold a module of up to [`MAX_MODULE_BYTES`] in
+/// memory, and deploys are rare, so two at a time is plenty and bounds that memory.
+const MAX_UPLOADS: usize = 2;
+/// How long an upload (a deploy or a snapshot) may wait for its next chunk before it is
+/// dropped: a sender that holds a call open without sending would otherwise hold its memory.
+const CHUNK_IDLE: Duration = Duration::from_secs(10);
+/// How long the node that receives a `Join` waits for the joiner to confirm it is asking.
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many times, a second apart, a removal notice is checked with the cluster's leader.
+const REMOVAL_CHECKS: u32 = 3;
+
+/// Both services, over one node.
+#[derive(Clone)]
+pub struct NodeService {
+    node: NodeHandle,
+    /// The wasm engine, to validate deployed modules off the consensus thread (none when the
+    /// node runs a store built into the host).
+    plugins: Option<Arc<PluginRuntime>>,
+    /// Connections to leaders, by address, reused across forwarded calls.
+    leaders: Arc<Mutex<HashMap<String, ClientClient<Channel>>>>,
+    /// Where this node serves, and the token of the join it is making, if any (see
+    /// `Raft.Identify`).
+    address: String,
+    join_token: Arc<Mutex<Option<Vec<u8>>>>,
+    /// This node's TLS identity for calling other nodes (`None`: plain connections).
+    tls: Option<Arc<ClientTls>>,
+    /// One snapshot is received at a time: each is held in memory until raft takes it.
+    snapshot_slot: Arc<Semaphore>,
+    /// Deploy uploads in progress (at most [`MAX_UPLOADS`]).
+    uploads: Arc<Semaphore>,
+    /// Set while a removal notice is being checked, so a flood of notices costs one check.
+    checking_removal: Arc<AtomicBool>,
+}
+
+impl NodeService {
+    pub fn new(
+        node: NodeHandle,
+        plugins: Option<Arc<PluginRuntime>>,
+        address: String,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Self {
+        Self {
+            tls,
+            node,
+            plugins,
+            leaders: Default::default(),
+            address,
+            join_token: Default::default(),
+            snapshot_slot: Arc::new(Semaphore::new(1)),
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            checking_removal: Default::default(),
+        }
+    }
+
+    /// Starts a join: makes the token this node's `JoinRequest` carries and `Identify`
+    /// confirms. [`NodeService::joined`] forgets it.
+    pub fn start_join(&self) -> Vec<u8> {
+        let token = rand::random::<[u8; 16]>().to_vec();
+        *self.join_token.lock().expect("join token lock") = Some(token.clone());
+        token
+    }
+
+    /// The join is over (or failed): `Identify` confirms nothing any more.
+    pub fn joined(&self) {
+        *self.join_token.lock().expect("join token lock") = None;
+    }
+
+    /// A lazily connected channel to another node.
+    fn peer_channel(&self, address: &str) -> Result<Channel, String> {
+        let options = peer_dial_options(address, &self.tls, Some(FORWARD_TIMEOUT));
+        dial_lazy(address, &options).map_err(|e| e.to_string())
+    }
+
+    fn peer_client(&self, address: &str) -> Result<ClientClient<Channel>, String> {
+        Ok(ClientClient::new(self.peer_channel(address)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    fn leader_client(&self, address: &str) -> Result<ClientClient<Channel>, Status> {
+        let mut leaders = self.leaders.lock().expect("leaders lock");
+        if let Some(client) = leaders.get(address) {
+            return Ok(client.clone());
+        }
+        let client = self.peer_client(address).map_err(Status::internal)?;
+        leaders.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// The gRPC status for a node error.
+pub fn status_of(error: NodeError) -> Status {
+    let message = error.to_string();
+    match error {
+        NodeError::NotLeader { .. }
+        | NodeError::NoLeader
+        | NodeError::Busy(_)
+        | NodeError::Stopped => Status::unavailable(message),
+        NodeError::Timeout(_) => Status::deadline_exceeded(message),
+        NodeError::Aborted(_) => Status::aborted(message),
+        NodeError::Invalid(_) => Status::invalid_argument(message),
+        NodeError::Precondition(_) => Status::failed_precondition(message),
+        NodeError::DiskFull(_) => Status::resource_exhausted(message),
+    }
+}
+
+/// Whether `request` was forwarded by another node. Only a node may say so: a forwarded call
+/// is not forwarded again, and a forwarded join is not called back.
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED) && access::is_node(&access::caller(request))
+}
+
+fn mark_forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, "1".parse().expect("valid metadata"));
+    request
+}
+
+/// Calls the leader with `call` when `result` says another node leads (and this call was not
+/// itself forwarded); otherwise maps the result.
+macro_rules! or_forward {
+    ($self:ident, $request:ident, $result:expr, |$client:ident, $forwarded:ident| $call:expr) => {
+        match $result {
+            Err(NodeError::NotLeader { address, .. }) if !forwarded(&$request) => {
+                let mut $client = $self.leader_client(&address)?;
+                let $forwarded = mark_forwarded($request.into_inner());
+                $call
+                    .await
+                    .map_err(|status| unreached_leader(status, &address))
+            }
+            Err(error) => Err(status_of(error)),
+            Ok(value) => Ok(value),
+        }
+    };
+}
+
+/// A forwarded call's failure as the client should see it. The leader's own answers keep their
+/// code; a failure to reach it at all (tonic reports `Unknown`/`Cancelled`/`Internal` "transport
+/// error") becomes `UNAVAILABLE` — but a write that was in flight may already be applied, so
+/// for that case the message says so and the code is `DEADLINE_EXCEEDED`, which clients do not
+/// retry blindly.
+fn unreached_leader(status: Status, address: &str) -> Status {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::Ok => status,
+        _ if status.message().contains("connect") => Status::unavailable(format!(
+            "cannot reach the leader at {address}: {}",
+            status.message()
+        )),
+        _ => Status::deadline_exceeded(format!(
+            "lost contact with the leader at {address} ({}); a write in flight may or may not \
+             have been applied",
+            status.message()
+        )),
+    }
+}
+
+/// The next chunk of an upload, waiting at most [`CHUNK_IDLE`] for it.
+async fn next_chunk<T>(chunks: &mut Streaming<T>) -> Result<Option<T>, Status> {
+    tokio::time::timeout(CHUNK_IDLE, chunks.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!("no data for {CHUNK_IDLE:?}: upload dropped"))
+        })?
+}
+
+// After the macro above: the services use it.
+mod client_service;
+mod raft_service;
