@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use riteraft_client::tls::{
-    CertName, Role, TlsError, TlsFiles, cert_name, crypto_provider, load_pem,
+    CertName, Role, TlsError, TlsFiles, cert_name, crypto_provider, load_pem, node_uri,
 };
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
@@ -69,26 +69,30 @@ pub enum ServerTlsError {
 /// The TLS settings of a node's server: the current config, rebuilt from the files on reload.
 pub struct ServerTls {
     files: TlsFiles,
+    /// The node's own address, which its certificate must name (checked on every load).
+    address: String,
     config: RwLock<Arc<ServerConfig>>,
     /// The files' modification times when last loaded, to notice changes.
     loaded: RwLock<Vec<Option<SystemTime>>>,
 }
 
 impl ServerTls {
-    /// Loads the node's certificate, key and CA bundle.
-    pub fn load(files: TlsFiles) -> Result<Arc<ServerTls>, ServerTlsError> {
-        let config = server_config(&files)?;
+    /// Loads the certificate, key and CA bundle of the node at `address`.
+    pub fn load(files: TlsFiles, address: &str) -> Result<Arc<ServerTls>, ServerTlsError> {
+        let config = server_config(&files, address)?;
         Ok(Arc::new(ServerTls {
             loaded: RwLock::new(mtimes(&files)),
             files,
+            address: address.to_string(),
             config: RwLock::new(config),
         }))
     }
 
-    /// Reloads the files; on an error the config in force stays.
+    /// Reloads the files; on an error (a certificate naming another node too) the config in
+    /// force stays.
     pub fn reload(&self) -> Result<(), ServerTlsError> {
         let stamps = mtimes(&self.files);
-        let config = server_config(&self.files)?;
+        let config = server_config(&self.files, &self.address)?;
         *self.config.write().expect("tls config lock") = config;
         *self.loaded.write().expect("tls mtimes lock") = stamps;
         Ok(())
@@ -111,9 +115,20 @@ fn mtimes(files: &TlsFiles) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-/// A server config that requires a client certificate of the cluster's CA and speaks HTTP/2.
-fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, ServerTlsError> {
+/// A server config that requires a client certificate of the cluster's CA and speaks HTTP/2,
+/// with the certificate of the node at `address` (refused if it names anything else).
+fn server_config(files: &TlsFiles, address: &str) -> Result<Arc<ServerConfig>, ServerTlsError> {
     let (chain, key, roots) = load_pem(files)?;
+    match cert_name(chain[0].as_ref())? {
+        CertName::Node { address: named } if named == address => {}
+        other => {
+            return Err(ServerTlsError::Config(format!(
+                "the certificate {} must name this node ({}), but it names {other}",
+                files.cert.display(),
+                node_uri(address)
+            )));
+        }
+    }
     let provider = crypto_provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()

@@ -7,7 +7,7 @@ use riteraft_client::proto::JoinRequest;
 use riteraft_client::proto::client_client::ClientClient;
 use riteraft_client::proto::client_server::ClientServer;
 use riteraft_client::proto::raft_server::RaftServer;
-use riteraft_client::tls::{CertName, ClientTls, cert_name, load_pem, node_uri};
+use riteraft_client::tls::ClientTls;
 use riteraft_client::{ClientError, dial};
 
 use crate::config::NodeConfig;
@@ -318,19 +318,7 @@ fn tls_setup(
         return Ok((None, None));
     };
     let tls = |e: &dyn std::fmt::Display| RunError::Tls(e.to_string());
-    let (chain, _, _) = load_pem(&files).map_err(|e| tls(&e))?;
-    let address = config.listen.to_string();
-    match cert_name(chain[0].as_ref()).map_err(|e| tls(&e))? {
-        CertName::Node { address: named } if named == address => {}
-        other => {
-            return Err(RunError::Tls(format!(
-                "the certificate {} must name this node ({}), but it names {other}",
-                files.cert.display(),
-                node_uri(&address)
-            )));
-        }
-    }
-    let server = ServerTls::load(files.clone()).map_err(|e| tls(&e))?;
+    let server = ServerTls::load(files.clone(), &config.listen.to_string()).map_err(|e| tls(&e))?;
     let client = ClientTls::load(files).map_err(|e| tls(&e))?;
     tracing::info!("mutual TLS on: callers are checked against their certificates");
     Ok((Some(server), Some(client)))

@@ -405,6 +405,16 @@ mod tests {
         start + Duration::from_millis(ms)
     }
 
+    /// One read, confirmed and answered in a round asked at `at` (with a lease configured and
+    /// `raft` leading, the round earns one).
+    fn confirmed_round(reads: &mut Reads<i32>, raft: &RaftView, at: Instant) {
+        reads.submit(1, raft, 10, at);
+        for id in reads.read_indexes_due(at) {
+            reads.confirmed(id, 10, raft);
+        }
+        reads.answerable(10);
+    }
+
     #[test]
     fn reads_that_arrive_during_a_round_share_the_next_one() {
         let t0 = Instant::now();
@@ -492,10 +502,7 @@ mod tests {
         let t0 = Instant::now();
         let mut reads = Reads::new(rules(true), t0);
         let raft = leader(2, 10);
-        reads.submit(1, &raft, 10, ms(t0, 1));
-        reads.read_indexes_due(ms(t0, 1));
-        reads.confirmed(1, 10, &raft);
-        reads.answerable(10);
+        confirmed_round(&mut reads, &raft, ms(t0, 1));
         let later_term = leader(3, 10);
         let transferring = RaftView {
             transferring: true,
@@ -522,10 +529,7 @@ mod tests {
     fn a_lease_read_waits_for_the_commit_index_to_apply() {
         let t0 = Instant::now();
         let mut reads = Reads::new(rules(true), t0);
-        reads.submit(1, &leader(2, 10), 10, ms(t0, 1));
-        reads.read_indexes_due(ms(t0, 1));
-        reads.confirmed(1, 10, &leader(2, 10));
-        reads.answerable(10);
+        confirmed_round(&mut reads, &leader(2, 10), ms(t0, 1));
         assert_eq!(
             reads.submit(2, &leader(2, 12), 10, ms(t0, 5)),
             Submitted::Queued
@@ -561,10 +565,7 @@ mod tests {
         let t0 = Instant::now();
         let mut reads = Reads::new(rules(false), t0);
         let raft = leader(2, 10);
-        reads.submit(1, &raft, 10, ms(t0, 1));
-        reads.read_indexes_due(ms(t0, 1));
-        reads.confirmed(1, 10, &raft);
-        reads.answerable(10);
+        confirmed_round(&mut reads, &raft, ms(t0, 1));
         assert_eq!(reads.submit(2, &raft, 10, ms(t0, 2)), Submitted::Queued);
 
         let mut reads = Reads::new(rules(true), t0);
@@ -572,10 +573,7 @@ mod tests {
             is_leader: false,
             ..raft
         };
-        reads.submit(1, &follower, 10, ms(t0, 1));
-        reads.read_indexes_due(ms(t0, 1));
-        reads.confirmed(1, 10, &follower);
-        reads.answerable(10);
+        confirmed_round(&mut reads, &follower, ms(t0, 1));
         assert_eq!(reads.submit(2, &raft, 10, ms(t0, 2)), Submitted::Queued);
     }
 
@@ -584,10 +582,7 @@ mod tests {
         let t0 = Instant::now();
         let mut reads = Reads::new(rules(true), t0);
         let raft = leader(2, 10);
-        reads.submit(1, &raft, 10, ms(t0, 1));
-        reads.read_indexes_due(ms(t0, 1));
-        reads.confirmed(1, 10, &raft);
-        reads.answerable(10);
+        confirmed_round(&mut reads, &raft, ms(t0, 1));
         // Unused: no renewal even near its end.
         assert_eq!(reads.read_indexes_due(ms(t0, 700)), Vec::<u64>::new());
         assert_eq!(

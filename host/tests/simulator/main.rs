@@ -461,17 +461,14 @@ impl Sim {
 
     /// Idle clients start a write of a fresh value or a linearizable read, at a random node.
     fn clients_act(&mut self) {
+        // Clients send mostly to the node that says it leads (as a client that follows
+        // redirects would), else to any running node.
+        let up = self.up();
+        let leader = self.leader();
         for client in 0..self.clients.len() {
             if self.clients[client].is_some() || !self.rng.random_bool(0.05) {
                 continue;
             }
-            // Mostly at the node that says it leads (as a client that follows redirects
-            // would), else at any running node.
-            let up = self.up();
-            let leader = up
-                .iter()
-                .copied()
-                .find(|id| self.slots[id].node.as_ref().unwrap().status().role == "leader");
             let id = match leader {
                 Some(leader) if self.rng.random_bool(0.8) => leader,
                 _ => match up.choose(&mut self.rng) {
@@ -618,28 +615,22 @@ impl Sim {
                     self.checked.remove(&id);
                 }
             }
-            let applied: Vec<u64> = self
-                .slots
-                .values()
-                .map(|slot| slot.node.as_ref().unwrap().status().applied_index)
-                .collect();
-            let commits: Vec<u64> = self
-                .slots
-                .values()
-                .map(|slot| slot.node.as_ref().unwrap().status().commit_index)
-                .collect();
-            // A leader whose whole log is committed (a new leader's own entry too: until then
-            // it does not know what is committed).
-            let leader = self.slots.values().any(|slot| {
+            // Converged: every node has applied and committed the same index, and a leader's
+            // whole log is committed (a new leader's own entry too: until then it does not know
+            // what is committed).
+            let mut indexes = Vec::new();
+            let mut leader = false;
+            for slot in self.slots.values() {
                 let node = slot.node.as_ref().unwrap();
                 let status = node.status();
-                status.role == "leader"
-                    && status.commit_index == node.log_store().last_index().unwrap()
-            });
+                indexes.push((status.applied_index, status.commit_index));
+                leader |= status.role == "leader"
+                    && status.commit_index == node.log_store().last_index().unwrap();
+            }
+            let first = indexes[0].0;
             if leader
                 && self.clients.iter().all(Option::is_none)
-                && applied.iter().all(|a| *a == applied[0])
-                && commits.iter().all(|c| *c == applied[0])
+                && indexes.iter().all(|&(a, c)| a == first && c == first)
             {
                 return;
             }
