@@ -11,29 +11,19 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::address::endpoint_uri;
-use crate::dial::{self, DialOptions};
 use crate::failover::{self, Kind, MAX_PASSES, Verdict};
 use crate::proto::client_client::ClientClient;
-use crate::tls::ClientTls;
 use crate::{Answer, Applied, ClientError, Consistency, Joined, NodeStatus, proto};
+use riteraft_proto::tls::ClientTls;
+use riteraft_proto::{
+    self as dial, CHUNK_BYTES, DEFAULT_CONNECT_TIMEOUT, DialOptions, MAX_MESSAGE_BYTES,
+    endpoint_uri,
+};
 
 /// How long one call may take by default, retries and failovers included. Long enough for a raft
 /// election or two (about a second each) to finish while the client waits, short enough that a
 /// person at the CLI is not left wondering.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long to wait for a TCP connection to one node. A node on a reachable network accepts in
-/// milliseconds; after 2 s it is more useful to try the next address than to keep waiting (a
-/// black-holed address would otherwise eat the whole call's timeout).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Largest gRPC message the client sends or accepts: 16 MiB. tonic's default of 4 MiB for
-/// incoming messages is too small for stores that answer a query with a big value or a range;
-/// 16 MiB is large enough for any reasonable command or answer while a runaway answer still
-/// cannot make the client allocate without bound. Nodes use the same limit (it is exported for
-/// them) so a message one side accepts is never refused by the other.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The generated gRPC client on one node's channel.
 type Grpc = ClientClient<Channel>;
@@ -323,12 +313,10 @@ impl Client {
         module: &[u8],
         dry_run: bool,
     ) -> Result<crate::Deployed, ClientError> {
-        /// Chunk size: well under the gRPC message limit.
-        const CHUNK: usize = 1 << 20;
         let response = self
             .call(Kind::Write, Route::Cluster, |mut grpc| {
                 let chunks: Vec<proto::DeployChunk> = module
-                    .chunks(CHUNK)
+                    .chunks(CHUNK_BYTES)
                     .map(|data| proto::DeployChunk {
                         data: data.to_vec(),
                         dry_run,
@@ -493,236 +481,4 @@ fn no_answer(kind: Kind, address: &str, timeout: Duration) -> ClientError {
             format!("no answer from {address} within {timeout:?}; try again or allow more time")
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io;
-    use std::net::SocketAddr;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-    use tokio::net::{TcpListener, TcpStream};
-    use tonic::{Request, Response, Streaming};
-
-    use super::*;
-    use crate::certs;
-    use crate::proto::client_server::{Client as ClientService, ClientServer};
-    use crate::tls::{Role, TlsFiles, tests::server_config};
-
-    /// A node that answers `status` and `propose`, nothing else.
-    struct FakeNode;
-
-    #[tonic::async_trait]
-    impl ClientService for FakeNode {
-        async fn propose(
-            &self,
-            _: Request<proto::ProposeRequest>,
-        ) -> Result<Response<proto::ProposeResponse>, Status> {
-            Ok(Response::new(proto::ProposeResponse {
-                index: 5,
-                ..Default::default()
-            }))
-        }
-        async fn query(
-            &self,
-            _: Request<proto::QueryRequest>,
-        ) -> Result<Response<proto::QueryResponse>, Status> {
-            Err(Status::unimplemented("query"))
-        }
-        async fn status(
-            &self,
-            _: Request<proto::StatusRequest>,
-        ) -> Result<Response<proto::StatusResponse>, Status> {
-            Ok(Response::new(proto::StatusResponse {
-                id: 7,
-                role: "leader".into(),
-                ..Default::default()
-            }))
-        }
-        async fn join(
-            &self,
-            _: Request<proto::JoinRequest>,
-        ) -> Result<Response<proto::JoinResponse>, Status> {
-            Err(Status::unimplemented("join"))
-        }
-        async fn leave(
-            &self,
-            _: Request<proto::LeaveRequest>,
-        ) -> Result<Response<proto::LeaveResponse>, Status> {
-            Err(Status::unimplemented("leave"))
-        }
-        async fn transfer_leader(
-            &self,
-            _: Request<proto::TransferLeaderRequest>,
-        ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
-            Err(Status::unimplemented("transfer_leader"))
-        }
-        async fn deploy(
-            &self,
-            _: Request<Streaming<proto::DeployChunk>>,
-        ) -> Result<Response<proto::DeployResponse>, Status> {
-            Err(Status::unimplemented("deploy"))
-        }
-    }
-
-    /// A server-side TLS stream as tonic's server wants it.
-    struct Tls(tokio_rustls::server::TlsStream<TcpStream>);
-
-    impl tonic::transport::server::Connected for Tls {
-        type ConnectInfo = ();
-        fn connect_info(&self) {}
-    }
-
-    impl AsyncRead for Tls {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Tls {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-        }
-        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().0).poll_flush(cx)
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-        }
-    }
-
-    /// Serves [`FakeNode`] over mutual TLS on 127.0.0.1 as the node 127.0.0.1:7001 of `dir`.
-    async fn tls_node(dir: &std::path::Path, ca: &std::path::Path) -> SocketAddr {
-        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(dir, "127.0.0.1:7001", ca));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Tls>>(4);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let (acceptor, sender) = (acceptor.clone(), sender.clone());
-                tokio::spawn(async move {
-                    // A refused handshake is dropped here, as a node would.
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        let _ = sender.send(Ok(Tls(stream))).await;
-                    }
-                });
-            }
-        });
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ClientServer::new(FakeNode))
-                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(receiver)),
-        );
-        address
-    }
-
-    fn client(files: TlsFiles, addresses: &[String]) -> Client {
-        Client::builder()
-            .timeout(Duration::from_secs(5))
-            .tls(ClientTls::load(files).unwrap())
-            .connect(addresses)
-            .unwrap()
-    }
-
-    /// An address where nothing listens (a port just released).
-    async fn nobody() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap().to_string()
-    }
-
-    #[tokio::test]
-    async fn a_tls_client_talks_to_a_tls_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = certs::write_test_pki(
-            dir.path(),
-            &["127.0.0.1:7001".into()],
-            &[("alice".into(), Role::Write)],
-        )
-        .unwrap();
-        let node = tls_node(dir.path(), &pki.ca).await;
-        let client = client(pki.clients[0].clone(), &[node.to_string()]);
-        assert_eq!(client.status().await.unwrap().id, 7);
-        assert_eq!(client.propose("put a 1").await.unwrap().index, 5);
-        // The https:// alias dials the same way.
-        let status = client.status_of(&format!("https://{node}")).await.unwrap();
-        assert_eq!(status.id, 7);
-    }
-
-    #[tokio::test]
-    async fn a_refused_client_certificate_is_a_tls_error_not_a_lost_write() {
-        let ours = tempfile::tempdir().unwrap();
-        let theirs = tempfile::tempdir().unwrap();
-        let pki = certs::write_test_pki(ours.path(), &["127.0.0.1:7001".into()], &[]).unwrap();
-        let stranger =
-            certs::write_test_pki(theirs.path(), &[], &[("eve".into(), Role::Admin)]).unwrap();
-        let node = tls_node(ours.path(), &pki.ca).await;
-        // Eve trusts the node's CA, but her certificate is from another one.
-        let eve = TlsFiles {
-            ca: pki.ca.clone(),
-            ..stranger.clients[0].clone()
-        };
-        // A node that is down as well does not hide the TLS error.
-        let client = client(eve, &[nobody().await, node.to_string()]);
-        let started = Instant::now();
-        for error in [
-            client.propose("put a 1").await.unwrap_err(),
-            client.status().await.unwrap_err(),
-        ] {
-            let message = error.to_string();
-            assert!(matches!(error, ClientError::Tls(_)), "{error:?}");
-            assert!(message.contains(&node.to_string()), "{message}");
-            assert!(
-                message.contains("refused this side's certificate"),
-                "{message}"
-            );
-        }
-        // Given up after one pass, not retried until the timeout.
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_node_from_another_ca_is_a_tls_error() {
-        let ours = tempfile::tempdir().unwrap();
-        let theirs = tempfile::tempdir().unwrap();
-        let pki = certs::write_test_pki(ours.path(), &[], &[("alice".into(), Role::Read)]).unwrap();
-        let other = certs::write_test_pki(theirs.path(), &["127.0.0.1:7001".into()], &[]).unwrap();
-        let node = tls_node(theirs.path(), &other.ca).await;
-        let client = client(pki.clients[0].clone(), &[node.to_string()]);
-        let error = client.status().await.unwrap_err();
-        let message = error.to_string();
-        assert!(matches!(error, ClientError::Tls(_)), "{error:?}");
-        assert!(
-            message.contains("not signed by the CA this side trusts"),
-            "{message}"
-        );
-
-        // The eager dial says the same.
-        let options = DialOptions {
-            tls: Some(ClientTls::load(pki.clients[0].clone()).unwrap()),
-            ..DialOptions::default()
-        };
-        let error = dial::dial(&node.to_string(), &options).await.unwrap_err();
-        assert!(matches!(error, ClientError::Tls(_)), "{error:?}");
-        // And a node that is down is still just down.
-        let error = dial::dial(&nobody().await, &options).await.unwrap_err();
-        assert!(
-            matches!(error, ClientError::NoNodeReachable { .. }),
-            "{error:?}"
-        );
-    }
 }

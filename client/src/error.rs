@@ -2,6 +2,7 @@
 //! do next. A store's rejection of a command is *not* an error here: it is an answer (see
 //! [`Applied`](crate::Applied)).
 
+use riteraft_proto::DialError;
 use tonic::Code;
 
 /// Why a call to the cluster failed.
@@ -61,6 +62,19 @@ pub enum ClientError {
     /// certificates are fixed.
     #[error("{0}")]
     Tls(String),
+}
+
+impl From<DialError> for ClientError {
+    fn from(error: DialError) -> Self {
+        match error {
+            DialError::BadAddress(why) => ClientError::BadAddress(why),
+            DialError::Tls(why) => ClientError::Tls(why),
+            DialError::Unreachable { address, reason } => ClientError::NoNodeReachable {
+                tried: vec![address],
+                last: reason,
+            },
+        }
+    }
 }
 
 impl From<tonic::Status> for ClientError {

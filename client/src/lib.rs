@@ -21,44 +21,45 @@
 //! ```
 //!
 //! With mutual TLS, every connection presents a client certificate signed by the cluster's CA
-//! and checks the node's ([`tls`]); [`certs`] makes such a CA and its certificates:
+//! and checks the node's ([`tls`]); with the `certs` feature, [`certs`] makes such a CA and its
+//! certificates:
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use riteraft_client::{Client, certs};
+//! use riteraft_client::{Client, tls::{ClientTls, TlsFiles}};
 //!
 //! let dir = std::path::Path::new("pki");
-//! let tls = riteraft_client::tls::ClientTls::load(certs::client_files(dir, "admin"))?;
+//! let tls = ClientTls::load(TlsFiles {
+//!     cert: dir.join("client-admin.pem"),
+//!     key: dir.join("client-admin.key"),
+//!     ca: dir.join("ca.pem"),
+//! })?;
 //! let client = Client::builder().tls(tls).connect(["127.0.0.1:7001"])?;
 //! # let _ = client;
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! This crate stays light on purpose (no wasmtime): applications can depend on it without
-//! compiling the node. Besides tonic and prost it brings the TLS stack: rustls with the ring
-//! provider (no C toolchain or cmake needed), tokio-rustls, x509-parser to read certificates and
-//! rcgen to make them.
+//! This crate stays light on purpose (no wasmtime, no command-line parsing: the `riteraft`
+//! binary is the riteraft-cli crate's): applications can depend on it without compiling the
+//! node. Besides tonic it brings riteraft-proto (the generated messages, the TLS stack with
+//! rustls and the ring provider, so no C toolchain or cmake is needed) and serde.
 
-mod address;
-pub mod certs;
 mod client;
-mod dial;
 mod error;
 mod failover;
-pub mod tls;
 mod types;
 
-pub use address::{authority, endpoint_uri};
-pub use client::{
-    Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
-};
-pub use dial::{DialOptions, dial, dial_lazy};
+pub use client::{Client, ClientBuilder, DEFAULT_TIMEOUT};
 pub use error::ClientError;
+#[cfg(feature = "certs")]
+pub use riteraft_proto::certs;
+pub use riteraft_proto::{
+    DEFAULT_CONNECT_TIMEOUT, DialOptions, MAX_MESSAGE_BYTES, authority, dial, dial_lazy,
+    endpoint_uri, tls,
+};
 pub use types::{Answer, Applied, Consistency, Deployed, Joined, Member, NodeStatus, Upgrade};
 
-/// The gRPC messages and services of `proto/riteraft.proto` (client and server stubs).
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("riteraft.v1");
-}
+/// The gRPC messages and services of `proto/riteraft.proto` (client stubs; the server stubs are
+/// riteraft-proto's `server` feature).
+pub use riteraft_proto as proto;

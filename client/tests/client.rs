@@ -1,11 +1,13 @@
-//! The library against fake nodes (see `common`): answers, failover, retries and their bounds.
-
-mod common;
+//! The library against fake nodes (see riteraft-test-support's `fake_node`): answers, failover,
+//! retries and their bounds, and mutual TLS.
 
 use std::time::{Duration, Instant};
 
-use common::{BIG, Fake, dead_address, serve};
-use riteraft_client::{Applied, Client, ClientError, Consistency};
+use riteraft_client::proto::DialError;
+use riteraft_client::tls::{ClientTls, Role, TlsFiles};
+use riteraft_client::{Applied, Client, ClientError, Consistency, DialOptions};
+use riteraft_proto::certs;
+use riteraft_test_support::fake_node::{BIG, Fake, dead_address, serve, serve_tls};
 use tonic::{Code, Status};
 
 /// A bound for calls that should fail fast: generous for a loaded 2-core machine, far below the
@@ -288,4 +290,99 @@ fn bad_addresses_are_refused_up_front() {
         Client::connect(none).unwrap_err(),
         ClientError::BadAddress(_)
     ));
+}
+
+/// A client of `addresses` with the TLS identity `files`.
+fn tls_client(files: TlsFiles, addresses: &[String]) -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(5))
+        .tls(ClientTls::load(files).unwrap())
+        .connect(addresses)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_tls_client_talks_to_a_tls_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs::write_test_pki(
+        dir.path(),
+        &["127.0.0.1:7001".into()],
+        &[("alice".into(), Role::Write)],
+    )
+    .unwrap();
+    let node = serve_tls(Fake::new(7), dir.path(), "127.0.0.1:7001", &pki.ca).await;
+    let client = tls_client(pki.clients[0].clone(), &[node.to_string()]);
+    assert_eq!(client.status().await.unwrap().id, 7);
+    assert_eq!(client.propose("put a 1").await.unwrap().index, 1);
+    // The https:// alias dials the same way.
+    let status = client.status_of(&format!("https://{node}")).await.unwrap();
+    assert_eq!(status.id, 7);
+}
+
+#[tokio::test]
+async fn a_refused_client_certificate_is_a_tls_error_not_a_lost_write() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let pki = certs::write_test_pki(ours.path(), &["127.0.0.1:7001".into()], &[]).unwrap();
+    let stranger =
+        certs::write_test_pki(theirs.path(), &[], &[("eve".into(), Role::Admin)]).unwrap();
+    let node = serve_tls(Fake::new(7), ours.path(), "127.0.0.1:7001", &pki.ca).await;
+    // Eve trusts the node's CA, but her certificate is from another one.
+    let eve = TlsFiles {
+        ca: pki.ca.clone(),
+        ..stranger.clients[0].clone()
+    };
+    // A node that is down as well does not hide the TLS error.
+    let client = tls_client(eve, &[dead_address(), node.to_string()]);
+    let started = Instant::now();
+    for error in [
+        client.propose("put a 1").await.unwrap_err(),
+        client.status().await.unwrap_err(),
+    ] {
+        let message = error.to_string();
+        assert!(matches!(error, ClientError::Tls(_)), "{error:?}");
+        assert!(message.contains(&node.to_string()), "{message}");
+        assert!(
+            message.contains("refused this side's certificate"),
+            "{message}"
+        );
+    }
+    // Given up after one pass, not retried until the timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_node_from_another_ca_is_a_tls_error() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let pki = certs::write_test_pki(ours.path(), &[], &[("alice".into(), Role::Read)]).unwrap();
+    let other = certs::write_test_pki(theirs.path(), &["127.0.0.1:7001".into()], &[]).unwrap();
+    let node = serve_tls(Fake::new(7), theirs.path(), "127.0.0.1:7001", &other.ca).await;
+    let client = tls_client(pki.clients[0].clone(), &[node.to_string()]);
+    let error = client.status().await.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, ClientError::Tls(_)), "{error:?}");
+    assert!(
+        message.contains("not signed by the CA this side trusts"),
+        "{message}"
+    );
+
+    // The eager dial says the same.
+    let options = DialOptions {
+        tls: Some(ClientTls::load(pki.clients[0].clone()).unwrap()),
+        ..DialOptions::default()
+    };
+    let error = riteraft_client::dial(&node.to_string(), &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DialError::Tls(_)), "{error:?}");
+    // And a node that is down is still just down.
+    let error = riteraft_client::dial(&dead_address(), &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DialError::Unreachable { .. }), "{error:?}");
 }

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use riteraft_client::tls::Role;
+use riteraft_proto::tls::Role;
 use tonic::{Request, Status};
 
 use crate::listener::Caller;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use riteraft_client::tls::TlsFiles;
+use riteraft_proto::tls::TlsFiles;
 
 use crate::plugin::PluginLimits;
 

@@ -11,11 +11,8 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use riteraft_client::tls::{
-    CertName, Role, TlsError, TlsFiles, cert_name, crypto_provider, load_pem, node_uri,
-};
+use riteraft_proto::tls::{CertName, Role, TlsError, TlsFiles, cert_name, node_server_config};
 use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -37,7 +34,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A connection on which nothing arrives for this long is closed: a peer that died without a
 /// goodbye, was paused, or holds connections open to use up [`MAX_CONNECTIONS`]. Our own
-/// clients and peers ping every 20 s (see riteraft-client's `dial.rs`), so they stay.
+/// clients and peers ping every 20 s (see riteraft-proto's `dial.rs`), so they stay.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the certificate files are checked for changes (they are also reloaded on SIGHUP).
 const RELOAD_CHECK: Duration = Duration::from_secs(5);
@@ -55,17 +52,6 @@ pub enum Caller {
     Unnamed { why: String },
 }
 
-/// Why the server's TLS settings cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerTlsError {
-    /// A file is missing or holds no usable certificate or key.
-    #[error(transparent)]
-    Files(#[from] TlsError),
-    /// The files load but do not make a server configuration.
-    #[error("cannot set up TLS: {0}")]
-    Config(String),
-}
-
 /// The TLS settings of a node's server: the current config, rebuilt from the files on reload.
 pub struct ServerTls {
     files: TlsFiles,
@@ -78,8 +64,8 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// Loads the certificate, key and CA bundle of the node at `address`.
-    pub fn load(files: TlsFiles, address: &str) -> Result<Arc<ServerTls>, ServerTlsError> {
-        let config = server_config(&files, address)?;
+    pub fn load(files: TlsFiles, address: &str) -> Result<Arc<ServerTls>, TlsError> {
+        let config = node_server_config(&files, address)?;
         Ok(Arc::new(ServerTls {
             loaded: RwLock::new(mtimes(&files)),
             files,
@@ -90,9 +76,9 @@ impl ServerTls {
 
     /// Reloads the files; on an error (a certificate naming another node too) the config in
     /// force stays.
-    pub fn reload(&self) -> Result<(), ServerTlsError> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let stamps = mtimes(&self.files);
-        let config = server_config(&self.files, &self.address)?;
+        let config = node_server_config(&self.files, &self.address)?;
         *self.config.write().expect("tls config lock") = config;
         *self.loaded.write().expect("tls mtimes lock") = stamps;
         Ok(())
@@ -113,40 +99,6 @@ fn mtimes(files: &TlsFiles) -> Vec<Option<SystemTime>> {
         .into_iter()
         .map(|path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok())
         .collect()
-}
-
-/// A server config that requires a client certificate of the cluster's CA and speaks HTTP/2,
-/// with the certificate of the node at `address` (refused if it names anything else).
-fn server_config(files: &TlsFiles, address: &str) -> Result<Arc<ServerConfig>, ServerTlsError> {
-    let (chain, key, roots) = load_pem(files)?;
-    match cert_name(chain[0].as_ref())? {
-        CertName::Node { address: named } if named == address => {}
-        other => {
-            return Err(ServerTlsError::Config(format!(
-                "the certificate {} must name this node ({}), but it names {other}",
-                files.cert.display(),
-                node_uri(address)
-            )));
-        }
-    }
-    let provider = crypto_provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| ServerTlsError::Config(format!("the CA in {}: {e}", files.ca.display())))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServerTlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            ServerTlsError::Config(format!(
-                "the certificate {} and key {}: {e}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Reloads the certificates whenever one of `reload` is called for (SIGHUP) or the files

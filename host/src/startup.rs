@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use riteraft_client::proto::JoinRequest;
-use riteraft_client::proto::client_client::ClientClient;
-use riteraft_client::proto::client_server::ClientServer;
-use riteraft_client::proto::raft_server::RaftServer;
-use riteraft_client::tls::ClientTls;
-use riteraft_client::{ClientError, dial};
+use riteraft_proto::JoinRequest;
+use riteraft_proto::client_client::ClientClient;
+use riteraft_proto::client_server::ClientServer;
+use riteraft_proto::raft_server::RaftServer;
+use riteraft_proto::tls::ClientTls;
+use riteraft_proto::{DialError, dial};
 
 use crate::config::NodeConfig;
 use crate::data_dir::{DataDir, DataDirError, write_identity};
@@ -390,7 +390,7 @@ async fn ask_to_join(
             let channel = match dial(&target, &options).await {
                 Ok(channel) => channel,
                 // A certificate problem does not go away by retrying.
-                Err(ClientError::Tls(why)) => return Err(tonic::Status::unauthenticated(why)),
+                Err(DialError::Tls(why)) => return Err(tonic::Status::unauthenticated(why)),
                 Err(e) => return Err(tonic::Status::unavailable(format!("cannot connect: {e}"))),
             };
             let mut client = ClientClient::new(channel);

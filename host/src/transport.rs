@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use riteraft_client::proto::raft_client::RaftClient;
-use riteraft_client::proto::{RaftBatch, SnapshotChunk};
-use riteraft_client::tls::ClientTls;
-use riteraft_client::{DialOptions, dial};
+use riteraft_proto::raft_client::RaftClient;
+use riteraft_proto::tls::ClientTls;
+use riteraft_proto::{DialOptions, dial};
+use riteraft_proto::{RaftBatch, SnapshotChunk};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -31,9 +31,7 @@ const MAX_BATCH_MESSAGES: usize = 512;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Largest gRPC message a node sends or accepts (a batch, a snapshot chunk, a command): the
 /// same limit the client library uses.
-pub const MAX_MESSAGE_BYTES: usize = riteraft_client::MAX_MESSAGE_BYTES;
-/// Size of one snapshot chunk.
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+pub const MAX_MESSAGE_BYTES: usize = riteraft_proto::MAX_MESSAGE_BYTES;
 /// Largest snapshot a node accepts: 4 GiB, the most a wasm32 store can address.
 pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 /// How long one batch may take before the peer counts as unreachable.
@@ -334,7 +332,7 @@ async fn send_snapshot(
     };
     let chunks: Vec<SnapshotChunk> = std::iter::once(header)
         .chain(
-            data.chunks(SNAPSHOT_CHUNK_BYTES)
+            data.chunks(riteraft_proto::CHUNK_BYTES)
                 .map(|chunk| SnapshotChunk {
                     message: Vec::new(),
                     data_len: 0,

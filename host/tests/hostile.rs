@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::prelude::{Entry, Message, MessageType, Snapshot};
-use riteraft_client::certs::{client_files, node_files, write_test_pki};
-use riteraft_client::proto::client_client::ClientClient;
-use riteraft_client::proto::raft_client::RaftClient;
-use riteraft_client::proto::{
+use riteraft_proto::certs::{client_files, node_files, write_test_pki};
+use riteraft_proto::client_client::ClientClient;
+use riteraft_proto::raft_client::RaftClient;
+use riteraft_proto::tls::{ClientTls, Role, TlsFiles, crypto_provider, load_pem};
+use riteraft_proto::{
     DeployChunk, JoinRequest, LeaveRequest, ProposeRequest, QueryRequest, RaftBatch, SnapshotChunk,
     StatusRequest, TransferLeaderRequest,
 };
-use riteraft_client::tls::{ClientTls, Role, TlsFiles, crypto_provider, load_pem};
-use riteraft_client::{DialOptions, dial_lazy};
+use riteraft_proto::{DialOptions, dial_lazy};
 use riteraft_test_support::{Cluster, ClusterOptions, within};
 use tonic::Code;
 use tonic::transport::Channel;

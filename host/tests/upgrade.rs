@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use riteraft_client::proto::{DeployChunk, DeployResponse, propose_response};
+use riteraft_proto::{DeployChunk, DeployResponse, propose_response};
 use riteraft_test_support::cluster::{Cluster, ClusterOptions};
 use riteraft_test_support::plugin;
 use riteraft_test_support::wait::within;

@@ -310,7 +310,7 @@ impl NodeService {
             Err(NodeError::NotLeader { address, .. }) if !was_forwarded => {
                 let mut client = self.leader_client(&address)?;
                 let chunks: Vec<DeployChunk> = module
-                    .chunks(DEPLOY_CHUNK_BYTES)
+                    .chunks(riteraft_proto::CHUNK_BYTES)
                     .map(|data| DeployChunk {
                         data: data.to_vec(),
                         dry_run: false,

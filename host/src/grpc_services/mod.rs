@@ -14,19 +14,19 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use riteraft_client::dial_lazy;
-use riteraft_client::proto::client_client::ClientClient;
-use riteraft_client::proto::client_server::Client;
-use riteraft_client::proto::raft_client::RaftClient;
-use riteraft_client::proto::raft_server::Raft;
-use riteraft_client::proto::{
+use riteraft_proto::client_client::ClientClient;
+use riteraft_proto::client_server::Client;
+use riteraft_proto::dial_lazy;
+use riteraft_proto::raft_client::RaftClient;
+use riteraft_proto::raft_server::Raft;
+use riteraft_proto::tls::ClientTls;
+use riteraft_proto::tls::Role;
+use riteraft_proto::{
     DeployChunk, DeployResponse, IdentifyRequest, IdentifyResponse, JoinRequest, JoinResponse,
     LeaveRequest, LeaveResponse, Member, ProposeRequest, ProposeResponse, QueryRequest,
     QueryResponse, RaftBatch, SendAck, SnapshotChunk, StatusRequest, StatusResponse,
     TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response, query_response,
 };
-use riteraft_client::tls::ClientTls;
-use riteraft_client::tls::Role;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -44,9 +44,6 @@ const FORWARDED: &str = "riteraft-forwarded";
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leaving leader waits for a successor before giving up.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Size of the chunks a forwarded deploy is re-sent in.
-const DEPLOY_CHUNK_BYTES: usize = 1 << 20;
 /// Deploy uploads held at once: each may hold a module of up to [`MAX_MODULE_BYTES`] in
 /// memory, and deploys are rare, so two at a time is plenty and bounds that memory.
 const MAX_UPLOADS: usize = 2;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use riteraft_client::proto::{ProposeRequest, QueryRequest, propose_response, query_response};
+use riteraft_proto::{ProposeRequest, QueryRequest, propose_response, query_response};
 use riteraft_test_support::{Cluster, ClusterOptions, within};
 use tonic::Code;
 

@@ -1,7 +1,7 @@
 //! [`Cluster`]: a local RiteRaft cluster of real `riteraft-host` processes on loopback.
 //!
 //! Tests drive the nodes exactly as users do, through the gRPC `Client` service, using the raw
-//! generated types of `riteraft_client::proto` (so a test sees every status code and field the
+//! generated types of `riteraft_proto` (so a test sees every status code and field the
 //! node sends, not an interpretation of them).
 //!
 //! Nodes are named by their raft id, as the nodes themselves name each other: the first node
@@ -22,14 +22,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use riteraft_client::certs::{client_files, write_test_pki};
-use riteraft_client::proto::client_client::ClientClient;
-use riteraft_client::proto::{
+use riteraft_proto::certs::{client_files, write_test_pki};
+use riteraft_proto::client_client::ClientClient;
+use riteraft_proto::tls::{ClientTls, Role};
+use riteraft_proto::{DialOptions, dial_lazy};
+use riteraft_proto::{
     LeaveRequest, ProposeRequest, ProposeResponse, QueryRequest, QueryResponse, StatusRequest,
     StatusResponse, TransferLeaderRequest, propose_response, query_response,
 };
-use riteraft_client::tls::{ClientTls, Role};
-use riteraft_client::{DialOptions, dial_lazy};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -232,7 +232,7 @@ impl Cluster {
         self.root.path()
     }
 
-    /// Where the test CA and the certificates are (when TLS is on): `riteraft_client::certs`
+    /// Where the test CA and the certificates are (when TLS is on): `riteraft_proto::certs`
     /// can issue more there.
     pub fn certs_dir(&self) -> PathBuf {
         self.root.path().join("certs")

@@ -5,9 +5,12 @@
 //! - [`ports`]: free loopback ports, never hard-coded.
 //! - [`process`]: [`NodeProcess`], a child process killed when its test ends, however it ends.
 //! - [`cluster`]: [`Cluster`], a local cluster of real `riteraft-host` processes.
+//! - [`fake_node`]: a scripted fake node (the `Client` service only) for the client's and the
+//!   CLI's tests.
 //! - [`wait`]: bounded polling ([`wait_until`]) and a time limit for a whole test ([`within`]).
 
 pub mod cluster;
+pub mod fake_node;
 pub mod ports;
 pub mod process;
 pub mod wait;

@@ -927,7 +927,7 @@ mod tests {
         use clap::CommandFactory as _;
         let given = |args: &[&str]| {
             cluster_was_given(
-                crate::cli::Cli::command(),
+                crate::commands::Cli::command(),
                 std::iter::once("riteraft").chain(args.iter().copied()),
             )
         };

@@ -1,9 +1,5 @@
 //! The `riteraft` command line: its arguments (clap), running one command with the library's
-//! [`Client`], and the exit code. How answers look (text or `--json`) is in [`render`].
-
-#[path = "../bench/mod.rs"]
-mod bench;
-mod render;
+//! [`Client`], and the exit code. How answers look (text or `--json`) is in [`render`](crate::render).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,7 +11,8 @@ use riteraft_client::certs::{self, CertError};
 use riteraft_client::tls::{ClientTls, Role, TlsFiles};
 use riteraft_client::{Client, Consistency};
 
-use render::Report;
+use crate::render::Report;
+use crate::{bench, render};
 
 /// Talk to a RiteRaft cluster: replicate commands, run queries, inspect and manage its nodes.
 #[derive(Debug, Parser)]

@@ -5,7 +5,7 @@
 
 use tonic::codegen::http::uri::Authority;
 
-use crate::ClientError;
+use crate::DialError;
 
 /// Turns one address as a user wrote it into the URI to connect to.
 ///
@@ -13,11 +13,11 @@ use crate::ClientError;
 /// host may be a name, an IPv4 address or a bracketed IPv6 address (`[::1]:7001`). The port is
 /// required: RiteRaft has no well-known port, so a missing one is almost certainly a mistake.
 /// `https://` is only an alias: whether a connection uses TLS is the client's setting
-/// ([`ClientBuilder::tls`](crate::ClientBuilder::tls)), not the address's, and the URI returned
+/// (the client's TLS settings), not the address's, and the URI returned
 /// is `http://` either way.
-pub fn endpoint_uri(address: &str) -> Result<String, ClientError> {
+pub fn endpoint_uri(address: &str) -> Result<String, DialError> {
     let bad = |why: &str| {
-        ClientError::BadAddress(format!(
+        DialError::BadAddress(format!(
             "bad node address {address:?}: {why}; expected HOST:PORT, e.g. 127.0.0.1:7001"
         ))
     };
@@ -60,7 +60,7 @@ pub fn endpoint_uri(address: &str) -> Result<String, ClientError> {
 
 /// The `HOST:PORT` of an address, checked and without scheme or trailing `/`: the form node
 /// certificates name (`tls::node_uri`) and the host compares.
-pub fn authority(address: &str) -> Result<String, ClientError> {
+pub fn authority(address: &str) -> Result<String, DialError> {
     let uri = endpoint_uri(address)?;
     Ok(uri.strip_prefix("http://").unwrap_or(&uri).to_string())
 }
@@ -104,7 +104,7 @@ mod tests {
         ] {
             let err = endpoint_uri(input).unwrap_err();
             let message = err.to_string();
-            assert!(matches!(err, ClientError::BadAddress(_)), "{input}");
+            assert!(matches!(err, DialError::BadAddress(_)), "{input}");
             assert!(message.contains(why), "{input}: {message}");
             assert!(message.contains("expected HOST:PORT"), "{input}: {message}");
         }

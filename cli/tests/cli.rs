@@ -1,10 +1,8 @@
-//! The `riteraft` binary against fake nodes (see `common`): what it prints and how it exits.
-
-mod common;
+//! The `riteraft` binary against fake nodes (riteraft-test-support's `fake_node`): what it prints and how it exits.
 
 use std::process::{Command, Output};
 
-use common::{Fake, dead_address, serve};
+use riteraft_test_support::fake_node::{Fake, dead_address, serve};
 use serde_json::{Value, json};
 
 /// Runs `riteraft` with `args` (off the async runtime, which keeps serving the fake nodes).

@@ -1,23 +1,29 @@
-//! A fake RiteRaft node for the client's tests: a real tonic server on 127.0.0.1 (port chosen by
-//! the OS) implementing the `Client` service with scripted failures, so failover, retries and
-//! the CLI can be tested without a cluster.
-
-#![allow(dead_code)] // each test binary uses part of it
+//! A fake RiteRaft node for the client's and the CLI's tests: a real tonic server on 127.0.0.1
+//! (port chosen by the OS), plain or with mutual TLS, implementing the `Client` service with
+//! scripted failures, so failover, retries, TLS errors and the CLI can be tested without a
+//! cluster.
 
 use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use riteraft_client::MAX_MESSAGE_BYTES;
-use riteraft_client::proto::client_server::{Client as ClientService, ClientServer};
-use riteraft_client::proto::{
+use riteraft_proto::MAX_MESSAGE_BYTES;
+use riteraft_proto::client_server::{Client as ClientService, ClientServer};
+use riteraft_proto::tls::{TlsFiles, node_server_config};
+use riteraft_proto::{
     JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Member, ProposeRequest,
     ProposeResponse, QueryRequest, QueryResponse, StatusRequest, StatusResponse,
     TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response, query_response,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Code, Request, Response, Status};
 
 /// Size of the answer to the query `big`: above tonic's default 4 MiB limit, below ours.
@@ -200,15 +206,15 @@ impl ClientService for Fake {
 
     async fn deploy(
         &self,
-        request: Request<tonic::Streaming<riteraft_client::proto::DeployChunk>>,
-    ) -> Result<Response<riteraft_client::proto::DeployResponse>, Status> {
+        request: Request<tonic::Streaming<riteraft_proto::DeployChunk>>,
+    ) -> Result<Response<riteraft_proto::DeployResponse>, Status> {
         let mut chunks = request.into_inner();
         let mut bytes = 0;
         while let Some(chunk) = chunks.message().await? {
             bytes += chunk.data.len();
         }
         self.enter(format!("deploy {bytes}"))?;
-        Ok(Response::new(riteraft_client::proto::DeployResponse {
+        Ok(Response::new(riteraft_proto::DeployResponse {
             message: format!("received {bytes} bytes"),
             ..Default::default()
         }))
@@ -229,6 +235,72 @@ pub async fn serve(fake: Arc<Fake>) -> String {
             .serve_with_incoming(incoming),
     );
     address.to_string()
+}
+
+/// Serves `fake` over mutual TLS on 127.0.0.1 as the node `node` whose certificate and key are
+/// in `node_dir` (see `riteraft_proto::certs::node_files`), requiring client certificates of the
+/// CA `ca`. Returns the address it really listens on, which need not be `node`.
+pub async fn serve_tls(fake: Arc<Fake>, node_dir: &Path, node: &str, ca: &Path) -> String {
+    let files = TlsFiles {
+        ca: ca.to_path_buf(),
+        ..riteraft_proto::certs::node_files(node_dir, node)
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(node_server_config(&files, node).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Tls>>(4);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, sender) = (acceptor.clone(), sender.clone());
+            tokio::spawn(async move {
+                // A refused handshake is dropped here, as a node would.
+                if let Ok(stream) = acceptor.accept(tcp).await {
+                    let _ = sender.send(Ok(Tls(stream))).await;
+                }
+            });
+        }
+    });
+    tokio::spawn(
+        Server::builder()
+            .add_service(ClientServer::from_arc(fake))
+            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+    );
+    address.to_string()
+}
+
+/// A server-side TLS stream as tonic's server wants it.
+struct Tls(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl Connected for Tls {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl AsyncRead for Tls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
 }
 
 /// An address where nothing listens: a port the OS just gave us, closed again at once.

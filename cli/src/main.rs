@@ -1,6 +1,9 @@
-//! `riteraft`: the command-line client of a RiteRaft cluster. All the work is in [`cli`].
+//! `riteraft`: the command-line client of a RiteRaft cluster. The commands and their arguments
+//! are in [`commands`], how answers look in [`render`], the load generator in [`bench`].
 
-mod cli;
+mod bench;
+mod commands;
+mod render;
 
 /// mimalloc rather than glibc malloc: the bench's gRPC calls allocate many small buffers on
 /// one thread and free them on another, where glibc's arenas cost several percent of the CPU.
@@ -8,5 +11,5 @@ mod cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    commands::main()
 }

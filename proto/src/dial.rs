@@ -1,6 +1,6 @@
 //! Dialing one node: the one place that turns an address and a few options (timeouts, TLS, the
-//! node expected at the other end) into a tonic [`Channel`]. The [`Client`](crate::Client) uses
-//! it for every node, and the host for its peers.
+//! node expected at the other end) into a tonic [`Channel`]. riteraft-client uses it for every
+//! node, and the host for its peers.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -8,13 +8,34 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::DEFAULT_CONNECT_TIMEOUT;
+use crate::address::endpoint_uri;
 use crate::tls::{self, ClientTls, TlsConnector};
-use crate::{ClientError, DEFAULT_CONNECT_TIMEOUT, endpoint_uri};
 
 /// How often an open connection pings the node: well inside a node's idle limit (60 s).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a ping may go unanswered before the connection counts as dead.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a node could not be dialed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The address is not `HOST:PORT` (or a URI with one).
+    #[error("{0}")]
+    BadAddress(String),
+    /// The TLS handshake failed, or the certificates could not be used; the message says which
+    /// side refused and why.
+    #[error("{0}")]
+    Tls(String),
+    /// Nothing answered at the address (refused, timed out, reset).
+    #[error("could not reach {address}: {reason}")]
+    Unreachable {
+        /// The address dialed.
+        address: String,
+        /// The connection error, with its causes.
+        reason: String,
+    },
+}
 
 /// How to dial a node.
 #[derive(Debug, Clone)]
@@ -46,13 +67,13 @@ impl Default for DialOptions {
 /// A channel to the node at `address` (`HOST:PORT`, see [`endpoint_uri`]) that connects on its
 /// first request, and again after the connection breaks. Checks the address only; needs a
 /// running tokio runtime.
-pub fn dial_lazy(address: &str, options: &DialOptions) -> Result<Channel, ClientError> {
+pub fn dial_lazy(address: &str, options: &DialOptions) -> Result<Channel, DialError> {
     Ok(lazy_channel(&endpoint(address, options)?, options))
 }
 
 /// A channel to the node at `address`, connected now: a node that cannot be reached, or a TLS
 /// handshake that fails, is an error here rather than at the first request.
-pub async fn dial(address: &str, options: &DialOptions) -> Result<Channel, ClientError> {
+pub async fn dial(address: &str, options: &DialOptions) -> Result<Channel, DialError> {
     let endpoint = endpoint(address, options)?;
     let connected = match &options.tls {
         Some(tls) => {
@@ -63,7 +84,7 @@ pub async fn dial(address: &str, options: &DialOptions) -> Result<Channel, Clien
     };
     connected.map_err(|error| {
         if let Some(why) = tls::tls_failure(&error) {
-            return ClientError::Tls(why);
+            return DialError::Tls(why);
         }
         let mut last = error.to_string();
         let mut cause = error.source();
@@ -71,18 +92,18 @@ pub async fn dial(address: &str, options: &DialOptions) -> Result<Channel, Clien
             last.push_str(&format!(": {error}"));
             cause = error.source();
         }
-        ClientError::NoNodeReachable {
-            tried: vec![address.trim().to_string()],
-            last,
+        DialError::Unreachable {
+            address: address.trim().to_string(),
+            reason: last,
         }
     })
 }
 
 /// The endpoint of `address` with `options`' timeouts.
-pub(crate) fn endpoint(address: &str, options: &DialOptions) -> Result<Endpoint, ClientError> {
+pub fn endpoint(address: &str, options: &DialOptions) -> Result<Endpoint, DialError> {
     let uri = endpoint_uri(address)?;
     let mut endpoint = Endpoint::from_shared(uri)
-        .map_err(|error| ClientError::BadAddress(format!("bad node address {address:?}: {error}")))?
+        .map_err(|error| DialError::BadAddress(format!("bad node address {address:?}: {error}")))?
         .connect_timeout(options.connect_timeout)
         // Requests are small and latency-bound: do not let Nagle hold them back.
         .tcp_nodelay(true)
@@ -99,7 +120,7 @@ pub(crate) fn endpoint(address: &str, options: &DialOptions) -> Result<Endpoint,
 }
 
 /// The lazy channel of `endpoint`, through TLS if `options` say so.
-pub(crate) fn lazy_channel(endpoint: &Endpoint, options: &DialOptions) -> Channel {
+pub fn lazy_channel(endpoint: &Endpoint, options: &DialOptions) -> Channel {
     match &options.tls {
         Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector::new(
             tls.clone(),

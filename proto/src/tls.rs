@@ -27,7 +27,8 @@ use hyper_util::rt::TokioIo;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::codegen::http::Uri;
@@ -177,6 +178,9 @@ pub enum TlsError {
         /// What rustls said.
         source: rustls::Error,
     },
+    /// The files load but do not make a TLS configuration.
+    #[error("cannot set up TLS: {0}")]
+    Config(String),
     /// A certificate does not name a RiteRaft node or client as [`cert_name`] expects.
     #[error("{0}")]
     Identity(String),
@@ -318,6 +322,38 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             other => format!("it is not valid PEM ({other})"),
         },
     })
+}
+
+/// A server config that requires a client certificate of the cluster's CA and speaks HTTP/2,
+/// with the certificate of the node at `address` (refused if it names anything else).
+pub fn node_server_config(files: &TlsFiles, address: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key, roots) = load_pem(files)?;
+    match cert_name(chain[0].as_ref())? {
+        CertName::Node { address: named } if named == address => {}
+        other => {
+            return Err(TlsError::Identity(format!(
+                "the certificate {} must name this node ({}), but it names {other}",
+                files.cert.display(),
+                node_uri(address)
+            )));
+        }
+    }
+    let provider = crypto_provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config(format!("the CA in {}: {e}", files.ca.display())))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::KeyPair {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Who the certificate `cert_der` (DER, an end-entity certificate) names; see the module
@@ -666,7 +702,6 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use rustls::ServerConfig;
-    use rustls::server::WebPkiClientVerifier;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
     use tower_service::Service as _;
@@ -916,23 +951,12 @@ pub(crate) mod tests {
 
     /// A node's server configuration: `node`'s certificate from `node_dir`, client certificates
     /// required from the CA `ca`, HTTP/2.
-    pub(crate) fn server_config(node_dir: &Path, node: &str, ca: &Path) -> Arc<ServerConfig> {
+    fn server_config(node_dir: &Path, node: &str, ca: &Path) -> Arc<ServerConfig> {
         let files = TlsFiles {
             ca: ca.to_path_buf(),
             ..certs::node_files(node_dir, node)
         };
-        let (chain, key, roots) = load_pem(&files).unwrap();
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), crypto_provider())
-            .build()
-            .unwrap();
-        let mut config = ServerConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Arc::new(config)
+        node_server_config(&files, node).unwrap()
     }
 
     /// A TLS server on 127.0.0.1 with [`server_config`] that echoes one byte per connection.

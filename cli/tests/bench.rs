@@ -1,14 +1,12 @@
-//! `riteraft bench`: against fake nodes (see `common`) for its output and its choices, and one
+//! `riteraft bench`: against fake nodes (riteraft-test-support's `fake_node`) for its output and its choices, and one
 //! short smoke run on a real local cluster that the bench starts itself, when the node binary
 //! and the kv plugin have been built (cargo does not build `riteraft-host` for this crate's
 //! tests; CI runs the same smoke as a command of its own, see `.ci/run`).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Fake, serve};
+use riteraft_test_support::fake_node::{Fake, serve};
 use serde_json::Value;
 
 /// Runs `riteraft` with `args` (off the async runtime, which keeps serving the fake nodes).

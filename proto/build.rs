@@ -1,0 +1,15 @@
+//! Generates the gRPC code for riteraft.proto. protox parses the .proto in Rust, so no `protoc`
+//! is needed on the machine. The server stubs are compiled only with the `server` feature: a
+//! client has no use for them.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "riteraft.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["."])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .server_mod_attribute("riteraft.v1", "#[cfg(feature = \"server\")]")
+        .compile_fds(descriptors)?;
+    Ok(())
+}
