@@ -1,0 +1,128 @@
+//! The simulated nodes' store: the kv example compiled in, which a deploy can switch to a newer
+//! "version" in the middle of a run, and which reports the digest of its state after every
+//! entry it applies, so that the simulator can check that replicas agree at every index.
+//!
+//! A module here is the text `sim-kv N` (version N, N >= 1); anything else is refused, as a
+//! real node refuses bytes that are not a store. Versions behave alike on purpose (the history
+//! checker knows one kv store) but are part of the digest: a replica that switched at another
+//! index than the rest differs from them at once.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use riteraft_host::state_machine::{
+    ApplyContext, ModuleInfo, Outcome, StateMachine, StateMachineError,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::Kv;
+
+/// (index, digest of the state after applying it), in the order applied.
+pub type Digests = Arc<Mutex<Vec<(u64, u64)>>>;
+
+pub struct SimStore {
+    kv: Kv,
+    /// The module running; `None` for the store the node started with (built in, version 1).
+    module: Option<Arc<Vec<u8>>>,
+    digests: Digests,
+}
+
+/// The module of version `version`.
+pub fn module(version: u32) -> Vec<u8> {
+    format!("sim-kv {version}").into_bytes()
+}
+
+fn version_of(module: &[u8]) -> Option<u32> {
+    std::str::from_utf8(module)
+        .ok()?
+        .strip_prefix("sim-kv ")?
+        .parse()
+        .ok()
+        .filter(|version| *version >= 1)
+}
+
+impl SimStore {
+    pub fn new(digests: Digests) -> SimStore {
+        SimStore {
+            kv: Kv::new(),
+            module: None,
+            digests,
+        }
+    }
+
+    fn version(&self) -> u32 {
+        self.module
+            .as_deref()
+            .and_then(|module| version_of(module))
+            .unwrap_or(1)
+    }
+}
+
+impl StateMachine for SimStore {
+    fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Outcome, StateMachineError> {
+        let outcome = self.kv.apply(ctx, entry)?;
+        let mut hasher = DefaultHasher::new();
+        self.version().hash(&mut hasher);
+        self.kv.snapshot()?.hash(&mut hasher);
+        self.digests
+            .lock()
+            .unwrap()
+            .push((ctx.index, hasher.finish()));
+        Ok(outcome)
+    }
+
+    fn query(&mut self, request: &[u8]) -> Result<Outcome, StateMachineError> {
+        self.kv.query(request)
+    }
+
+    fn snapshot(&mut self) -> Result<Bytes, StateMachineError> {
+        self.kv.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {
+        self.kv.restore(snapshot)
+    }
+
+    fn module_info(&self) -> ModuleInfo {
+        match &self.module {
+            None => self.kv.module_info(),
+            Some(module) => ModuleInfo {
+                sha256: Sha256::digest(module.as_slice()).into(),
+                version: self.version().to_string(),
+            },
+        }
+    }
+
+    fn module_bytes(&self) -> Option<Arc<Vec<u8>>> {
+        self.module.clone()
+    }
+
+    fn upgrade(&mut self, module: &[u8]) -> Result<Result<ModuleInfo, String>, StateMachineError> {
+        if version_of(module).is_none() {
+            return Ok(Err(format!(
+                "not a simulated store: {:?}",
+                String::from_utf8_lossy(module)
+            )));
+        }
+        // Versions share the state's format: the new code reads the current state as is.
+        self.module = Some(Arc::new(module.to_vec()));
+        Ok(Ok(self.module_info()))
+    }
+
+    fn restore_with_module(
+        &mut self,
+        module: &[u8],
+        snapshot: &[u8],
+    ) -> Result<(), StateMachineError> {
+        if version_of(module).is_none() {
+            return Err(StateMachineError::Restore(format!(
+                "the snapshot's module is not a simulated store: {:?}",
+                String::from_utf8_lossy(module)
+            )));
+        }
+        self.kv.restore(snapshot)?;
+        self.module = Some(Arc::new(module.to_vec()));
+        Ok(())
+    }
+}
