@@ -9,16 +9,9 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use riteraft_plugin_sdk::RawStore;
 
-/// Where an entry sits in the log, and when its leader proposed it. Passed to the store as is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ApplyContext {
-    /// The entry's raft log index.
-    pub index: u64,
-    /// The raft term of the entry.
-    pub term: u64,
-    /// Milliseconds since the Unix epoch, stamped by the leader when it proposed the entry.
-    pub timestamp_ms: u64,
-}
+/// Where an entry sits in the log, and when its leader proposed it: the plugin SDK's own type
+/// (one definition for both sides, the same fields as `apply-context` in `proto/store.wit`).
+pub use riteraft_plugin_sdk::ApplyContext;
 
 /// A deterministic "no" for one entry or query: the same on every replica, so it is replicated
 /// like any answer and returned to the client. The state machine stays usable.
@@ -163,11 +156,6 @@ impl<S: RawStore + Send> NativeStateMachine<S> {
 
 impl<S: RawStore + Send> StateMachine for NativeStateMachine<S> {
     fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Outcome, StateMachineError> {
-        let ctx = riteraft_plugin_sdk::ApplyContext {
-            index: ctx.index,
-            term: ctx.term,
-            timestamp_ms: ctx.timestamp_ms,
-        };
         Ok(riteraft_plugin_sdk::__glue::apply(&self.slot, &ctx, entry).map_err(Rejection::Store))
     }
 
