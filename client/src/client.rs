@@ -407,7 +407,23 @@ impl Client {
                             tokio::time::sleep(failover::INITIAL_BACKOFF.min(remaining)).await;
                             continue;
                         }
-                        Verdict::Fail(error) => return Err(error),
+                        Verdict::Fail(error) => {
+                            // The connection broke with a write in flight (the node died, was
+                            // paused or cut off; see the keep-alive in `dial`): the next call
+                            // starts at the next node rather than waiting on this one again.
+                            if let (ClientError::ConnectionLost { .. }, Some(index)) =
+                                (&error, index)
+                            {
+                                let next = (index + 1) % self.shared.nodes.len();
+                                let _ = self.shared.preferred.compare_exchange(
+                                    index,
+                                    next,
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                );
+                            }
+                            return Err(error);
+                        }
                     }
                     break;
                 }

@@ -34,7 +34,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A connection on which nothing arrives for this long is closed: a peer that died without a
 /// goodbye, was paused, or holds connections open to use up [`MAX_CONNECTIONS`]. Our own
-/// clients and peers ping every 20 s (see riteraft-proto's `dial.rs`), so they stay.
+/// clients and peers ping every second (see riteraft-proto's `dial.rs`), so they stay.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the certificate files are checked for changes (they are also reloaded on SIGHUP).
 const RELOAD_CHECK: Duration = Duration::from_secs(5);
