@@ -12,7 +12,7 @@
 //! completeness (a new leader holds every entry committed before it); and every replica's
 //! state after applying an index is the same as every other's after that index. At the end,
 //! after healing: every replica holds the same values and runs the same store code, and every
-//! key's history is linearizable (`checker.rs`), which also means no acknowledged write was
+//! key's history is linearizable (riteraft-test-support's `linearizability`), which also means no acknowledged write was
 //! lost.
 //!
 //! The same seed gives the same run: raft-rs' election timeouts come from its own RNG, so
@@ -20,7 +20,6 @@
 //! messages are taken from each node in a fixed order. A failing seed prints the command that
 //! replays it. `SIM_SEEDS=N` runs more seeds (a soak), `SIM_SEED=S` one seed.
 
-mod checker;
 mod disk;
 mod in_memory;
 mod network;
@@ -30,7 +29,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use checker::{Call, History, Op, Outcome, Step};
 use disk::{SimDisk, is_disk_full};
 use network::{Faults, Network, Wire};
 use raft::prelude::Snapshot;
@@ -46,6 +44,7 @@ use riteraft_host::replicated::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, enc
 use riteraft_host::state_machine::{NativeStateMachine, StateMachine};
 use riteraft_host::storage::{LogStore, MemLogStore};
 use riteraft_plugin_sdk::Typed;
+use riteraft_test_support::linearizability::{Call, History, Op, Outcome, Step};
 use store::{Digests, SimStore};
 use tokio::sync::oneshot;
 

@@ -34,7 +34,8 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::ports::free_addr;
+use crate::netns::Host;
+use crate::ports::{free_addr, free_port};
 use crate::process::NodeProcess;
 use crate::wait::wait_until;
 
@@ -70,6 +71,10 @@ pub struct ClusterOptions {
     /// sets a cluster up): a test CA, a certificate per node and an admin client certificate
     /// in the cluster's directory.
     pub tls: bool,
+    /// Where the nodes run: the k-th node started gets the k-th host (its network namespace
+    /// and address, see [`crate::netns::Lab`]). Empty: every node on 127.0.0.1, in the test's
+    /// own namespace.
+    pub hosts: Vec<Host>,
 }
 
 impl ClusterOptions {
@@ -85,7 +90,14 @@ impl ClusterOptions {
             rust_log: std::env::var("RITERAFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
             ready_timeout: Duration::from_secs(30),
             tls: true,
+            hosts: Vec::new(),
         }
+    }
+
+    /// Runs the k-th node started on the k-th of `hosts` (see [`ClusterOptions::hosts`]).
+    pub fn on_hosts(mut self, hosts: &[Host]) -> Self {
+        self.hosts = hosts.to_vec();
+        self
     }
 
     /// Runs the nodes without TLS (on loopback, which a node allows).
@@ -147,6 +159,8 @@ struct Node {
     dir: PathBuf,
     /// The node's `--data-dir`.
     data_dir: PathBuf,
+    /// The network namespace it runs in, if not the test's.
+    netns: Option<String>,
 }
 
 /// A running cluster. Dropping it kills every node; if a test panics, the nodes' logs are
@@ -541,11 +555,16 @@ impl Cluster {
     /// rest of the cluster, so wait for that separately.
     pub async fn restart(&mut self, id: u64) {
         self.kill(id);
-        let (addr, dir, data_dir) = {
+        let (addr, dir, data_dir, netns) = {
             let node = self.node(id);
-            (node.addr, node.dir.clone(), node.data_dir.clone())
+            (
+                node.addr,
+                node.dir.clone(),
+                node.data_dir.clone(),
+                node.netns.clone(),
+            )
         };
-        let process = self.spawn(&dir, &data_dir, addr, None);
+        let process = self.spawn(&dir, &data_dir, addr, None, netns.as_deref());
         // A new channel: the old one may be backing off from the dead process.
         let client = self.connector.connect(addr);
         let node = self.nodes.get_mut(&id).expect("the node exists");
@@ -580,8 +599,23 @@ impl Cluster {
             Some(root) => root.join(format!("node{}", self.started)),
             None => dir.join("data"),
         };
-        let addr = free_addr();
-        let mut process = self.spawn(&dir, &data_dir, addr, join);
+        let host = match self.options.hosts.as_slice() {
+            [] => None,
+            hosts => Some(hosts.get(self.started - 1).cloned().unwrap_or_else(|| {
+                panic!(
+                    "node {} started, but only {} hosts given",
+                    self.started,
+                    hosts.len()
+                )
+            })),
+        };
+        // A port free here is free in a fresh namespace too.
+        let addr = match &host {
+            None => free_addr(),
+            Some(host) => SocketAddr::new(host.ip, free_port()),
+        };
+        let netns = host.map(|host| host.netns);
+        let mut process = self.spawn(&dir, &data_dir, addr, join, netns.as_deref());
         let client = self.connector.connect(addr);
         let bootstrap = join.is_none();
         let what = if bootstrap {
@@ -622,6 +656,7 @@ impl Cluster {
                 client,
                 dir,
                 data_dir,
+                netns,
             },
         );
         id
@@ -634,9 +669,19 @@ impl Cluster {
         data_dir: &Path,
         addr: SocketAddr,
         join: Option<SocketAddr>,
+        netns: Option<&str>,
     ) -> NodeProcess {
         let options = &self.options;
-        let mut command = Command::new(&options.binary);
+        // `ip netns exec` enters the namespace and then execs the node: the process is the
+        // node's, so killing and pausing it work as on loopback.
+        let mut command = match netns {
+            None => Command::new(&options.binary),
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&options.binary);
+                command
+            }
+        };
         command
             .arg("--plugin")
             .arg(&options.plugin)

@@ -5,12 +5,16 @@
 //! - [`ports`]: free loopback ports, never hard-coded.
 //! - [`process`]: [`NodeProcess`], a child process killed when its test ends, however it ends.
 //! - [`cluster`]: [`Cluster`], a local cluster of real `riteraft-host` processes.
+//! - [`linearizability`]: a client history of a register per key, and its WGL check.
+//! - [`netns`]: a private network of namespaces for a cluster, with links to cut.
 //! - [`fake_node`]: a scripted fake node (the `Client` service only) for the client's and the
 //!   CLI's tests.
 //! - [`wait`]: bounded polling ([`wait_until`]) and a time limit for a whole test ([`within`]).
 
 pub mod cluster;
 pub mod fake_node;
+pub mod linearizability;
+pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod wait;

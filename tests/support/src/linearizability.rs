@@ -1,15 +1,20 @@
-//! The client history and its check: per-key linearizability of a register (`put` writes a
+//! A client history and its check: per-key linearizability of a register (`put` writes a
 //! unique value, `get` reads), with the Wing & Gong search as refined by Lowe (WGL): try every
 //! operation that may come first (no other operation finished before it started), apply it to
 //! the register, recurse, and remember (set of linearized operations, register value) pairs
-//! already seen. Hand-written rather than a crate: it is 80 lines for this one model, the
-//! histories are small (a few dozen operations per key), and its answer must not depend on
-//! anything but the history.
+//! already seen. Hand-written rather than a crate: it is 80 lines for this one model, and its
+//! answer must not depend on anything but the history. Shared by the in-memory simulator
+//! (times in steps) and the fault suite on real processes (times in microseconds).
 
 use std::collections::{BTreeMap, HashSet};
 
-/// When something happened, in simulation steps.
+/// When something happened: any clock that only moves forward (simulation steps, microseconds).
 pub type Step = u64;
+
+/// Most operations checked on one key. The search's memory grows with the operations that
+/// overlap, and its depth with the history's length: a few thousand stay well inside a test
+/// thread's stack and a second of work. Spread a longer workload over more keys.
+pub const MAX_OPS_PER_KEY: usize = 4_000;
 
 /// What a client asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +58,16 @@ impl History {
     pub fn violation(&self) -> Option<(&String, &Vec<Op>)> {
         self.by_key.iter().find(|(_, ops)| !linearizable(ops))
     }
+
+    /// Every operation, in all keys.
+    pub fn len(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
 }
 
 /// Whether `ops` on one register (initially absent) can be put in one order that respects
@@ -67,28 +82,45 @@ pub fn linearizable(ops: &[Op]) -> bool {
         })
         .collect();
     assert!(
-        ops.len() <= 128,
-        "a key's history is too long to check: {}",
+        ops.len() <= MAX_OPS_PER_KEY,
+        "a key's history is too long to check: {} operations, at most {MAX_OPS_PER_KEY}",
         ops.len()
     );
-    let mut seen = HashSet::new();
-    search(&ops, 0, None, &mut seen)
+    // The search recurses once per operation: on a thread of its own, with a stack sized for
+    // the longest history allowed rather than the test thread's 2 MiB.
+    let ops: Vec<Op> = ops.into_iter().cloned().collect();
+    std::thread::Builder::new()
+        .name("linearizability".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || {
+            let ops: Vec<&Op> = ops.iter().collect();
+            let mut seen = HashSet::new();
+            let done = vec![0u64; ops.len().div_ceil(64)];
+            search(&ops, done, None, &mut seen)
+        })
+        .expect("cannot start the checker's thread")
+        .join()
+        .expect("the linearizability checker panicked")
 }
+
+/// The checker thread's stack: a few hundred bytes per level of [`search`], times
+/// [`MAX_OPS_PER_KEY`], with room to spare.
+const STACK_BYTES: usize = 64 << 20;
 
 /// `done` is the set of linearized operations (a bit per operation).
 fn search(
     ops: &[&Op],
-    done: u128,
+    done: Vec<u64>,
     value: Option<String>,
-    seen: &mut HashSet<(u128, Option<String>)>,
+    seen: &mut HashSet<(Vec<u64>, Option<String>)>,
 ) -> bool {
     // Finished once every operation that completed is linearized (unknown writes may never
     // take effect).
-    let pending = |i: usize| done & (1u128 << i) == 0;
+    let pending = |i: usize| done[i / 64] & (1u64 << (i % 64)) == 0;
     if (0..ops.len()).all(|i| !pending(i) || ops[i].outcome == Outcome::Unknown) {
         return true;
     }
-    if !seen.insert((done, value.clone())) {
+    if !seen.insert((done.clone(), value.clone())) {
         return false;
     }
     // An operation may go next only if no pending one completed before it was invoked.
@@ -107,7 +139,9 @@ fn search(
             (Call::Get, Outcome::Ok(read)) if *read == value => value.clone(),
             (Call::Get, _) => continue,
         };
-        if search(ops, done | (1u128 << i), next, seen) {
+        let mut with = done.clone();
+        with[i / 64] |= 1u64 << (i % 64);
+        if search(ops, with, next, seen) {
             return true;
         }
     }
@@ -158,6 +192,24 @@ mod tests {
             op(Call::Get, 3, 4, read(Some("b"))),
             op(Call::Get, 5, 6, read(Some("a"))),
         ]));
+    }
+
+    #[test]
+    fn a_long_history_is_checked() {
+        let ok = Outcome::Ok(None);
+        let mut ops = Vec::new();
+        for i in 0..MAX_OPS_PER_KEY as u64 / 2 {
+            let value = format!("v{i}");
+            ops.push(op(Call::Put(value.clone()), 4 * i, 4 * i + 2, ok.clone()));
+            // Each read overlaps the next write: it may see either value, and sees its own.
+            ops.push(op(Call::Get, 4 * i + 1, 4 * i + 5, read(Some(&value))));
+        }
+        assert!(linearizable(&ops));
+        // One stale read at the end breaks it.
+        let last = ops.len() as u64 * 2 + 10;
+        ops.pop();
+        ops.push(op(Call::Get, last, last + 1, read(Some("v0"))));
+        assert!(!linearizable(&ops));
     }
 
     #[test]
