@@ -182,31 +182,36 @@ macro_rules! or_forward {
     };
 }
 
-/// A forwarded call's failure as the client should see it. The leader's own answers keep their
-/// code; a failure to reach it at all (tonic reports `Unknown`/`Cancelled`/`Internal` "transport
-/// error") becomes `UNAVAILABLE` — but a write that was in flight may already be applied, so
-/// for that case the message says so and the code is `DEADLINE_EXCEEDED`, which clients do not
-/// retry blindly.
+/// A forwarded call's failure as the client should see it. What the leader answered keeps its
+/// code (a status read off the wire has no source). A failure of the transport is one of two:
+/// the leader could not be reached at all (the connection was never made: nothing was sent),
+/// which is `UNAVAILABLE` and safe to retry elsewhere; or the connection broke once the request
+/// was on its way (reset, keep-alive timeout, a partition), which is `DEADLINE_EXCEEDED`: the
+/// write may be applied, even much later (bytes in a socket's buffer are delivered when a
+/// partition heals), so a client must not send it again. The fault suite found the second
+/// reported as `UNAVAILABLE`, which clients retried, and one write applied twice.
 fn unreached_leader(status: Status, address: &str) -> Status {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::InvalidArgument
-        | Code::FailedPrecondition
-        | Code::ResourceExhausted
-        | Code::Ok => status,
-        _ if status.message().contains("connect") => Status::unavailable(format!(
-            "cannot reach the leader at {address}: {}",
-            status.message()
-        )),
-        _ => Status::deadline_exceeded(format!(
-            "lost contact with the leader at {address} ({}); a write in flight may or may not \
-             have been applied",
-            status.message()
-        )),
+    use std::error::Error as _;
+    if status.source().is_none() {
+        return status;
     }
+    let mut cause = status.source();
+    while let Some(error) = cause {
+        // How tonic marks a connection that could not be made (the client's `failover` uses the
+        // same test).
+        if error.is::<tonic::ConnectError>() {
+            return Status::unavailable(format!(
+                "cannot reach the leader at {address}: {}",
+                status.message()
+            ));
+        }
+        cause = error.source();
+    }
+    Status::deadline_exceeded(format!(
+        "lost contact with the leader at {address} ({}); the write may or may not be applied, \
+         so check with a query before sending it again",
+        status.message()
+    ))
 }
 
 /// The next chunk of an upload, waiting at most [`CHUNK_IDLE`] for it.
@@ -221,3 +226,33 @@ async fn next_chunk<T>(chunks: &mut Streaming<T>) -> Result<Option<T>, Status> {
 // After the macro above: the services use it.
 mod client_service;
 mod raft_service;
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_forwarded_write_lost_in_transit_is_unknown_not_unavailable() {
+        let address = "10.0.0.1:7001";
+        // The leader's own answer keeps its code.
+        let answered = unreached_leader(Status::unavailable("no leader"), address);
+        assert_eq!(answered.code(), Code::Unavailable);
+        // Never connected: nothing was sent, another node may be tried.
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let status = Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        let unreached = unreached_leader(status, address);
+        assert_eq!(unreached.code(), Code::Unavailable);
+        // Broke after sending (reset, keep-alive timeout): may be applied, even later.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let status = Status::from_error(Box::new(reset));
+        assert_eq!(status.code(), Code::Unknown);
+        let lost = unreached_leader(status, address);
+        assert_eq!(lost.code(), Code::DeadlineExceeded);
+        assert!(
+            lost.message().contains("may or may not be applied"),
+            "{lost:?}"
+        );
+    }
+}

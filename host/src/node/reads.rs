@@ -338,6 +338,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Asks raft for the read indexes the read rules want now.
     pub(super) fn ask_read_index(&mut self) {
         for id in self.reads.read_indexes_due(self.now) {
+            tracing::debug!(id, "asking for a read index");
             self.raw.read_index(id.to_le_bytes().to_vec());
         }
     }
@@ -346,6 +347,13 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         let view = self.raft_view();
         for state in states {
             if let Ok(id) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) {
+                tracing::debug!(
+                    id = u64::from_le_bytes(id),
+                    index = state.index,
+                    applied = self.applied,
+                    leader = view.is_leader,
+                    "read index confirmed"
+                );
                 self.reads
                     .confirmed(u64::from_le_bytes(id), state.index, &view);
             }
@@ -358,6 +366,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
 
     pub(super) fn serve_reads(&mut self) -> Result<(), NodeFatal> {
         for query in self.reads.answerable(self.applied) {
+            tracing::debug!(applied = self.applied, "answering a linearizable read");
             self.answer(query)?;
         }
         Ok(())

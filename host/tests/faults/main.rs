@@ -13,6 +13,7 @@
 //! `iptables`, the tests print why and pass without running.
 
 mod nemesis;
+mod regressions;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use nemesis::Nemesis;
 use riteraft_client::Client;
 use riteraft_client::tls::ClientTls;
 use riteraft_proto::certs::client_files;
-use riteraft_test_support::linearizability::{Call, Op, Outcome};
+use riteraft_test_support::linearizability::{Call, Op, Outcome, linearizable};
 use riteraft_test_support::netns::Lab;
 use riteraft_test_support::{Cluster, ClusterOptions, within};
 use workload::{KEYS, Workload, key, tally};
@@ -61,12 +62,16 @@ fn options() -> ClusterOptions {
     ClusterOptions::new(env!("CARGO_BIN_EXE_riteraft-host")).proposal_timeout_ms(3000)
 }
 
+/// The harness's admin certificate, for clients of `cluster`.
+fn client_tls(cluster: &Cluster) -> std::sync::Arc<ClientTls> {
+    ClientTls::load(client_files(&cluster.certs_dir(), "admin"))
+        .expect("the harness's admin certificate loads")
+}
+
 /// A client of every node of `cluster` with the harness's admin certificate.
 fn client(cluster: &Cluster) -> Client {
-    let tls = ClientTls::load(client_files(&cluster.certs_dir(), "admin"))
-        .expect("the harness's admin certificate loads");
     Client::builder()
-        .tls(tls)
+        .tls(client_tls(cluster))
         .connect(cluster.addrs().iter().map(ToString::to_string))
         .expect("the nodes' addresses are valid")
 }
@@ -110,7 +115,7 @@ async fn run(test: &str, nemesis: Nemesis, spare: usize, flags: &[&str]) {
     let all_writes = workload
         .acknowledged
         .load(std::sync::atomic::Ordering::Relaxed);
-    let mut history = workload.stop().await;
+    let (mut history, read_at) = workload.stop().await;
 
     // Healed and quiet: every node catches up and holds the same values.
     cluster.wait_caught_up(RECOVERY_LIMIT).await;
@@ -160,9 +165,24 @@ async fn run(test: &str, nemesis: Nemesis, spare: usize, flags: &[&str]) {
         spread(&report.catch_ups),
     );
     if let Some((key, ops)) = violation {
+        let window = failing_window(&history.by_key[&key], 30);
+        let shown: Vec<String> = window
+            .iter()
+            .map(|op| {
+                let at = read_at.get(&(key.clone(), op.invoked));
+                let at = at
+                    .map(|i| format!(" answered at applied index {i}"))
+                    .unwrap_or_default();
+                format!(
+                    "  {:?} {}..{} us -> {:?}{at}",
+                    op.call, op.invoked, op.completed, op.outcome
+                )
+            })
+            .collect();
         panic!(
-            "{test}: the history of key {key} ({ops} operations) is not linearizable; replay with FAULT_SEED={seed}: {:#?}",
-            history.by_key[&key]
+            "{test}: the history of key {key} ({ops} operations) is not linearizable; replay with \
+             FAULT_SEED={seed}. The last operations of its shortest failing prefix (by invocation):\n{}",
+            shown.join("\n")
         );
     }
     assert!(counts.acknowledged_writes > 0, "{test}: no write succeeded");
@@ -212,6 +232,23 @@ impl Report {
             fault_writes: 0,
         }
     }
+}
+
+/// The last `n` operations of the shortest prefix of `ops` (ordered by invocation) that is not
+/// linearizable: where to look first.
+fn failing_window(ops: &[Op], n: usize) -> Vec<Op> {
+    let mut ops = ops.to_vec();
+    ops.sort_by_key(|op| op.invoked);
+    let (mut lo, mut hi) = (1, ops.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if linearizable(&ops[..mid]) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    ops[lo.saturating_sub(n)..lo].to_vec()
 }
 
 /// "median M, max X" of `times` ("none" if empty).

@@ -206,7 +206,7 @@ pub async fn inject(
 }
 
 /// The lab host node `id` runs on.
-fn host(lab: &Lab, cluster: &Cluster, id: u64) -> usize {
+pub(super) fn host(lab: &Lab, cluster: &Cluster, id: u64) -> usize {
     let ip: IpAddr = cluster.addr(id).ip();
     lab.hosts()
         .iter()

@@ -3,6 +3,7 @@
 //! real time it was invoked and answered, and what came back: ok, failed (certainly no effect)
 //! or unknown (may have taken effect).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ pub struct Workload {
     start: Instant,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<History>>,
+    /// The applied index each successful read was answered at, by (key, invoked): to tell
+    /// which replica answered when a history fails.
+    read_at: Arc<Mutex<BTreeMap<(String, u64), u64>>>,
     tasks: Vec<JoinHandle<()>>,
     /// Acknowledged writes so far, for recovery checks.
     pub acknowledged: Arc<AtomicU64>,
@@ -43,6 +47,7 @@ impl Workload {
         let start = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(History::default()));
+        let read_at = Arc::new(Mutex::new(BTreeMap::new()));
         let acknowledged = Arc::new(AtomicU64::new(0));
         let next_value = Arc::new(AtomicU64::new(0));
         let tasks = (0..clients)
@@ -53,6 +58,7 @@ impl Workload {
                     start,
                     stop: stop.clone(),
                     history: history.clone(),
+                    read_at: read_at.clone(),
                     acknowledged: acknowledged.clone(),
                     next_value: next_value.clone(),
                     id: i,
@@ -64,6 +70,7 @@ impl Workload {
             start,
             stop,
             history,
+            read_at,
             tasks,
             acknowledged,
         }
@@ -74,16 +81,19 @@ impl Workload {
         self.start.elapsed().as_micros() as u64
     }
 
-    /// Stops the clients (each finishes the operation it is in) and returns the history.
-    pub async fn stop(self) -> History {
+    /// Stops the clients (each finishes the operation it is in) and returns the history, with
+    /// the applied index of each successful read.
+    pub async fn stop(self) -> (History, BTreeMap<(String, u64), u64>) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.expect("a client task panicked");
         }
-        Arc::try_unwrap(self.history)
+        let history = Arc::try_unwrap(self.history)
             .unwrap_or_else(|_| panic!("the history is still shared"))
             .into_inner()
-            .unwrap()
+            .unwrap();
+        let read_at = std::mem::take(&mut *self.read_at.lock().unwrap());
+        (history, read_at)
     }
 }
 
@@ -113,6 +123,7 @@ struct Worker {
     start: Instant,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<History>>,
+    read_at: Arc<Mutex<BTreeMap<(String, u64), u64>>>,
     acknowledged: Arc<AtomicU64>,
     next_value: Arc<AtomicU64>,
     id: usize,
@@ -146,7 +157,14 @@ impl Worker {
                     .await;
                 let outcome = match answer {
                     // A rejection is "no such key".
-                    Ok(answer) => Outcome::Ok(answer.result.ok().map(text)),
+                    Ok(answer) => {
+                        let at = (key.clone(), invoked);
+                        self.read_at
+                            .lock()
+                            .unwrap()
+                            .insert(at, answer.applied_index);
+                        Outcome::Ok(answer.result.ok().map(text))
+                    }
                     // A read that failed had no effect either way.
                     Err(_) => Outcome::Failed,
                 };
