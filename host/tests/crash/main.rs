@@ -14,7 +14,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use rand::{Rng, SeedableRng};
 use riteraft_proto::client_client::ClientClient;
 use riteraft_proto::{ProposeRequest, QueryRequest, propose_response, query_response};
 use riteraft_test_support::cluster::Connector;
+use riteraft_test_support::tmpfs::{Tmpfs, fill_until_free};
 use riteraft_test_support::{Cluster, ClusterOptions, within};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -390,56 +390,6 @@ fn repair_note(cluster: &Cluster, id: u64) -> String {
 
 // ---- 4. a full disk ---------------------------------------------------------------------------
 
-/// A tmpfs mounted on a fresh temporary directory, unmounted when dropped (also on a panic).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `mib` MiB, or says why it cannot (typically: not root).
-    fn mount(mib: u64) -> Result<Tmpfs, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("riteraft-tmpfs-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !output.status.success() {
-            return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
-        }
-        Ok(Tmpfs { dir })
-    }
-
-    /// [`Tmpfs::mount`], or `None` after saying on stderr why the calling test is skipped.
-    fn mount_or_skip(mib: u64) -> Option<Tmpfs> {
-        Self::mount(mib)
-            .inspect_err(|why| {
-                eprintln!("SKIPPED: the full-disk tests need to mount a tmpfs (root): {why}")
-            })
-            .ok()
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Something still holds a file there: detach it now, the kernel frees it later.
-            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
-        }
-    }
-}
-
 /// `len` random characters of the base64 alphabet: raft-engine compresses its log, and these
 /// do not compress.
 fn random_value(rng: &mut StdRng, len: usize) -> String {
@@ -447,17 +397,6 @@ fn random_value(rng: &mut StdRng, len: usize) -> String {
     (0..len)
         .map(|_| *ALPHABET.choose(rng).expect("not empty") as char)
         .collect()
-}
-
-/// Fills `dir`'s filesystem with a file of random bytes until about `leave` bytes are free.
-fn fill_until_free(dir: &Path, filler: &Path, leave: u64) {
-    let free = |path: &Path| {
-        let stat = rustix::fs::statvfs(path).unwrap();
-        stat.f_bavail * stat.f_frsize
-    };
-    let to_fill = free(dir).saturating_sub(leave);
-    let mut urandom = File::open("/dev/urandom").unwrap().take(to_fill);
-    std::io::copy(&mut urandom, &mut File::create(filler).unwrap()).unwrap();
 }
 
 /// The index of the one snapshot file in `dir`, if that is all it holds (no second file, no

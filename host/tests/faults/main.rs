@@ -25,6 +25,7 @@ use riteraft_client::tls::ClientTls;
 use riteraft_proto::certs::client_files;
 use riteraft_test_support::linearizability::{Call, Op, Outcome, linearizable};
 use riteraft_test_support::netns::Lab;
+use riteraft_test_support::tmpfs::Tmpfs;
 use riteraft_test_support::{Cluster, ClusterOptions, within};
 use workload::{KEYS, Workload, key, tally};
 
@@ -102,6 +103,24 @@ async fn run(test: &str, nemesis: Nemesis, spare: usize, flags: &[&str]) {
     };
     let seed = seed(test);
     let mut options = options().on_hosts(lab.hosts());
+    // Declared before the cluster, so the nodes stop before their disks go.
+    let disks = match nemesis {
+        Nemesis::FullDisk => match small_disks(3 + spare) {
+            Ok(disks) => Some(disks),
+            Err(why) => {
+                eprintln!("{test}: skipped, cannot mount a tmpfs: {why}");
+                return;
+            }
+        },
+        _ => None,
+    };
+    if let Some((root, _)) = &disks {
+        // Nodes refuse writes below 4 MiB free; the nemesis leaves 1 MiB.
+        options = options
+            .data_root(root.path())
+            .arg("--min-free-disk-mib")
+            .arg("4");
+    }
     for flag in flags {
         options = options.arg(flag);
     }
@@ -186,7 +205,28 @@ async fn run(test: &str, nemesis: Nemesis, spare: usize, flags: &[&str]) {
         );
     }
     assert!(counts.acknowledged_writes > 0, "{test}: no write succeeded");
+    drop(cluster);
+    drop(disks);
     drop(lab);
+}
+
+/// A disk of its own for each of `n` nodes: a 64 MiB tmpfs each, reached as `ROOT/nodeK` (a
+/// link to a directory on it, so that the nemesis's filler file sits beside the data dir).
+fn small_disks(n: usize) -> Result<(tempfile::TempDir, Vec<Tmpfs>), String> {
+    let root = tempfile::Builder::new()
+        .prefix("riteraft-disks-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let mut disks = Vec::new();
+    for k in 1..=n {
+        let disk = Tmpfs::mount(64)?;
+        let data = disk.path().join("data");
+        std::fs::create_dir(&data).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&data, root.path().join(format!("node{k}")))
+            .map_err(|e| e.to_string())?;
+        disks.push(disk);
+    }
+    Ok((root, disks))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,6 +255,11 @@ async fn partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_churn() {
     within(TEST_LIMIT, run("churn", Nemesis::Churn, 8, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disks() {
+    within(TEST_LIMIT, run("disks", Nemesis::FullDisk, 0, &[])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

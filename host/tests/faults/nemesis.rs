@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use riteraft_client::Client;
 use riteraft_test_support::Cluster;
 use riteraft_test_support::netns::Lab;
+use riteraft_test_support::tmpfs::fill_until_free;
 
 use super::workload::Workload;
 use super::{RECOVERY_LIMIT, Report, seconds};
@@ -31,6 +32,8 @@ pub enum Nemesis {
     Churn,
     /// All of the above, and a deploy of new store code while a follower is cut off.
     Mixed,
+    /// A node's disk (a tmpfs of its own) filled up for a while, then freed.
+    FullDisk,
 }
 
 /// One fault of a kind.
@@ -46,6 +49,7 @@ enum Fault {
     Replace,
     Transfer,
     DeployWhileCut,
+    FillDisk,
 }
 
 impl Nemesis {
@@ -68,6 +72,7 @@ impl Nemesis {
                 Transfer,
                 DeployWhileCut,
             ],
+            Nemesis::FullDisk => &[FillDisk],
         }
     }
 }
@@ -181,6 +186,23 @@ pub async fn inject(
                 sleep(&mut rng, 500..3000).await;
                 lab.heal();
             }
+            Fault::FillDisk => {
+                // The leader half the time: it refuses writes while its disk is full.
+                let id = if rng.random_bool(0.5) {
+                    leader
+                } else {
+                    *others.choose(&mut rng).unwrap()
+                };
+                let filler = filler_of(cluster, id);
+                fill_until_free(&cluster.data_dir(id), &filler, 1 << 20);
+                sleep(&mut rng, 1500..5000).await;
+                std::fs::remove_file(&filler).unwrap();
+                // A node whose write failed stopped; it resumes from its data dir.
+                if !cluster.is_running(id) {
+                    eprintln!("  node {id} stopped on the full disk; restarting it");
+                    cluster.restart(id).await;
+                }
+            }
         }
         let repaired = Instant::now();
         let during = workload.acknowledged.load(Ordering::Relaxed) - before;
@@ -203,6 +225,12 @@ pub async fn inject(
     }
     lab.heal();
     report
+}
+
+/// The file that fills node `id`'s disk: next to its data dir, on its tmpfs (see
+/// `small_disks` in main.rs).
+fn filler_of(cluster: &Cluster, id: u64) -> std::path::PathBuf {
+    cluster.data_dir(id).join("..").join("filler")
 }
 
 /// The lab host node `id` runs on.

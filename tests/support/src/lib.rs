@@ -9,6 +9,7 @@
 //! - [`netns`]: a private network of namespaces for a cluster, with links to cut.
 //! - [`fake_node`]: a scripted fake node (the `Client` service only) for the client's and the
 //!   CLI's tests.
+//! - [`tmpfs`]: a filesystem of a test's own, to fill up.
 //! - [`wait`]: bounded polling ([`wait_until`]) and a time limit for a whole test ([`within`]).
 
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod linearizability;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod tmpfs;
 pub mod wait;
 
 pub use cluster::{Cluster, ClusterOptions};
