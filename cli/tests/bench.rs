@@ -1,41 +1,15 @@
-//! `riteraft bench`: against fake nodes (riteraft-test-support's `fake_node`) for its output and its choices, and one
-//! short smoke run on a real local cluster that the bench starts itself, when the node binary
+//! `riteraft bench`: against fake nodes (riteraft-test-support's `fake_node`) for its output
+//! and its choices, and one short smoke run on a real local cluster that the bench starts itself, when the node binary
 //! and the kv plugin have been built (cargo does not build `riteraft-host` for this crate's
 //! tests; CI runs the same smoke as a command of its own, see `.ci/run`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{json_out, riteraft, stderr, stdout};
 use riteraft_test_support::fake_node::{Fake, serve};
 use serde_json::Value;
-
-/// Runs `riteraft` with `args` (off the async runtime, which keeps serving the fake nodes).
-async fn riteraft(args: &[&str], cluster_env: Option<&str>) -> Output {
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    let cluster_env = cluster_env.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_riteraft"));
-        command.args(&args).env_remove("RITERAFT_CLUSTER");
-        if let Some(cluster) = cluster_env {
-            command.env("RITERAFT_CLUSTER", cluster);
-        }
-        command.output().unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn json_out(output: &Output) -> Value {
-    serde_json::from_str(&stdout(output)).unwrap_or_else(|e| panic!("{e}: {output:?}"))
-}
 
 /// The fields every `--json` run has.
 fn assert_run_shape(json: &Value) {

@@ -1,40 +1,18 @@
-//! The `riteraft` binary against fake nodes (riteraft-test-support's `fake_node`): what it prints and how it exits.
+//! The `riteraft` binary against fake nodes (riteraft-test-support's `fake_node`): what it
+//! prints and how it exits.
 
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
+
+use common::{json_out, stderr, stdout};
 
 use riteraft_test_support::fake_node::{Fake, dead_address, serve};
 use serde_json::{Value, json};
 
-/// Runs `riteraft` with `args` (off the async runtime, which keeps serving the fake nodes).
+/// Runs `riteraft` with `args`, without `RITERAFT_CLUSTER`.
 async fn riteraft(args: &[&str]) -> Output {
-    riteraft_with_env(args, None).await
-}
-
-async fn riteraft_with_env(args: &[&str], cluster_env: Option<&str>) -> Output {
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    let cluster_env = cluster_env.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_riteraft"));
-        command.args(&args).env_remove("RITERAFT_CLUSTER");
-        if let Some(cluster) = cluster_env {
-            command.env("RITERAFT_CLUSTER", cluster);
-        }
-        command.output().unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
-
-fn json_out(output: &Output) -> Value {
-    serde_json::from_str(&stdout(output)).unwrap_or_else(|e| panic!("{e}: {output:?}"))
+    common::riteraft(args, None).await
 }
 
 #[tokio::test]
@@ -85,7 +63,7 @@ async fn query_fails_over_and_honours_stale() {
 #[tokio::test]
 async fn the_cluster_can_come_from_the_environment() {
     let address = serve(Fake::new(1)).await;
-    let output = riteraft_with_env(&["query", "get a"], Some(&address)).await;
+    let output = common::riteraft(&["query", "get a"], Some(&address)).await;
     assert!(output.status.success(), "{output:?}");
     assert_eq!(stdout(&output), "get a from node 1\n");
 }
