@@ -18,6 +18,7 @@ pub mod access;
 pub mod config;
 pub mod data_dir;
 pub mod grpc_services;
+pub mod health;
 pub mod listener;
 pub mod log_limit;
 pub mod node;

@@ -13,8 +13,9 @@ use riteraft_proto::{DialError, dial};
 use crate::config::NodeConfig;
 use crate::data_dir::{DataDir, DataDirError, write_identity};
 use crate::grpc_services::NodeService;
+use crate::health;
 use crate::listener::{ServerTls, incoming, watch_certificates};
-use crate::node::{self, Node, NodeExit, NodeFatal, NodeOptions};
+use crate::node::{self, Node, NodeExit, NodeFatal, NodeHandle, NodeOptions};
 use crate::plugin::{LoadError, PluginRuntime, RuntimeError};
 use crate::replicated::{ClusterState, SnapshotData};
 use crate::state_machine::{NativeStateMachine, StateMachine, StateMachineError};
@@ -35,6 +36,9 @@ pub enum RunError {
     /// The wasm engine could not be set up.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The server reflection service could not read the protocol's descriptors (a build bug).
+    #[error("cannot set up server reflection: {0}")]
+    Reflection(String),
     /// The plugin could not be started.
     #[error("cannot start the plugin: {0}")]
     StateMachine(#[from] StateMachineError),
@@ -139,7 +143,8 @@ fn run_with<S: StateMachine + 'static>(
             }
         }));
     }
-    runtime.block_on(async { serve(listener, server_tls, service.clone()) });
+    let node = handle.clone();
+    runtime.block_on(async { serve(listener, server_tls, service.clone(), node) })?;
 
     let joiner = Joiner {
         runtime: &runtime,
@@ -324,9 +329,19 @@ fn tls_setup(
     Ok((Some(server), Some(client)))
 }
 
-/// Serves both services on `listener` until the runtime stops (call it inside the runtime).
-fn serve(listener: tokio::net::TcpListener, tls: Option<Arc<ServerTls>>, service: NodeService) {
+/// Serves both services, health and reflection on `listener` until the runtime stops (call it
+/// inside the runtime).
+fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    service: NodeService,
+    node: NodeHandle,
+) -> Result<(), RunError> {
+    let reflection =
+        health::reflection_service().map_err(|e| RunError::Reflection(e.to_string()))?;
     let server = tonic::transport::Server::builder()
+        .add_service(health::health_service(node))
+        .add_service(reflection)
         .add_service(
             RaftServer::new(service.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -343,6 +358,7 @@ fn serve(listener: tokio::net::TcpListener, tls: Option<Arc<ServerTls>>, service
             tracing::error!("the gRPC server stopped: {e}");
         }
     });
+    Ok(())
 }
 
 async fn shutdown_signal() {

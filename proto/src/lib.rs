@@ -24,6 +24,11 @@ mod generated {
 }
 pub use generated::*;
 
+/// The encoded `FileDescriptorSet` of `riteraft.proto`: what a node's server reflection tells
+/// tools such as grpcurl.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/riteraft_descriptor.bin"));
+
 /// Largest gRPC message either end sends or accepts: 16 MiB. tonic's default of 4 MiB for
 /// incoming messages is too small for stores that answer a query with a big value or a range;
 /// 16 MiB is large enough for any reasonable command or answer while a runaway answer still

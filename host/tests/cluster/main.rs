@@ -8,8 +8,8 @@
 //!
 //! One test binary, a module per scenario: `replication` (writes, reads, failover), `membership`
 //! (leaving, removal, transfers), `reads` (stale, linearizable, leases), `snapshots` (catch-up,
-//! large stores, traps after a snapshot), `errors` (what a client gets back). Shared helpers are
-//! here.
+//! large stores, traps after a snapshot), `errors` (what a client gets back), `health` (the
+//! health and reflection services). Shared helpers are here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,6 +109,7 @@ async fn remaining_members_keep_serving(cluster: &Cluster, remaining: &[u64]) {
 }
 
 mod errors;
+mod health;
 mod membership;
 mod reads;
 mod replication;
