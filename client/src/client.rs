@@ -25,6 +25,14 @@ use riteraft_proto::{
 /// person at the CLI is not left wondering.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long one node may take to answer a read (a query, a status) before the call tries the
+/// next node. A node answers a read in milliseconds, or says at once that it cannot; one that
+/// is alive but stuck (its consensus loop busy, its leader out of reach) would otherwise hold
+/// the call until the node's own request timeout (5 s). Reads may be sent twice without harm;
+/// writes wait for their answer (they may apply), within the call's timeout, and a node that
+/// stopped answering altogether is found out by the connection's keep-alive (about 2 s).
+pub const DEFAULT_READ_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The generated gRPC client on one node's channel.
 type Grpc = ClientClient<Channel>;
 
@@ -46,6 +54,8 @@ struct Shared {
     preferred: AtomicUsize,
     /// How every node is dialed, also those of [`Client::status_of`].
     dial: DialOptions,
+    /// See [`DEFAULT_READ_ATTEMPT_TIMEOUT`].
+    read_attempt: Duration,
 }
 
 /// One address and its (lazily opened) connection.
@@ -94,6 +104,7 @@ enum Route<'a> {
 pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
+    read_attempt: Duration,
     tls: Option<Arc<ClientTls>>,
 }
 
@@ -102,6 +113,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            read_attempt: DEFAULT_READ_ATTEMPT_TIMEOUT,
             tls: None,
         }
     }
@@ -117,6 +129,13 @@ impl ClientBuilder {
     /// The longest to wait for a connection to one node (default [`DEFAULT_CONNECT_TIMEOUT`]).
     pub fn connect_timeout(mut self, connect_timeout: Duration) -> Self {
         self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// The longest one node may take to answer a read before the next is tried (default
+    /// [`DEFAULT_READ_ATTEMPT_TIMEOUT`]).
+    pub fn read_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.read_attempt = timeout;
         self
     }
 
@@ -154,6 +173,7 @@ impl ClientBuilder {
                 nodes,
                 preferred: AtomicUsize::new(0),
                 dial,
+                read_attempt: self.read_attempt,
             }),
             timeout: self.timeout,
         })
@@ -376,7 +396,13 @@ impl Client {
                     if remaining.is_zero() {
                         return Err(run.out_of_time(self.timeout));
                     }
-                    let status = match tokio::time::timeout(remaining, send(node.grpc())).await {
+                    // A read gives each node its own deadline; a write waits (see
+                    // DEFAULT_READ_ATTEMPT_TIMEOUT).
+                    let limit = match kind {
+                        Kind::Read => remaining.min(self.shared.read_attempt),
+                        Kind::Write => remaining,
+                    };
+                    let status = match tokio::time::timeout(limit, send(node.grpc())).await {
                         Ok(Ok(response)) => {
                             if let Some(index) = index {
                                 self.shared.preferred.store(index, Ordering::Relaxed);
@@ -384,6 +410,11 @@ impl Client {
                             return Ok(response.into_inner());
                         }
                         Ok(Err(status)) => status,
+                        Err(_elapsed) if limit < remaining => {
+                            run.any_up = true;
+                            run.last = format!("{}: no answer within {limit:?}", node.address);
+                            break;
+                        }
                         Err(_elapsed) => return Err(no_answer(kind, &node.address, self.timeout)),
                     };
                     match failover::classify(status, kind, &node.address) {

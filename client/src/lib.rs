@@ -50,7 +50,7 @@ mod error;
 mod failover;
 mod types;
 
-pub use client::{Client, ClientBuilder, DEFAULT_TIMEOUT};
+pub use client::{Client, ClientBuilder, DEFAULT_READ_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT};
 pub use error::ClientError;
 #[cfg(feature = "certs")]
 pub use riteraft_proto::certs;

@@ -386,3 +386,29 @@ async fn a_node_from_another_ca_is_a_tls_error() {
         .unwrap_err();
     assert!(matches!(error, DialError::Unreachable { .. }), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_read_moves_on_from_a_node_that_does_not_answer_in_time() {
+    let stuck = Fake::new(1);
+    stuck.delay_queries(Duration::from_secs(30));
+    let client = Client::builder()
+        .read_attempt_timeout(Duration::from_millis(300))
+        .connect([serve(stuck.clone()).await, serve(Fake::new(2)).await])
+        .unwrap();
+    let started = Instant::now();
+    let answer = client
+        .query("get a", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(answer.result, Ok(b"get a from node 2".to_vec()));
+    assert!(started.elapsed() < FAST, "{:?}", started.elapsed());
+    // A write is not given up on that way: it may still apply.
+    let slow = Fake::new(3);
+    slow.delay_proposals(Duration::from_millis(800));
+    let client = Client::builder()
+        .read_attempt_timeout(Duration::from_millis(300))
+        .connect([serve(slow).await])
+        .unwrap();
+    let applied = client.propose("put a 1").await.unwrap();
+    assert_eq!(applied.result, Ok(b"ok put a 1".to_vec()));
+}

@@ -39,6 +39,8 @@ pub struct Fake {
     always: Mutex<Option<Code>>,
     /// Wait this long before answering a proposal.
     propose_delay: Mutex<Option<Duration>>,
+    /// Wait this long before answering a query.
+    query_delay: Mutex<Option<Duration>>,
     calls: AtomicUsize,
     /// What was asked, e.g. `propose put a 1`, `leave 3`.
     log: Mutex<Vec<String>>,
@@ -52,6 +54,7 @@ impl Fake {
             next_failures: Mutex::default(),
             always: Mutex::default(),
             propose_delay: Mutex::default(),
+            query_delay: Mutex::default(),
             calls: AtomicUsize::new(0),
             log: Mutex::default(),
             index: AtomicU64::new(0),
@@ -68,6 +71,11 @@ impl Fake {
 
     pub fn delay_proposals(&self, delay: Duration) {
         *self.propose_delay.lock().unwrap() = Some(delay);
+    }
+
+    /// Waits `delay` before answering each query (a node alive but stuck).
+    pub fn delay_queries(&self, delay: Duration) {
+        *self.query_delay.lock().unwrap() = Some(delay);
     }
 
     /// Calls received, failed ones included.
@@ -131,6 +139,10 @@ impl ClientService for Fake {
         let QueryRequest { request, stale } = request.into_inner();
         let text = String::from_utf8_lossy(&request).into_owned();
         self.enter(format!("query {text} stale={stale}"))?;
+        let delay = *self.query_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let result = if text == "big" {
             query_response::Result::Output(vec![b'x'; BIG])
         } else if let Some(why) = text.strip_prefix("reject ") {
