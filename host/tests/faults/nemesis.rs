@@ -26,7 +26,7 @@ pub enum Nemesis {
     /// SIGSTOP the leader (or a follower) for longer than an election timeout, then SIGCONT.
     Pause,
     /// Network partitions: a node or the leader isolated, a bridge node that sees both halves,
-    /// a link cut one way.
+    /// a link cut one way, links that lose a share of their packets.
     Partition,
     /// A follower removed and a fresh node added, and leadership transfers.
     Churn,
@@ -46,6 +46,7 @@ enum Fault {
     IsolateLeader,
     Bridge,
     OneWay,
+    Lossy,
     Replace,
     Transfer,
     DeployWhileCut,
@@ -58,7 +59,7 @@ impl Nemesis {
         match self {
             Nemesis::Kill => &[Kill],
             Nemesis::Pause => &[Pause, Pause, PauseFollower],
-            Nemesis::Partition => &[Isolate, IsolateLeader, Bridge, OneWay],
+            Nemesis::Partition => &[Isolate, IsolateLeader, Bridge, OneWay, Lossy],
             Nemesis::Churn => &[Replace, Transfer],
             Nemesis::Mixed => &[
                 Kill,
@@ -68,6 +69,7 @@ impl Nemesis {
                 IsolateLeader,
                 Bridge,
                 OneWay,
+                Lossy,
                 Replace,
                 Transfer,
                 DeployWhileCut,
@@ -144,6 +146,23 @@ pub async fn inject(
                 let pair: Vec<u64> = live.choose_multiple(&mut rng, 2).copied().collect();
                 lab.cut_one_way(host(lab, cluster, pair[0]), host(lab, cluster, pair[1]));
                 cut_off.extend(&pair);
+                sleep(&mut rng, 1000..6000).await;
+                lab.heal();
+            }
+            Fault::Lossy => {
+                // The leader's links both ways lose 10-50% of their packets.
+                let loss = rng.random_range(0.1..0.5);
+                eprintln!(
+                    "  links of the leader lose {:.0}% of their packets",
+                    loss * 100.0
+                );
+                let at = host(lab, cluster, leader);
+                for id in &others {
+                    let other = host(lab, cluster, *id);
+                    lab.lossy_one_way(at, other, loss);
+                    lab.lossy_one_way(other, at, loss);
+                }
+                cut_off.extend(&others);
                 sleep(&mut rng, 1000..6000).await;
                 lab.heal();
             }

@@ -97,6 +97,30 @@ impl Lab {
         .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Drops each packet from host `from` to host `to` with probability `loss` (one way): a
+    /// bad link rather than a cut one.
+    pub fn lossy_one_way(&self, from: usize, to: usize, loss: f64) {
+        assert!((0.0..=1.0).contains(&loss), "a loss is a probability");
+        let source = self.hosts[from].ip.to_string();
+        let probability = format!("{loss:.3}");
+        let rule = [
+            "iptables",
+            "-A",
+            "INPUT",
+            "-s",
+            &source,
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability,
+            "-j",
+            "DROP",
+        ];
+        in_netns(&self.hosts[to].netns, &rule).unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Cuts every link between `side` and the other hosts, both ways.
     pub fn partition(&self, side: &[usize]) {
         for a in side {
