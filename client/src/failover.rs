@@ -84,20 +84,6 @@ pub(crate) fn backoff(pass: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// Whether the status comes from our side failing to connect, so that the request was never
-/// sent. tonic reports those as `UNAVAILABLE` with a `ConnectError` in the source chain, while a
-/// status sent by a node has no source at all.
-fn never_sent(status: &Status) -> bool {
-    let mut cause = status.source();
-    while let Some(error) = cause {
-        if error.is::<tonic::ConnectError>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
-}
-
 /// Sorts one failed attempt of a `kind` request sent to `address`.
 pub(crate) fn classify(status: Status, kind: Kind, address: &str) -> Verdict {
     // First: a refused handshake also comes as a connection error, or (with TLS 1.3, where the
@@ -108,7 +94,7 @@ pub(crate) fn classify(status: Status, kind: Kind, address: &str) -> Verdict {
     }
     let from_transport = status.source().is_some();
     match status.code() {
-        _ if never_sent(&status) => {
+        _ if riteraft_proto::never_sent(&status) => {
             Verdict::Unreachable(format!("{address}: {}", status.message()))
         }
         // The connection broke after the request left (reset, keep-alive timeout, h2 error).

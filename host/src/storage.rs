@@ -125,6 +125,21 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn snapshot_bytes(&self) -> u64;
 }
 
+/// Whether [`LogStore::persist`] of `entries` and `hard_state` (over `before`) must sync, in a
+/// store that syncs only when it has to ([`DiskLogStore`]; the simulator's disk follows the
+/// same rule). Entries, term and vote must be durable before raft acts on them; a commit index
+/// alone need not be (it is re-learned from the leader), which spares followers a sync per
+/// heartbeat that only moved the commit.
+pub fn persist_syncs(
+    entries: &[Entry],
+    before: &HardState,
+    hard_state: Option<&HardState>,
+) -> bool {
+    let vote_or_term_changed =
+        hard_state.is_some_and(|hs| hs.term != before.term || hs.vote != before.vote);
+    !entries.is_empty() || vote_or_term_changed
+}
+
 /// Checks a `raft::Storage::entries` range against a log holding `(truncated, last]`.
 fn check_range(low: u64, high: u64, truncated: u64, last: u64) -> raft::Result<()> {
     if low <= truncated {

@@ -134,3 +134,19 @@ pub fn lazy_channel(endpoint: &Endpoint, options: &DialOptions) -> Channel {
         None => endpoint.connect_lazy(),
     }
 }
+
+/// Whether a failed call's `status` comes from this side failing to connect, so that the
+/// request was never sent and may go to another node. tonic reports that as `UNAVAILABLE` with
+/// a `ConnectError` in the source chain; a status a node sent has no source at all, and a
+/// connection that broke after the request left has another error there. Used by the client's
+/// failover and by a node forwarding a call to its leader, which must agree.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let mut cause = status.source();
+    while let Some(error) = cause {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}

@@ -15,7 +15,7 @@ pub mod tls;
 use std::time::Duration;
 
 pub use address::{authority, endpoint_uri};
-pub use dial::{DialError, DialOptions, dial, dial_lazy, endpoint, lazy_channel};
+pub use dial::{DialError, DialOptions, dial, dial_lazy, endpoint, lazy_channel, never_sent};
 
 /// The messages and services of `riteraft.proto` (package `riteraft.v1`).
 mod generated {

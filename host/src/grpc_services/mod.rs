@@ -195,17 +195,11 @@ fn unreached_leader(status: Status, address: &str) -> Status {
     if status.source().is_none() {
         return status;
     }
-    let mut cause = status.source();
-    while let Some(error) = cause {
-        // How tonic marks a connection that could not be made (the client's `failover` uses the
-        // same test).
-        if error.is::<tonic::ConnectError>() {
-            return Status::unavailable(format!(
-                "cannot reach the leader at {address}: {}",
-                status.message()
-            ));
-        }
-        cause = error.source();
+    if riteraft_proto::never_sent(&status) {
+        return Status::unavailable(format!(
+            "cannot reach the leader at {address}: {}",
+            status.message()
+        ));
     }
     Status::deadline_exceeded(format!(
         "lost contact with the leader at {address} ({}); the write may or may not be applied, \

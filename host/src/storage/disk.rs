@@ -405,12 +405,7 @@ impl LogStore for DiskLogStore {
                 .put_message(GROUP, HARD_STATE.to_vec(), hard_state)
                 .map_err(io_error)?;
         }
-        // Entries, term and vote must be durable before raft acts on them; a commit index alone
-        // need not be (it is re-learned from the leader), which spares followers a sync per
-        // heartbeat that only moved the commit.
-        let vote_or_term_changed = hard_state
-            .is_some_and(|hs| hs.term != self.hard_state.term || hs.vote != self.hard_state.vote);
-        let sync = !entries.is_empty() || vote_or_term_changed;
+        let sync = super::persist_syncs(entries, &self.hard_state, hard_state);
         self.engine.write(&mut batch, sync).map_err(io_error)?;
         self.log_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
         if let Some(hard_state) = hard_state {

@@ -2,11 +2,11 @@
 //! `DiskLogStore`, so that a crash can lose what was written but not synced, and a switch that
 //! makes every write fail as on a full disk.
 //!
-//! Which writes are synced mirrors `host/src/storage/disk.rs`: entries and a changed term or
-//! vote are synced, and so is everything written before them (a sync flushes the whole file);
-//! a commit index alone is written without a sync (`set_commit`, or a hard state whose term
-//! and vote did not move); a conf state, an installed snapshot and a compaction are synced.
-//! After a power loss, the commit index is the one of the last sync. Keep the two in step.
+//! Which writes are synced is the real disk's rule: `persist` asks `storage::persist_syncs`,
+//! as `DiskLogStore` does (entries and a changed term or vote are synced, and so is everything
+//! written before them: a sync flushes the whole file); `set_commit` is never synced; a conf
+//! state, an installed snapshot and a compaction are. After a power loss, the commit index is
+//! the one of the last sync.
 
 use std::io;
 use std::sync::Arc;
@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
-use riteraft_host::storage::{LogStore, MemLogStore, SavedSnapshot, SnapshotSaver, StorageError};
+use riteraft_host::storage::{
+    LogStore, MemLogStore, SavedSnapshot, SnapshotSaver, StorageError, persist_syncs,
+};
 
 #[derive(Clone)]
 pub struct SimDisk {
@@ -128,9 +130,7 @@ impl LogStore for SimDisk {
             .unwrap()
             .hard_state;
         self.store.persist(entries, hard_state)?;
-        let vote_or_term_changed =
-            hard_state.is_some_and(|hs| hs.term != before.term || hs.vote != before.vote);
-        if !entries.is_empty() || vote_or_term_changed {
+        if persist_syncs(entries, &before, hard_state) {
             self.synced();
         }
         Ok(())

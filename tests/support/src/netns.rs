@@ -89,35 +89,31 @@ impl Lab {
 
     /// Drops every packet from host `from` to host `to` (one way; `to` can still send).
     pub fn cut_one_way(&self, from: usize, to: usize) {
-        let source = self.hosts[from].ip.to_string();
-        in_netns(
-            &self.hosts[to].netns,
-            &["iptables", "-A", "INPUT", "-s", &source, "-j", "DROP"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        self.drop_from(from, to, &[]);
     }
 
     /// Drops each packet from host `from` to host `to` with probability `loss` (one way): a
     /// bad link rather than a cut one.
     pub fn lossy_one_way(&self, from: usize, to: usize, loss: f64) {
         assert!((0.0..=1.0).contains(&loss), "a loss is a probability");
-        let source = self.hosts[from].ip.to_string();
         let probability = format!("{loss:.3}");
-        let rule = [
-            "iptables",
-            "-A",
-            "INPUT",
-            "-s",
-            &source,
+        let matching = [
             "-m",
             "statistic",
             "--mode",
             "random",
             "--probability",
             &probability,
-            "-j",
-            "DROP",
         ];
+        self.drop_from(from, to, &matching);
+    }
+
+    /// Adds a rule in `to`'s namespace dropping packets from `from` that also match `matching`.
+    fn drop_from(&self, from: usize, to: usize, matching: &[&str]) {
+        let source = self.hosts[from].ip.to_string();
+        let mut rule = vec!["iptables", "-A", "INPUT", "-s", &source];
+        rule.extend_from_slice(matching);
+        rule.extend(["-j", "DROP"]);
         in_netns(&self.hosts[to].netns, &rule).unwrap_or_else(|e| panic!("{e}"));
     }
 
