@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use riteraft_client::certs::{self, CertError};
 use riteraft_client::tls::{ClientTls, Role, TlsFiles};
-use riteraft_client::{Client, Consistency};
+use riteraft_client::{Client, Consistency, NodeStatus};
 
 use crate::render::Report;
 use crate::{bench, render};
@@ -226,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             };
             Report::Answer(client.query(request, consistency).await?)
         }
-        Command::Status => Report::Status(client.status().await?),
+        Command::Status => Report::Status(status_with_lag(&client).await?),
         Command::Leave { node } => {
             client.leave(node).await?;
             let who = match node {
@@ -298,6 +298,24 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
 }
 
 /// `riteraft certs`: writes the certificates and says what was written and how to use them.
+/// The status of the node the client reaches, with each member's match index and lag as the
+/// leader knows them (asked of the leader when that node is not it; left out if it cannot be).
+async fn status_with_lag(client: &Client) -> anyhow::Result<NodeStatus> {
+    let status = client.status().await?;
+    let leader = status.leader_id.filter(|leader| *leader != status.id);
+    let address = leader.and_then(|leader| {
+        let member = status.members.iter().find(|member| member.id == leader)?;
+        Some(member.address.clone())
+    });
+    let Some(address) = address else {
+        return Ok(status);
+    };
+    Ok(match client.status_of(&address).await {
+        Ok(leader) => status.with_members_of(leader),
+        Err(_) => status,
+    })
+}
+
 fn make_certs(args: &CertsArgs) -> anyhow::Result<Report> {
     let dir = args.dir.as_path();
     let default_client = ("admin".to_string(), Role::Admin);

@@ -170,9 +170,18 @@ fn status_text(status: &NodeStatus) -> String {
         } else {
             format!("  ({})", notes.join(", "))
         };
+        let role = match (member.role.as_str(), member.plan.as_str()) {
+            ("", _) => String::new(),
+            (role, "") => format!("  {role}"),
+            (role, plan) => format!("  {role} ({plan})"),
+        };
+        let progress = match (member.match_index, member.lag) {
+            (Some(matched), Some(lag)) => format!("  match {matched}, lag {lag}"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {} {:>width$}  {}{notes}",
+            "  {} {:>width$}  {}{role}{progress}{notes}",
             if is_leader { '*' } else { ' ' },
             member.id,
             member.address,
@@ -249,14 +258,26 @@ mod tests {
                 Member {
                     id: 1,
                     address: "127.0.0.1:7001".into(),
+                    role: "voter".into(),
+                    plan: String::new(),
+                    match_index: Some(42),
+                    lag: Some(0),
                 },
                 Member {
                     id: 2,
                     address: "127.0.0.1:7002".into(),
+                    role: "voter".into(),
+                    plan: String::new(),
+                    match_index: Some(41),
+                    lag: Some(1),
                 },
                 Member {
                     id: 10,
                     address: "127.0.0.1:7010".into(),
+                    role: "learner".into(),
+                    plan: "promote".into(),
+                    match_index: Some(30),
+                    lag: Some(12),
                 },
             ],
             upgrades: vec![Upgrade {
@@ -350,9 +371,9 @@ mod tests {
                 "plugin_sha256": "abc123",
                 "plugin_version": "1.2.0",
                 "members": [
-                    { "id": 1, "address": "127.0.0.1:7001" },
-                    { "id": 2, "address": "127.0.0.1:7002" },
-                    { "id": 10, "address": "127.0.0.1:7010" },
+                    { "id": 1, "address": "127.0.0.1:7001", "role": "voter", "match_index": 42, "lag": 0 },
+                    { "id": 2, "address": "127.0.0.1:7002", "role": "voter", "match_index": 41, "lag": 1 },
+                    { "id": 10, "address": "127.0.0.1:7010", "role": "learner", "plan": "promote", "match_index": 30, "lag": 12 },
                 ],
                 "upgrades": [
                     { "index": 7, "sha256": "def456", "timestamp_ms": 1_700_000_000_123_u64, "version": "1.2.0" },
@@ -378,9 +399,9 @@ snapshot index: 40
 plugin sha256:  abc123
 plugin version: 1.2.0
 members:
-  *  1  127.0.0.1:7001  (leader)
-     2  127.0.0.1:7002  (this node)
-    10  127.0.0.1:7010
+  *  1  127.0.0.1:7001  voter  match 42, lag 0  (leader)
+     2  127.0.0.1:7002  voter  match 41, lag 1  (this node)
+    10  127.0.0.1:7010  learner (promote)  match 30, lag 12
 upgrades:
   index 7 at 2023-11-14 22:13:20.123 UTC: sha256 def456 version 1.2.0
 "

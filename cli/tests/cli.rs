@@ -78,8 +78,8 @@ async fn status_as_text_and_json() {
         "id:             2\n",
         "role:           follower\n",
         "leader:         1 (127.0.0.1:7001)\n",
-        "  * 1  127.0.0.1:7001  (leader)\n",
-        "    2  127.0.0.1:7002  (this node)\n",
+        "  * 1  127.0.0.1:7001  voter  match 12, lag 0  (leader)\n",
+        "    2  127.0.0.1:7002  learner (promote)  match 9, lag 3  (this node)\n",
         "  index 4 at 1970-01-02 00:00:00.000 UTC: sha256 5ca1ab1e version 2.0\n",
     ] {
         assert!(text.contains(line), "{line:?} not in\n{text}");
@@ -94,8 +94,8 @@ async fn status_as_text_and_json() {
     assert_eq!(
         status["members"],
         json!([
-            { "id": 1, "address": "127.0.0.1:7001" },
-            { "id": 2, "address": "127.0.0.1:7002" },
+            { "id": 1, "address": "127.0.0.1:7001", "role": "voter", "match_index": 12, "lag": 0 },
+            { "id": 2, "address": "127.0.0.1:7002", "role": "learner", "plan": "promote", "match_index": 9, "lag": 3 },
         ])
     );
 }

@@ -301,6 +301,7 @@ impl Client {
                 let request = proto::JoinRequest {
                     address: address.to_string(),
                     join_token: join_token.to_vec(),
+                    ..proto::JoinRequest::default()
                 };
                 async move { grpc.join(request).await }
             })

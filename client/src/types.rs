@@ -44,6 +44,17 @@ pub struct Member {
     pub id: u64,
     /// Where it serves peers and clients.
     pub address: String,
+    /// "voter" or "learner" (empty from a node older than learners).
+    pub role: String,
+    /// For a learner, what becomes of it: "promote", "stay" or "replace N".
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub plan: String,
+    /// The last log index the leader knows this member holds: only in a leader's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub match_index: Option<u64>,
+    /// How many committed entries it lacks (the leader's commit index minus `match_index`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
 }
 
 /// One change of the store's module (a hot swap), as recorded in the log.
@@ -153,6 +164,10 @@ impl From<proto::Member> for Member {
         Member {
             id: member.id,
             address: member.address,
+            role: member.role,
+            plan: member.plan,
+            match_index: (member.match_index > 0).then_some(member.match_index),
+            lag: None,
         }
     }
 }
@@ -180,9 +195,28 @@ impl From<proto::StatusResponse> for NodeStatus {
             snapshot_index: status.snapshot_index,
             plugin_sha256: status.plugin_sha256,
             plugin_version: non_empty(status.plugin_version),
-            members: status.members.into_iter().map(Member::from).collect(),
+            members: status
+                .members
+                .into_iter()
+                .map(|member| {
+                    let mut member = Member::from(member);
+                    member.lag = member
+                        .match_index
+                        .map(|matched| status.commit_index.saturating_sub(matched));
+                    member
+                })
+                .collect(),
             upgrades: status.upgrades.into_iter().map(Upgrade::from).collect(),
         }
+    }
+}
+
+impl NodeStatus {
+    /// Takes each member's role, match index and lag from `leader`'s status: only the leader
+    /// knows how far each member is.
+    pub fn with_members_of(mut self, leader: NodeStatus) -> Self {
+        self.members = leader.members;
+        self
     }
 }
 
@@ -248,6 +282,9 @@ mod tests {
             members: vec![proto::Member {
                 id: 2,
                 address: "127.0.0.1:7002".into(),
+                role: "learner".into(),
+                plan: "stay".into(),
+                match_index: 7,
             }],
             plugin_sha256: "ab".into(),
             plugin_version: String::new(),
@@ -266,7 +303,11 @@ mod tests {
             status.members,
             vec![Member {
                 id: 2,
-                address: "127.0.0.1:7002".into()
+                address: "127.0.0.1:7002".into(),
+                role: "learner".into(),
+                plan: "stay".into(),
+                match_index: Some(7),
+                lag: Some(3),
             }]
         );
     }

@@ -29,6 +29,22 @@ pub struct NodeConfig {
     #[arg(long, value_name = "ADDR")]
     pub join: Option<SocketAddr>,
 
+    /// Join as a read replica: a learner that receives the log and serves reads (stale ones
+    /// locally, linearizable ones confirmed with the leader) but never votes. Without it a
+    /// joining node becomes a voter once it has caught up.
+    #[arg(long, requires = "join", conflicts_with = "replaces")]
+    pub learner: bool,
+
+    /// Join to replace member ID: once this node has caught up, one joint-consensus change makes
+    /// it a voter and removes ID, so the cluster keeps its size and quorum throughout.
+    #[arg(long, value_name = "ID", requires = "join")]
+    pub replaces: Option<u64>,
+
+    /// On the leader: a joining node not heard from for this long (seconds) is dropped from the
+    /// cluster, so a joiner that never came up cannot linger as a member.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub joiner_timeout_secs: u64,
+
     /// Where this node keeps its raft log, state and snapshots [default: riteraft-data-PORT,
     /// PORT being --listen's, so several local nodes never share one by accident].
     #[arg(long, value_name = "DIR")]

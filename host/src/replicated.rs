@@ -49,10 +49,33 @@ pub struct UpgradeRecord {
     pub version: String,
 }
 
+/// What becomes of a learner: a member that receives the log but does not vote, so that a
+/// node still catching up (or one that never comes up) cannot take the quorum away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LearnerPlan {
+    /// A joining node: the leader makes it a voter once it has caught up.
+    Promote,
+    /// A read replica (`--learner`): it stays a learner.
+    Stay,
+    /// A replacement: once it has caught up, one joint-consensus change makes it a voter and
+    /// removes `replaces`.
+    Replace {
+        /// The member it replaces.
+        replaces: u64,
+    },
+}
+
+/// The context of an add-learner conf change: where the new member serves, and its plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnerContext {
+    pub address: String,
+    pub plan: LearnerPlan,
+}
+
 /// The replicated part of the node's own state: who is in the cluster, and where.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// Voters by id, with the address they serve peers and clients on.
+    /// Members (voters and learners) by id, with the address they serve peers and clients on.
     pub members: BTreeMap<u64, String>,
     /// The id the next joining node gets. Ids are never reused, so a removed node's stale
     /// messages can never be mistaken for a new member's.
@@ -62,6 +85,8 @@ pub struct ClusterState {
     pub last_timestamp_ms: u64,
     /// Every switch of the store's code, oldest first (at most [`MAX_UPGRADES_KEPT`]).
     pub upgrades: Vec<UpgradeRecord>,
+    /// The members that are learners, with what becomes of each; the others vote.
+    pub learners: BTreeMap<u64, LearnerPlan>,
 }
 
 /// Upgrade records kept in the replicated state: enough history for people, bounded size.
@@ -95,8 +120,52 @@ pub struct SnapshotData {
     pub store: Bytes,
 }
 
-/// The current [`SnapshotData::format`].
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// The current [`SnapshotData::format`]: 3 added learners to [`ClusterState`].
+pub const SNAPSHOT_FORMAT: u32 = 3;
+
+/// Snapshots of format 2, written before learners existed: still read, so that a node
+/// upgraded in place resumes from its data dir.
+mod format2 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub(super) struct ClusterState {
+        members: BTreeMap<u64, String>,
+        next_node_id: u64,
+        last_timestamp_ms: u64,
+        upgrades: Vec<UpgradeRecord>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct SnapshotData {
+        #[allow(dead_code)] // Read to skip it: it is 2.
+        format: u32,
+        cluster: ClusterState,
+        plugin_sha256: [u8; 32],
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+        store: Bytes,
+    }
+
+    impl From<SnapshotData> for super::SnapshotData {
+        fn from(old: SnapshotData) -> Self {
+            let cluster = old.cluster;
+            Self {
+                format: super::SNAPSHOT_FORMAT,
+                cluster: super::ClusterState {
+                    members: cluster.members,
+                    next_node_id: cluster.next_node_id,
+                    last_timestamp_ms: cluster.last_timestamp_ms,
+                    upgrades: cluster.upgrades,
+                    learners: BTreeMap::new(),
+                },
+                plugin_sha256: old.plugin_sha256,
+                module: old.module,
+                store: old.store,
+            }
+        }
+    }
+}
 
 /// A log entry or snapshot that this node cannot decode: written by an incompatible version,
 /// or damaged.
@@ -138,7 +207,16 @@ pub fn decode<T: for<'de> Deserialize<'de>>(
 impl SnapshotData {
     /// Decodes snapshot data, checking its format.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let data: SnapshotData = decode("snapshot", bytes)?;
+        // The format is the first field: read it alone to choose the layout.
+        let (format, _): (u32, usize) = bincode::serde::decode_from_slice(bytes, config())
+            .map_err(|e| DecodeError {
+                what: "snapshot",
+                reason: e.to_string(),
+            })?;
+        let data: SnapshotData = match format {
+            2 => decode::<format2::SnapshotData>("snapshot", bytes)?.into(),
+            _ => decode("snapshot", bytes)?,
+        };
         if data.format != SNAPSHOT_FORMAT {
             return Err(DecodeError {
                 what: "snapshot",
@@ -185,5 +263,49 @@ mod tests {
         assert_eq!(new, old, "log entries written before stay readable");
         let back: EntryPayload = decode("entry", &old).unwrap();
         assert!(matches!(back, EntryPayload::Command { command, .. } if command.len() == 296));
+    }
+
+    /// A format-2 snapshot as it was written, field for field.
+    #[derive(Serialize)]
+    struct Format2 {
+        format: u32,
+        members: BTreeMap<u64, String>,
+        next_node_id: u64,
+        last_timestamp_ms: u64,
+        upgrades: Vec<UpgradeRecord>,
+        plugin_sha256: [u8; 32],
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        store: Vec<u8>,
+    }
+
+    #[test]
+    fn snapshots_written_before_learners_still_decode() {
+        let old = encode(&Format2 {
+            format: 2,
+            members: BTreeMap::from([(1, "127.0.0.1:7001".into()), (2, "127.0.0.1:7002".into())]),
+            next_node_id: 3,
+            last_timestamp_ms: 1_700_000_000_000,
+            upgrades: Vec::new(),
+            plugin_sha256: [7; 32],
+            module: vec![1, 2, 3],
+            store: vec![9; 40],
+        });
+        let data = SnapshotData::decode(&old).unwrap();
+        assert_eq!(data.cluster.members.len(), 2);
+        assert_eq!(data.cluster.next_node_id, 3);
+        assert!(data.cluster.learners.is_empty());
+        assert_eq!(data.store.as_ref(), &[9; 40][..]);
+
+        let new = SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            cluster: ClusterState {
+                learners: BTreeMap::from([(2, LearnerPlan::Replace { replaces: 1 })]),
+                ..data.cluster.clone()
+            },
+            ..data
+        };
+        assert_eq!(SnapshotData::decode(&encode(&new)).unwrap(), new);
     }
 }

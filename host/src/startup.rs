@@ -17,7 +17,7 @@ use crate::health;
 use crate::listener::{ServerTls, incoming, watch_certificates};
 use crate::node::{self, Node, NodeExit, NodeFatal, NodeHandle, NodeOptions};
 use crate::plugin::{LoadError, PluginRuntime, RuntimeError};
-use crate::replicated::{ClusterState, SnapshotData};
+use crate::replicated::{ClusterState, LearnerPlan, SnapshotData};
 use crate::state_machine::{NativeStateMachine, StateMachine, StateMachineError};
 use crate::storage::{DiskLogStore, LogStore, StorageError};
 use crate::transport::{MAX_MESSAGE_BYTES, Transport, peer_dial_options};
@@ -151,6 +151,8 @@ fn run_with<S: StateMachine + 'static>(
         service: &service,
         tls: &client_tls,
         address: &address,
+        learner: config.learner,
+        replaces: config.replaces.unwrap_or(0),
     };
     let (id, store, cluster) = open_data_dir(&config, &joiner, &mut state_machine)?;
 
@@ -161,6 +163,7 @@ fn run_with<S: StateMachine + 'static>(
         data_dir: Some(config.data_dir()),
         min_free_disk_bytes: config.min_free_disk_mib << 20,
         read_lease: config.read_lease,
+        joiner_timeout: Duration::from_secs(config.joiner_timeout_secs),
         ..NodeOptions::default()
     };
     let mut node = Node::new(
@@ -213,16 +216,21 @@ struct Joiner<'a> {
     tls: &'a Option<Arc<ClientTls>>,
     /// This node's address.
     address: &'a str,
+    /// What the node asks to become (see `JoinRequest`): a read replica, a replacement.
+    learner: bool,
+    replaces: u64,
 }
 
 impl Joiner<'_> {
     fn join(&self, target: std::net::SocketAddr) -> Result<(u64, ClusterState), RunError> {
-        self.runtime.block_on(join(
-            self.service,
-            target.to_string(),
-            self.address.to_string(),
-            self.tls,
-        ))
+        let request = JoinRequest {
+            address: self.address.to_string(),
+            learner: self.learner,
+            replaces: self.replaces,
+            join_token: Vec::new(),
+        };
+        self.runtime
+            .block_on(join(self.service, target.to_string(), request, self.tls))
     }
 }
 
@@ -375,23 +383,31 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// What a join request asks this node to become, as a learner.
+fn learner_plan(request: &JoinRequest) -> LearnerPlan {
+    match (request.learner, request.replaces) {
+        (true, _) => LearnerPlan::Stay,
+        (false, 0) => LearnerPlan::Promote,
+        (false, replaces) => LearnerPlan::Replace { replaces },
+    }
+}
+
 /// Asks the cluster at `target` to add this node, retrying while it is busy or electing.
 async fn join(
     service: &NodeService,
     target: String,
-    address: String,
+    mut request: JoinRequest,
     tls: &Option<Arc<ClientTls>>,
 ) -> Result<(u64, ClusterState), RunError> {
-    let join_token = service.start_join();
-    let joined = ask_to_join(target, address, join_token, tls).await;
+    request.join_token = service.start_join();
+    let joined = ask_to_join(target, request, tls).await;
     service.joined();
     joined
 }
 
 async fn ask_to_join(
     target: String,
-    address: String,
-    join_token: Vec<u8>,
+    request: JoinRequest,
     tls: &Option<Arc<ClientTls>>,
 ) -> Result<(u64, ClusterState), RunError> {
     let fail = |reason: String| RunError::Join {
@@ -410,25 +426,27 @@ async fn ask_to_join(
                 Err(e) => return Err(tonic::Status::unavailable(format!("cannot connect: {e}"))),
             };
             let mut client = ClientClient::new(channel);
-            client
-                .join(JoinRequest {
-                    address: address.clone(),
-                    join_token: join_token.clone(),
-                })
-                .await
+            client.join(request.clone()).await
         };
         match attempt.await {
             Ok(response) => {
                 let response = response.into_inner();
                 let cluster = ClusterState {
+                    // Until the leader's snapshot arrives, this node knows only whether it is
+                    // a learner itself: its status must not show it as a voter before it is one.
+                    learners: response
+                        .members
+                        .iter()
+                        .filter(|m| m.id == response.id && m.role != "voter")
+                        .map(|_| (response.id, learner_plan(&request)))
+                        .collect(),
                     members: response
                         .members
                         .into_iter()
                         .map(|m| (m.id, m.address))
                         .collect(),
                     next_node_id: response.id + 1,
-                    last_timestamp_ms: 0,
-                    upgrades: Vec::new(),
+                    ..ClusterState::default()
                 };
                 return Ok((response.id, cluster));
             }

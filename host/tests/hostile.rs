@@ -331,6 +331,7 @@ async fn each_role_may_make_its_calls_and_no_others() {
                 .join(JoinRequest {
                     address: "127.0.0.1:9".into(),
                     join_token: vec![],
+                    ..JoinRequest::default()
                 })
                 .await
                 .unwrap_err();
@@ -539,6 +540,7 @@ async fn joins_must_come_from_the_node_named_and_uploads_are_bounded() {
                 .join(JoinRequest {
                     address: nobody.clone(),
                     join_token: vec![1; 16],
+                    ..JoinRequest::default()
                 })
                 .await
                 .unwrap_err();
@@ -557,6 +559,7 @@ async fn joins_must_come_from_the_node_named_and_uploads_are_bounded() {
                 .join(JoinRequest {
                     address,
                     join_token: vec![],
+                    ..JoinRequest::default()
                 })
                 .await
                 .unwrap_err();

@@ -150,7 +150,7 @@ impl Client for NodeService {
             term: status.term,
             commit_index: status.commit_index,
             applied_index: status.applied_index,
-            members: members(&status.members),
+            members: members(&status.members, &status.learners, &status.match_index),
             plugin_sha256: hex::encode(status.module.sha256),
             plugin_version: status.module.version,
             snapshot_index: status.snapshot_index,
@@ -171,7 +171,19 @@ impl Client for NodeService {
         let JoinRequest {
             address,
             join_token,
+            learner,
+            replaces,
         } = request.get_ref().clone();
+        let plan = match (learner, replaces) {
+            (false, 0) => LearnerPlan::Promote,
+            (true, 0) => LearnerPlan::Stay,
+            (false, replaces) => LearnerPlan::Replace { replaces },
+            (true, _) => {
+                return Err(Status::invalid_argument(
+                    "a node cannot both stay a learner and replace a voter",
+                ));
+            }
+        };
         let caller = access::authorize(&request, Need::Node, "Join")?;
         check_join_address(&address)?;
         if let Some(named) = access::node_address(&caller)
@@ -189,12 +201,16 @@ impl Client for NodeService {
         self.confirm_joiner(&address, join_token).await?;
         let result = self
             .node
-            .call(|reply| NodeRequest::AddNode { address, reply })
+            .call(|reply| NodeRequest::AddNode {
+                address,
+                plan,
+                reply,
+            })
             .await
             .map(|joined| {
                 Response::new(JoinResponse {
                     id: joined.id,
-                    members: members(&joined.members),
+                    members: members(&joined.members, &joined.learners, &BTreeMap::new()),
                 })
             });
         or_forward!(self, request, result, |client, forwarded| client
@@ -367,11 +383,31 @@ fn check_join_address(address: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn members(map: &BTreeMap<u64, String>) -> Vec<Member> {
-    map.iter()
-        .map(|(id, address)| Member {
-            id: *id,
-            address: address.clone(),
+/// The members as the protocol lists them: each with its role, its plan if a learner, and
+/// the index the leader knows it holds (where known).
+fn members(
+    members: &BTreeMap<u64, String>,
+    learners: &BTreeMap<u64, LearnerPlan>,
+    match_index: &BTreeMap<u64, u64>,
+) -> Vec<Member> {
+    members
+        .iter()
+        .map(|(id, address)| {
+            let (role, plan) = match learners.get(id) {
+                None => ("voter", String::new()),
+                Some(LearnerPlan::Promote) => ("learner", "promote".into()),
+                Some(LearnerPlan::Stay) => ("learner", "stay".into()),
+                Some(LearnerPlan::Replace { replaces }) => {
+                    ("learner", format!("replace {replaces}"))
+                }
+            };
+            Member {
+                id: *id,
+                address: address.clone(),
+                role: role.into(),
+                plan,
+                match_index: match_index.get(id).copied().unwrap_or(0),
+            }
         })
         .collect()
 }

@@ -32,7 +32,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{self, Need};
-use crate::replicated::SnapshotData;
+use crate::replicated::{LearnerPlan, SnapshotData};
 
 use crate::node::{DeployOutcome, MAX_MODULE_BYTES, NodeError, NodeHandle, Request as NodeRequest};
 use crate::plugin::PluginRuntime;

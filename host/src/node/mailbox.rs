@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use raft::prelude::Message;
 use tokio::sync::oneshot;
 
-use crate::replicated::{DecodeError, UpgradeRecord};
+use crate::replicated::{DecodeError, LearnerPlan, UpgradeRecord};
 use crate::state_machine::{ModuleInfo, Rejection, StateMachineError};
 use crate::storage::StorageError;
 
@@ -117,6 +117,8 @@ pub struct Joined {
     pub id: u64,
     /// All members after the join.
     pub members: BTreeMap<u64, String>,
+    /// Which of them are learners, and what becomes of each.
+    pub learners: BTreeMap<u64, LearnerPlan>,
 }
 
 /// A node's view of the cluster.
@@ -129,7 +131,12 @@ pub struct NodeStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub snapshot_index: u64,
+    /// Every member (voters and learners) with its address.
     pub members: BTreeMap<u64, String>,
+    /// The members that are learners, and what becomes of each.
+    pub learners: BTreeMap<u64, LearnerPlan>,
+    /// The last log index each member is known to hold: only a leader knows (empty elsewhere).
+    pub match_index: BTreeMap<u64, u64>,
     pub module: ModuleInfo,
     pub upgrades: Vec<UpgradeRecord>,
 }
@@ -163,9 +170,10 @@ pub enum Request {
     },
     /// Report this node's view.
     Status { reply: Reply<NodeStatus> },
-    /// Add the node at `address` (leader only).
+    /// Add the node at `address` as a learner, with what becomes of it (leader only).
     AddNode {
         address: String,
+        plan: LearnerPlan,
         reply: Reply<Joined>,
     },
     /// Remove node `id` (leader only).

@@ -13,6 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use protobuf::Message as _;
+use raft::eraftpb::ConfChangeV2;
 use raft::prelude::{ConfChange, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
@@ -21,6 +22,7 @@ use crate::replicated::ClusterState;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 
+mod learners;
 mod mailbox;
 mod membership;
 mod options;
@@ -36,6 +38,7 @@ pub use mailbox::{
 pub use options::{MAX_MODULE_BYTES, NodeOptions};
 pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
 
+use learners::LearnerWatch;
 use mailbox::Reply;
 use membership::PendingConf;
 use proposals::{PendingProposal, Waiter};
@@ -64,6 +67,8 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     /// The conf change in flight, by log index (raft allows one at a time).
     conf_change: Option<(u64, Instant, PendingConf)>,
     transfer: Option<(u64, Instant, Reply<()>)>,
+    /// What the leader has seen of its learners (see [`learners`]).
+    learner_watch: LearnerWatch,
     /// Linearizable reads waiting for a read index, and the lease (see [`reads`]).
     reads: Reads<PendingQuery>,
     /// When this node started: it ignores vote requests for one election timeout after (see
@@ -155,6 +160,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             proposals: BTreeMap::new(),
             conf_change: None,
             transfer: None,
+            learner_watch: LearnerWatch::default(),
             reads: Reads::new(read_rules, now),
             started: now,
             removed: false,
@@ -223,6 +229,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.next_tick = (self.next_tick + self.options.tick).max(self.now);
             self.expire(self.now);
             self.check_disk();
+            self.check_learners();
         }
         self.on_ready()?;
         self.finish_snapshot(false)?;
@@ -290,6 +297,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     tracing::debug!(from = message.from, "ignored a vote request: just started");
                     return Ok(());
                 }
+                self.learner_watch.heard(message.from, self.now);
                 self.tolerate_lost_entries(&mut message);
                 if let Err(e) = self.raw.step(*message) {
                     tracing::debug!("dropped a raft message: {e}");
@@ -309,7 +317,11 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             Request::Status { reply } => {
                 let _ = reply.send(Ok(self.status()));
             }
-            Request::AddNode { address, reply } => self.add_node(address, reply),
+            Request::AddNode {
+                address,
+                plan,
+                reply,
+            } => self.add_node(address, plan, reply),
             Request::RemoveNode { id, reply } => self.remove_node(id, reply),
             Request::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Request::Unreachable(peer) => self.raw.report_unreachable(peer),
@@ -346,6 +358,17 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             applied_index: self.applied,
             snapshot_index: self.raw.store().snapshot_metadata().index,
             members: self.cluster.members.clone(),
+            learners: self.cluster.learners.clone(),
+            match_index: match self.is_leader() {
+                true => self
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .map(|(id, p)| (*id, p.matched))
+                    .collect(),
+                false => BTreeMap::new(),
+            },
             module: self.state_machine.module_info(),
             upgrades: self.cluster.upgrades.clone(),
         }
@@ -497,8 +520,14 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     self.resolve_proposal(index, None);
                 }
                 EntryType::EntryNormal => self.apply_payload(index, entry.term, &entry.data)?,
-                EntryType::EntryConfChange => {
-                    match ConfChange::parse_from_bytes(&entry.data) {
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let change = match entry.get_entry_type() {
+                        EntryType::EntryConfChange => {
+                            ConfChange::parse_from_bytes(&entry.data).map(membership::into_v2)
+                        }
+                        _ => ConfChangeV2::parse_from_bytes(&entry.data),
+                    };
+                    match change {
                         Ok(change) => self.apply_conf_change(index, change)?,
                         Err(e) => tracing::error!(
                             index,
@@ -506,10 +535,6 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                              replica: {e}"
                         ),
                     }
-                    self.resolve_proposal(index, None);
-                }
-                EntryType::EntryConfChangeV2 => {
-                    tracing::error!(index, "ignoring a joint-consensus conf change: unsupported");
                     self.resolve_proposal(index, None);
                 }
             }

@@ -48,6 +48,16 @@ pub struct NodeOptions {
     /// writes each before the round ends, so that a simulated run does not depend on how
     /// threads are scheduled.
     pub snapshot_on_thread: bool,
+    /// A learner is caught up while its log is at most this many entries behind the leader's
+    /// commit index (and raft sends it entries, not a snapshot): 256 entries is a few
+    /// milliseconds of replication at full load, so the quorum waits for it no longer than that.
+    pub promote_max_lag: u64,
+    /// ... and it is promoted to voter once it has stayed caught up this long: long enough to
+    /// show it keeps up under load rather than between two bursts.
+    pub promote_after: Duration,
+    /// A joining learner the leader has not heard from for this long is dropped from the
+    /// cluster: it never came up, or died before it caught up. Read replicas are not dropped.
+    pub joiner_timeout: Duration,
 }
 
 impl Default for NodeOptions {
@@ -69,6 +79,9 @@ impl Default for NodeOptions {
             read_lease: false,
             election_timeout_ticks: None,
             snapshot_on_thread: true,
+            promote_max_lag: 256,
+            promote_after: Duration::from_millis(500),
+            joiner_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! `del KEY`; queries `get KEY`, `keys [PREFIX]`).
 //!
 //! One test binary, a module per scenario: `replication` (writes, reads, failover), `membership`
-//! (leaving, removal, transfers), `reads` (stale, linearizable, leases), `snapshots` (catch-up,
+//! (leaving, removal, transfers), `learners` (joining as a learner, read replicas,
+//! replacements), `reads` (stale, linearizable, leases), `snapshots` (catch-up,
 //! large stores, traps after a snapshot), `errors` (what a client gets back), `health` (the
 //! health and reflection services). Shared helpers are here.
 
@@ -110,6 +111,7 @@ async fn remaining_members_keep_serving(cluster: &Cluster, remaining: &[u64]) {
 
 mod errors;
 mod health;
+mod learners;
 mod membership;
 mod reads;
 mod replication;

@@ -40,7 +40,7 @@ use riteraft_host::node::{
     Answered, Applied, Joined, Node, NodeError, NodeExit, NodeFatal, NodeOptions, Request,
     restore_snapshot_data,
 };
-use riteraft_host::replicated::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
+use riteraft_host::replicated::{ClusterState, LearnerPlan, SNAPSHOT_FORMAT, SnapshotData, encode};
 use riteraft_host::state_machine::{NativeStateMachine, StateMachine};
 use riteraft_host::storage::{LogStore, MemLogStore};
 use riteraft_plugin_sdk::Typed;
@@ -425,6 +425,7 @@ impl Sim {
         let inbox = &mut self.slots.get_mut(&leader).unwrap().inbox;
         inbox.push_back(Request::AddNode {
             address: address.clone(),
+            plan: LearnerPlan::Promote,
             reply,
         });
         self.change = Some(Change::Add(address, answer));
@@ -505,10 +506,22 @@ impl Sim {
             if all.len() < 5 && (all.len() == 3 || self.rng.random_bool(0.5)) {
                 let (reply, answer) = oneshot::channel();
                 let address = format!("sim-joiner-{}", self.step);
+                // Mostly a joiner made a voter once caught up; sometimes a read replica, or a
+                // replacement for a follower (one joint-consensus change).
+                let followers: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+                let plan = match self.rng.random_range(0..10) {
+                    0 => LearnerPlan::Stay,
+                    1 => LearnerPlan::Replace {
+                        replaces: *followers.choose(&mut self.rng).unwrap(),
+                    },
+                    _ => LearnerPlan::Promote,
+                };
                 inbox.push_back(Request::AddNode {
                     address: address.clone(),
+                    plan,
                     reply,
                 });
+                self.note(("join", &address, plan, self.step));
                 self.change = Some(Change::Add(address, answer));
             } else if all.len() > 3 {
                 let followers: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();

@@ -229,7 +229,7 @@ impl Cluster {
             connector: Connector { tls },
             root,
         };
-        cluster.start_node(None).await;
+        cluster.start_node(None, &[], "voter").await;
         for _ in 1..n {
             cluster.add_node().await;
         }
@@ -564,7 +564,7 @@ impl Cluster {
                 node.netns.clone(),
             )
         };
-        let process = self.spawn(&dir, &data_dir, addr, None, netns.as_deref());
+        let process = self.spawn(&dir, &data_dir, addr, None, netns.as_deref(), &[]);
         // A new channel: the old one may be backing off from the dead process.
         let client = self.connector.connect(addr);
         let node = self.nodes.get_mut(&id).expect("the node exists");
@@ -582,16 +582,25 @@ impl Cluster {
         .await;
     }
 
-    /// Starts a new node joining the cluster through its leader, waits until it is a member
-    /// (its `Status` shows itself among the members, with a leader known), and returns its id.
+    /// Starts a new node joining the cluster through its leader, waits until it is a voter
+    /// (its `Status` shows itself as one, with a leader known: it joined as a learner, caught
+    /// up and was promoted), and returns its id.
     pub async fn add_node(&mut self) -> u64 {
-        let leader = self.wait_for_leader(self.options.ready_timeout).await;
-        let join = self.addr(leader);
-        self.start_node(Some(join)).await
+        self.add_node_with(&[], "voter").await
     }
 
-    /// Starts a node (bootstrapping if `join` is `None`), waits until it is ready, records it.
-    async fn start_node(&mut self, join: Option<SocketAddr>) -> u64 {
+    /// Like [`Cluster::add_node`], with `args` added to the node's command line (e.g.
+    /// `--learner`), waiting until the node shows itself in `role` ("voter" or "learner").
+    pub async fn add_node_with(&mut self, args: &[&str], role: &str) -> u64 {
+        let leader = self.wait_for_leader(self.options.ready_timeout).await;
+        let join = self.addr(leader);
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        self.start_node(Some(join), &args, role).await
+    }
+
+    /// Starts a node (bootstrapping if `join` is `None`) with `args` added, waits until it is
+    /// ready (the leader, for the first node; a member in `role`, for a joiner), records it.
+    async fn start_node(&mut self, join: Option<SocketAddr>, args: &[OsString], role: &str) -> u64 {
         self.started += 1;
         let dir = self.root.path().join(format!("node{}", self.started));
         std::fs::create_dir_all(&dir).expect("cannot create a node directory");
@@ -615,13 +624,13 @@ impl Cluster {
             Some(host) => SocketAddr::new(host.ip, free_port()),
         };
         let netns = host.map(|host| host.netns);
-        let mut process = self.spawn(&dir, &data_dir, addr, join, netns.as_deref());
+        let mut process = self.spawn(&dir, &data_dir, addr, join, netns.as_deref(), args);
         let client = self.connector.connect(addr);
         let bootstrap = join.is_none();
         let what = if bootstrap {
             format!("the first node ({addr}) to lead")
         } else {
-            format!("the node at {addr} to join and know a leader")
+            format!("the node at {addr} to join, know a leader and be a {role}")
         };
         let id = wait_until(&what, self.options.ready_timeout, async || {
             if let Some(status) = process.try_exit() {
@@ -638,7 +647,10 @@ impl Cluster {
             .ok()?;
             let ready = status.id != 0
                 && status.leader_id != 0
-                && status.members.iter().any(|m| m.id == status.id)
+                && status
+                    .members
+                    .iter()
+                    .any(|m| m.id == status.id && (bootstrap || m.role == role))
                 && (!bootstrap || status.role == "leader");
             ready.then_some(status.id)
         })
@@ -670,6 +682,7 @@ impl Cluster {
         addr: SocketAddr,
         join: Option<SocketAddr>,
         netns: Option<&str>,
+        args: &[OsString],
     ) -> NodeProcess {
         let options = &self.options;
         // `ip netns exec` enters the namespace and then execs the node: the process is the
@@ -708,6 +721,7 @@ impl Cluster {
         }
         command
             .args(&options.extra_args)
+            .args(args)
             .env("RUST_LOG", &options.rust_log)
             .env("RUST_BACKTRACE", "1");
         NodeProcess::spawn(format!("node at {addr}"), command, dir.join("node.log"))

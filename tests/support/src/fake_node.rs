@@ -173,10 +173,16 @@ impl ClientService for Fake {
                 Member {
                     id: 1,
                     address: "127.0.0.1:7001".into(),
+                    role: "voter".into(),
+                    match_index: 12,
+                    ..Member::default()
                 },
                 Member {
                     id: 2,
                     address: "127.0.0.1:7002".into(),
+                    role: "learner".into(),
+                    plan: "promote".into(),
+                    match_index: 9,
                 },
             ],
             plugin_sha256: "5ca1ab1e".into(),
@@ -196,7 +202,11 @@ impl ClientService for Fake {
         self.enter(format!("join {address}"))?;
         Ok(Response::new(JoinResponse {
             id: 9,
-            members: vec![Member { id: 9, address }],
+            members: vec![Member {
+                id: 9,
+                address,
+                ..Member::default()
+            }],
         }))
     }
 
