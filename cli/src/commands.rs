@@ -16,7 +16,7 @@ use crate::{bench, render};
 
 /// Talk to a RiteRaft cluster: replicate commands, run queries, inspect and manage its nodes.
 #[derive(Debug, Parser)]
-#[command(name = "riteraft", version)]
+#[command(name = "riteraft", version = env!("RITERAFT_BUILD_VERSION"))]
 pub struct Cli {
     /// Addresses of some nodes of the cluster (HOST:PORT), separated by commas. Each command goes
     /// to the first one that answers.

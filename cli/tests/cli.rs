@@ -178,3 +178,13 @@ async fn help_lists_the_commands_and_flags() {
         assert!(help.contains(word), "{word} not in\n{help}");
     }
 }
+
+#[tokio::test]
+async fn version_names_the_source_revision() {
+    let output = riteraft(&["--version"]).await;
+    assert!(output.status.success(), "{output:?}");
+    let version = stdout(&output);
+    let expected = format!("riteraft {} (rev ", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&expected), "{version}");
+    assert!(!version.contains("(rev )"), "{version}");
+}

@@ -1,19 +1,30 @@
-//! Command-line configuration of a node (`riteraft-host --help`).
+//! What a node is configured by (`riteraft-host --help`): [`NodeConfig`], one field per
+//! setting. Each setting can also come from a `RITERAFT_*` environment variable or a TOML file
+//! (`--config`), with no code per setting: [`sources`] derives both from these clap arguments.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use riteraft_proto::tls::TlsFiles;
 
 use crate::plugin::PluginLimits;
+
+mod file;
+pub mod sources;
+
+pub use sources::{ConfigError, Invocation, Setting, Source};
 
 /// A RiteRaft node: replicates a WebAssembly store plugin with raft.
 ///
 /// Start the first node without --join; start every other node with --join pointing at any
 /// member. A node restarted on its --data-dir resumes as the same member.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "riteraft-host", version)]
+///
+/// Every flag can also be set from the environment (`RITERAFT_` and the flag's name, e.g.
+/// RITERAFT_DATA_DIR) or from a TOML file (--config; keys are the flags' names, e.g.
+/// `data-dir = "/var/lib/riteraft"`). A flag beats the environment, which beats the file.
+#[command(name = "riteraft-host", version = env!("RITERAFT_BUILD_VERSION"))]
 pub struct NodeConfig {
     /// The store plugin: a WebAssembly component built for wasm32-wasip2 with the RiteRaft SDK
     /// (or any component exporting proto/store.wit).
@@ -104,6 +115,20 @@ pub struct NodeConfig {
     /// Cap on the plugin's linear memory, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = PluginLimits::default().memory_bytes >> 20)]
     pub plugin_memory_mib: usize,
+
+    /// How log lines look on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors. RUST_LOG chooses which lines (default `info`).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of the node's log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
 }
 
 impl NodeConfig {

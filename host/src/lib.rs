@@ -11,6 +11,8 @@
 //!   node together and runs it.
 //! - [`listener`] accepts connections (mutual TLS, caps); [`access`] says who may call what;
 //!   [`log_limit`] keeps what others can make us log to a line a second.
+//! - [`config`]: the settings, from flags, `RITERAFT_*` variables and a TOML file; [`logging`]
+//!   sets up the log (text or JSON).
 
 #![deny(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod grpc_services;
 pub mod health;
 pub mod listener;
 pub mod log_limit;
+pub mod logging;
 pub mod node;
 pub mod peer_messages;
 pub mod plugin;

@@ -1,9 +1,9 @@
-//! `riteraft-host`: parse flags, set up logging, run a node. The logic lives in the library.
+//! `riteraft-host`: load the settings, set up logging, run a node. The logic lives in the
+//! library.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use riteraft_host::config::NodeConfig;
+use riteraft_host::config::{ConfigError, Invocation, sources};
 use riteraft_host::node::NodeExit;
 
 /// mimalloc rather than glibc malloc: the gRPC and raft paths allocate many small buffers on
@@ -40,17 +40,39 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The exit code of a configuration that cannot be loaded, as for clap's usage errors.
+const CONFIG_ERROR_EXIT: u8 = 2;
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let config = match sources::load(std::env::args_os()) {
+        Ok(Invocation::Run(config)) => config,
+        Ok(Invocation::PrintConfig(settings)) => {
+            print!("{}", sources::render(&settings));
+            return ExitCode::SUCCESS;
+        }
+        // --help and --version too: clap prints them and says 0.
+        Err(ConfigError::Clap { error, file }) => {
+            let _ = error.print();
+            if let Some(file) = file.filter(|_| error.use_stderr()) {
+                eprintln!(
+                    "note: the settings in {} were read as if given as flags",
+                    file.display()
+                );
+            }
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(CONFIG_ERROR_EXIT));
+        }
+        Err(e) => {
+            eprintln!("riteraft-host: error: {e}");
+            return ExitCode::from(CONFIG_ERROR_EXIT);
+        }
+    };
+    riteraft_host::logging::init(config.log_format);
+    tracing::info!(
+        version = env!("RITERAFT_BUILD_VERSION"),
+        "riteraft-host starting"
+    );
     raise_open_file_limit();
-    let config = NodeConfig::parse();
-    match riteraft_host::startup::run(config, release_memory) {
+    match riteraft_host::startup::run(*config, release_memory) {
         Ok(NodeExit::Shutdown | NodeExit::Removed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("riteraft-host: error: {e}");

@@ -225,6 +225,14 @@ impl LocalCluster {
             command.args(node_files(certs, address).flags());
         }
         command.args(&options.node_args);
+        // riteraft-host reads a RITERAFT_* variable for each of its flags, and the names overlap
+        // the client's (RITERAFT_TLS_CERT is the client's certificate here, a node's there): the
+        // nodes the bench starts are configured by it alone.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("RITERAFT_") {
+                command.env_remove(name);
+            }
+        }
         // Warnings only, unless the user asked for more: a node logging every request at
         // `info` would measure its logging.
         if std::env::var_os("RUST_LOG").is_none() {
