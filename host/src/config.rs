@@ -1,5 +1,5 @@
 //! What a node is configured by (`riteraft-host --help`): [`NodeConfig`], one field per
-//! setting. Each setting can also come from a `RITERAFT_*` environment variable or a TOML file
+//! setting. Each setting can also come from a `RITERAFT_HOST_*` environment variable or a TOML file
 //! (`--config`), with no code per setting: [`sources`] derives both from these clap arguments.
 
 use std::net::SocketAddr;
@@ -21,8 +21,8 @@ pub use sources::{ConfigError, Invocation, Setting, Source};
 /// member. A node restarted on its --data-dir resumes as the same member.
 #[derive(Debug, Clone, Parser)]
 ///
-/// Every flag can also be set from the environment (`RITERAFT_` and the flag's name, e.g.
-/// RITERAFT_DATA_DIR) or from a TOML file (--config; keys are the flags' names, e.g.
+/// Every flag can also be set from the environment (`RITERAFT_HOST_` and the flag's name, e.g.
+/// RITERAFT_HOST_DATA_DIR) or from a TOML file (--config; keys are the flags' names, e.g.
 /// `data-dir = "/var/lib/riteraft"`). A flag beats the environment, which beats the file.
 #[command(name = "riteraft-host", version = env!("RITERAFT_BUILD_VERSION"))]
 pub struct NodeConfig {
@@ -42,8 +42,8 @@ pub struct NodeConfig {
 
     /// Join as a read replica: a learner that receives the log and serves reads (stale ones
     /// locally, linearizable ones confirmed with the leader) but never votes. Without it a
-    /// joining node becomes a voter once it has caught up.
-    #[arg(long, requires = "join", conflicts_with = "replaces")]
+    /// joining node becomes a voter once it has caught up. Not with --replaces.
+    #[arg(long, requires = "join")]
     pub learner: bool,
 
     /// Join to replace member ID: once this node has caught up, one joint-consensus change makes

@@ -11,7 +11,7 @@
 //!   node together and runs it.
 //! - [`listener`] accepts connections (mutual TLS, caps); [`access`] says who may call what;
 //!   [`log_limit`] keeps what others can make us log to a line a second.
-//! - [`config`]: the settings, from flags, `RITERAFT_*` variables and a TOML file; [`logging`]
+//! - [`config`]: the settings, from flags, `RITERAFT_HOST_*` variables and a TOML file; [`logging`]
 //!   sets up the log (text or JSON).
 
 #![deny(unsafe_code)]

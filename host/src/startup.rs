@@ -75,6 +75,9 @@ pub enum RunError {
          --tls-ca (`riteraft certs` makes them), listen on loopback, or pass --insecure"
     )]
     Insecure { address: String },
+    /// Settings that contradict each other.
+    #[error("{0}")]
+    Settings(String),
     /// Threads or the async runtime could not be started.
     #[error("cannot start: {0}")]
     Start(#[from] std::io::Error),
@@ -86,6 +89,13 @@ pub enum RunError {
 /// the start-up copies of a large snapshot are freed by then, and the binary, which chooses the
 /// allocator, can have it hand them back to the system.
 pub fn run(config: NodeConfig, release_memory: fn()) -> Result<NodeExit, RunError> {
+    if config.learner && config.replaces.is_some() {
+        return Err(RunError::Settings(
+            "--learner and --replaces do not go together: a read replica never votes, a \
+             replacement becomes a voter"
+                .into(),
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,5 +1,5 @@
 //! The `riteraft-host` binary: it refuses bad plugins with a message that names the problem,
-//! takes its settings from flags, `RITERAFT_*` variables and a `--config` file (in that order),
+//! takes its settings from flags, `RITERAFT_HOST_*` variables and a `--config` file (in that order),
 //! reports them with `--print-config`, logs as text or JSON, and names its revision.
 
 use std::io::Read as _;
@@ -167,17 +167,17 @@ fn settings_come_from_the_flag_then_the_environment_then_the_file() {
     );
 
     let env = [
-        ("RITERAFT_SNAPSHOT_ENTRIES", "6000"),
-        ("RITERAFT_READ_LEASE", "false"),
+        ("RITERAFT_HOST_SNAPSHOT_ENTRIES", "6000"),
+        ("RITERAFT_HOST_READ_LEASE", "false"),
     ];
     let from_env = run(&[], &env);
     assert_eq!(
         printed(&from_env, "snapshot-entries"),
-        ("6000".into(), "env RITERAFT_SNAPSHOT_ENTRIES".into())
+        ("6000".into(), "env RITERAFT_HOST_SNAPSHOT_ENTRIES".into())
     );
     assert_eq!(
         printed(&from_env, "read-lease"),
-        ("false".into(), "env RITERAFT_READ_LEASE".into())
+        ("false".into(), "env RITERAFT_HOST_READ_LEASE".into())
     );
     assert_eq!(printed(&from_env, "data-dir").1, file_source);
 
@@ -188,7 +188,7 @@ fn settings_come_from_the_flag_then_the_environment_then_the_file() {
     );
 
     // The file is itself named by the environment as well as by --config.
-    let file_from_env = host(&["--print-config"], &[("RITERAFT_CONFIG", &file)]);
+    let file_from_env = host(&["--print-config"], &[("RITERAFT_HOST_CONFIG", &file)]);
     assert_eq!(printed(&file_from_env, "snapshot-entries").1, file_source);
 }
 
@@ -251,7 +251,7 @@ fn config_file_mistakes_exit_at_once_naming_the_key() {
 fn print_config_shows_every_setting_and_a_missing_plugin_as_unset() {
     let output = host(
         &["--print-config"],
-        &[("RITERAFT_LISTEN", "127.0.0.1:7100")],
+        &[("RITERAFT_HOST_LISTEN", "127.0.0.1:7100")],
     );
     assert!(output.status.success(), "{output:?}");
     let stdout = text(&output.stdout);
@@ -262,7 +262,10 @@ fn print_config_shows_every_setting_and_a_missing_plugin_as_unset() {
     );
     assert_eq!(
         printed(&output, "listen"),
-        ("\"127.0.0.1:7100\"".into(), "env RITERAFT_LISTEN".into())
+        (
+            "\"127.0.0.1:7100\"".into(),
+            "env RITERAFT_HOST_LISTEN".into()
+        )
     );
     for key in [
         "snapshot-entries",
@@ -286,7 +289,7 @@ fn log_format_json_prints_one_object_per_line() {
         (vec!["--plugin", absent, "--log-format", "json"], vec![]),
         (
             vec!["--plugin", absent],
-            vec![("RITERAFT_LOG_FORMAT", "json")],
+            vec![("RITERAFT_HOST_LOG_FORMAT", "json")],
         ),
     ] {
         let output = host(&args, &env);

@@ -225,9 +225,8 @@ impl LocalCluster {
             command.args(node_files(certs, address).flags());
         }
         command.args(&options.node_args);
-        // riteraft-host reads a RITERAFT_* variable for each of its flags, and the names overlap
-        // the client's (RITERAFT_TLS_CERT is the client's certificate here, a node's there): the
-        // nodes the bench starts are configured by it alone.
+        // riteraft-host reads a RITERAFT_HOST_* variable for each of its flags: the nodes the
+        // bench starts are configured by it alone, not by whatever the caller's shell exported.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("RITERAFT_") {
                 command.env_remove(name);

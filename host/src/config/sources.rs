@@ -1,4 +1,4 @@
-//! Where each setting comes from: a flag, then a `RITERAFT_*` environment variable, then the
+//! Where each setting comes from: a flag, then a `RITERAFT_HOST_*` environment variable, then the
 //! `--config` file, then the built-in default, and the `--print-config` report of the outcome.
 //!
 //! Nothing here names a setting: the environment variable and the file key of every argument of
@@ -19,7 +19,7 @@ use super::NodeConfig;
 use super::file::FileSettings;
 
 /// The prefix of every setting's environment variable.
-pub const ENV_PREFIX: &str = "RITERAFT_";
+pub const ENV_PREFIX: &str = "RITERAFT_HOST_";
 
 /// The id of `--config FILE` (not a setting: it says where the settings are).
 const CONFIG_ID: &str = "config";
@@ -141,7 +141,7 @@ pub(super) fn is_multiple(arg: &Arg) -> bool {
     matches!(arg.get_action(), ArgAction::Append)
 }
 
-/// The environment variable of the flag `--long`: `data-dir` → `RITERAFT_DATA_DIR`.
+/// The environment variable of the flag `--long`: `data-dir` → `RITERAFT_HOST_DATA_DIR`.
 pub fn env_name(long: &str) -> String {
     format!("{ENV_PREFIX}{}", long.replace('-', "_").to_uppercase())
 }
@@ -160,7 +160,7 @@ pub fn command() -> Command {
                 .value_parser(clap::value_parser!(PathBuf))
                 .help(
                     "Read settings from this TOML file (keys are the flags' names, e.g. \
-                     `data-dir = \"n1\"`); flags and RITERAFT_* variables override it",
+                     `data-dir = \"n1\"`); flags and RITERAFT_HOST_* variables override it",
                 ),
         )
         .arg(

@@ -724,6 +724,13 @@ impl Cluster {
             .args(args)
             .env("RUST_LOG", &options.rust_log)
             .env("RUST_BACKTRACE", "1");
+        // A node reads a RITERAFT_HOST_* variable for each flag: the tests' nodes run with the
+        // flags above alone, whatever the developer's shell exported.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("RITERAFT_HOST_") {
+                command.env_remove(name);
+            }
+        }
         NodeProcess::spawn(format!("node at {addr}"), command, dir.join("node.log"))
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", options.binary.display()))
     }
