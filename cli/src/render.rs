@@ -138,6 +138,9 @@ fn status_text(status: &NodeStatus) -> String {
             None => format!("{id} (address unknown)"),
         },
     };
+    if let Some(alarm) = &status.alarm {
+        let _ = writeln!(out, "ALARM:          {alarm}");
+    }
     let _ = writeln!(out, "id:             {}", status.id);
     let _ = writeln!(out, "role:           {}", status.role);
     let _ = writeln!(out, "leader:         {leader}");
@@ -254,6 +257,7 @@ mod tests {
             snapshot_index: 40,
             plugin_sha256: "abc123".into(),
             plugin_version: Some("1.2.0".into()),
+            alarm: None,
             members: vec![
                 Member {
                     id: 1,

@@ -109,6 +109,8 @@ pub(crate) fn classify(status: Status, kind: Kind, address: &str) -> Verdict {
             }
         }
         Code::Unavailable => Verdict::NotNow(format!("{address}: {}", status.message())),
+        // A diverged replica refuses before it does anything: another node can serve.
+        Code::DataLoss => Verdict::NotNow(format!("{address}: {}", status.message())),
         Code::DeadlineExceeded if kind == Kind::Read => {
             Verdict::NotNow(format!("{address}: {}", status.message()))
         }
@@ -173,6 +175,17 @@ mod tests {
             let verdict = classify(Status::unavailable("no leader"), kind, "a:1");
             assert!(
                 matches!(&verdict, Verdict::NotNow(m) if m == "a:1: no leader"),
+                "{verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_diverged_replica_moves_on_for_reads_and_writes() {
+        for kind in [Kind::Read, Kind::Write] {
+            let verdict = classify(Status::data_loss("diverged"), kind, "a:1");
+            assert!(
+                matches!(&verdict, Verdict::NotNow(m) if m == "a:1: diverged"),
                 "{verdict:?}"
             );
         }

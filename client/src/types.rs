@@ -95,6 +95,10 @@ pub struct NodeStatus {
     pub members: Vec<Member>,
     /// Every change of store module, oldest first.
     pub upgrades: Vec<Upgrade>,
+    /// Set when this replica's answers differ from the cluster's: it serves no reads or
+    /// writes until rebuilt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
 }
 
 /// Joining: the id the cluster gave the new node, and the members.
@@ -207,6 +211,7 @@ impl From<proto::StatusResponse> for NodeStatus {
                 })
                 .collect(),
             upgrades: status.upgrades.into_iter().map(Upgrade::from).collect(),
+            alarm: non_empty(status.alarm),
         }
     }
 }
@@ -289,6 +294,7 @@ mod tests {
             plugin_sha256: "ab".into(),
             plugin_version: String::new(),
             snapshot_index: 5,
+            alarm: String::new(),
             upgrades: vec![proto::Upgrade {
                 index: 6,
                 sha256: "cd".into(),
@@ -298,6 +304,7 @@ mod tests {
         });
         assert_eq!(status.leader_id, None);
         assert_eq!(status.plugin_version, None);
+        assert_eq!(status.alarm, None);
         assert_eq!(status.upgrades[0].version.as_deref(), Some("2.0"));
         assert_eq!(
             status.members,

@@ -56,6 +56,12 @@ pub struct NodeConfig {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub joiner_timeout_secs: u64,
 
+    /// Every this many entries, each replica reports a digest of the store's answers and
+    /// checks it against the cluster's: a replica whose answers differ raises an alarm and
+    /// stops serving until rebuilt (README: divergence detection). 0 turns the check off.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub divergence_check_entries: u64,
+
     /// Where this node keeps its raft log, state and snapshots [default: riteraft-data-PORT,
     /// PORT being --listen's, so several local nodes never share one by accident].
     #[arg(long, value_name = "DIR")]

@@ -45,7 +45,11 @@ async fn report(node: NodeHandle, reporter: HealthReporter) {
     let mut last = None;
     loop {
         let status = match node.call(|reply| Request::Status { reply }).await {
-            Ok(status) if status.leader_id != 0 && status.applied_index >= status.commit_index => {
+            Ok(status)
+                if status.leader_id != 0
+                    && status.applied_index >= status.commit_index
+                    && status.diverged.is_none() =>
+            {
                 ServingStatus::Serving
             }
             Ok(_) => ServingStatus::NotServing,

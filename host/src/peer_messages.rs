@@ -13,11 +13,14 @@ use std::collections::BTreeMap;
 
 use raft::prelude::{Message, MessageType};
 
+use crate::replicated::EntryPayload;
+
 /// Why a peer's message was not handed to raft.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// A type that only raft-rs itself makes locally, or that this node never sends to a peer
-    /// (proposals travel as `Client.Propose`, transfers as `Client.TransferLeader`).
+    /// (proposals travel as `Client.Propose`, transfers as `Client.TransferLeader`; the one
+    /// proposal raft forwards is a replica's digest report, see [`Refused::NotADigestReport`]).
     #[error("a {0:?} never crosses the wire between nodes")]
     LocalType(MessageType),
     /// Addressed to another node.
@@ -49,6 +52,10 @@ pub enum Refused {
     /// A leadership transfer that the leader did not ask for.
     #[error("a MsgTimeoutNow from node {from}, which is not this node's leader in its term")]
     UnaskedTransfer { from: u64 },
+    /// The only proposal a peer may forward is its own report of its answers' digest (see
+    /// `node::divergence`): at most a few, each an entry of its own.
+    #[error("a forwarded proposal that is not the sender's digest report: {0}")]
+    NotADigestReport(String),
     /// A snapshot that would not move this node forward, or is malformed.
     #[error("snapshot refused: {0}")]
     BadSnapshot(String),
@@ -91,8 +98,19 @@ pub fn check(message: &Message, local: &Local) -> Result<(), Refused> {
         | MsgTimeoutNow
         | MsgReadIndex
         | MsgReadIndexResp => {}
-        MsgHup | MsgBeat | MsgPropose | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum
-        | MsgTransferLeader => return Err(Refused::LocalType(kind)),
+        MsgPropose => {
+            if message.to != local.id {
+                return Err(Refused::WrongRecipient {
+                    to: message.to,
+                    me: local.id,
+                });
+            }
+            check_sender(message.from, local)?;
+            return check_digest_reports(message);
+        }
+        MsgHup | MsgBeat | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum | MsgTransferLeader => {
+            return Err(Refused::LocalType(kind));
+        }
     }
     if message.to != local.id {
         return Err(Refused::WrongRecipient {
@@ -134,6 +152,35 @@ pub fn check(message: &Message, local: &Local) -> Result<(), Refused> {
         MsgSnapshot => check_snapshot(message, local),
         _ => Ok(()),
     }
+}
+
+/// Most digest reports one forwarded proposal may carry: a replica reports once per
+/// checkpoint, and raft forwards what queued up in one round.
+const MAX_FORWARDED_REPORTS: usize = 4;
+
+/// A forwarded proposal must hold only the sender's own digest reports.
+fn check_digest_reports(message: &Message) -> Result<(), Refused> {
+    let refuse = |why: String| Err(Refused::NotADigestReport(why));
+    if message.entries.is_empty() || message.entries.len() > MAX_FORWARDED_REPORTS {
+        return refuse(format!("{} entries", message.entries.len()));
+    }
+    for entry in &message.entries {
+        if entry.get_entry_type() != raft::prelude::EntryType::EntryNormal {
+            return refuse(format!("a {:?}", entry.get_entry_type()));
+        }
+        match crate::replicated::decode::<EntryPayload>("forwarded entry", &entry.data) {
+            Ok(EntryPayload::DigestReport { node, .. }) if node == message.from => {}
+            Ok(EntryPayload::DigestReport { node, .. }) => {
+                return refuse(format!(
+                    "a report for node {node} from node {}",
+                    message.from
+                ));
+            }
+            Ok(_) => return refuse("a client's command".into()),
+            Err(e) => return refuse(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// The sender must be a member, and the one its certificate names. A node that was cut off
@@ -271,7 +318,6 @@ mod tests {
     fn local_types_are_refused() {
         let members = members();
         for kind in [
-            MessageType::MsgPropose,
             MessageType::MsgHup,
             MessageType::MsgBeat,
             MessageType::MsgUnreachable,
@@ -284,6 +330,60 @@ mod tests {
                 Err(Refused::LocalType(kind))
             );
         }
+    }
+
+    fn report(node: u64) -> Entry {
+        Entry {
+            data: crate::replicated::encode(&EntryPayload::DigestReport {
+                node,
+                index: 1000,
+                digest: [7; 32],
+            })
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_only_forwarded_proposal_is_the_senders_digest_report() {
+        let members = members();
+        let mut m = message(MessageType::MsgPropose);
+        // As raft-rs forwards it: without a term.
+        m.term = 0;
+        m.entries = vec![report(1)].into();
+        assert_eq!(check(&m, &local(&members)), Ok(()));
+        let refused = |m: &Message| {
+            matches!(
+                check(m, &local(&members)),
+                Err(Refused::NotADigestReport(_))
+            )
+        };
+        m.entries = vec![report(3)].into();
+        assert!(refused(&m), "a report for another node");
+        m.entries = Vec::new().into();
+        assert!(refused(&m), "empty: raft-rs panics on it");
+        m.entries = vec![report(1); MAX_FORWARDED_REPORTS + 1].into();
+        assert!(refused(&m), "too many");
+        let command = crate::replicated::encode(&EntryPayload::Command {
+            proposer: 1,
+            request_id: 1,
+            timestamp_ms: 0,
+            command: b"put a 1".to_vec(),
+        });
+        m.entries = vec![Entry {
+            data: command.into(),
+            ..Default::default()
+        }]
+        .into();
+        assert!(
+            refused(&m),
+            "a client's command must come as Client.Propose"
+        );
+        m.entries = vec![entry(0, 0)].into();
+        assert!(refused(&m), "an empty entry");
+        m.entries = vec![report(1)].into();
+        m.from = 9;
+        assert!(check(&m, &local(&members)).is_err(), "from a stranger");
     }
 
     #[test]

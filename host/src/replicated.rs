@@ -34,6 +34,15 @@ pub enum EntryPayload {
         #[serde(with = "serde_bytes")]
         module: Vec<u8>,
     },
+    /// A replica's digest of the answers up to `index` (see `node::divergence`): the store
+    /// never sees it.
+    DigestReport {
+        /// The replica that computed it.
+        node: u64,
+        /// The checkpoint: the digest covers every entry up to this index.
+        index: u64,
+        digest: [u8; 32],
+    },
 }
 
 /// One switch of the store's code, as recorded in the replicated state.
@@ -87,6 +96,9 @@ pub struct ClusterState {
     pub upgrades: Vec<UpgradeRecord>,
     /// The members that are learners, with what becomes of each; the others vote.
     pub learners: BTreeMap<u64, LearnerPlan>,
+    /// The running digest of every answer the store gave (see `node::divergence`), as of this
+    /// state's index: a replica restored from a snapshot carries the chain on from here.
+    pub answers_digest: [u8; 32],
 }
 
 /// Upgrade records kept in the replicated state: enough history for people, bounded size.
@@ -120,7 +132,8 @@ pub struct SnapshotData {
     pub store: Bytes,
 }
 
-/// The current [`SnapshotData::format`]: 3 added learners to [`ClusterState`].
+/// The current [`SnapshotData::format`]: 3 added learners and the answers' digest to
+/// [`ClusterState`].
 pub const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Snapshots of format 2, written before learners existed: still read, so that a node
@@ -158,6 +171,7 @@ mod format2 {
                     last_timestamp_ms: cluster.last_timestamp_ms,
                     upgrades: cluster.upgrades,
                     learners: BTreeMap::new(),
+                    answers_digest: [0; 32],
                 },
                 plugin_sha256: old.plugin_sha256,
                 module: old.module,

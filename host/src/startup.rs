@@ -174,6 +174,7 @@ fn run_with<S: StateMachine + 'static>(
         min_free_disk_bytes: config.min_free_disk_mib << 20,
         read_lease: config.read_lease,
         joiner_timeout: Duration::from_secs(config.joiner_timeout_secs),
+        digest_interval: config.divergence_check_entries,
         ..NodeOptions::default()
     };
     let mut node = Node::new(

@@ -154,6 +154,7 @@ impl Client for NodeService {
             plugin_sha256: hex::encode(status.module.sha256),
             plugin_version: status.module.version,
             snapshot_index: status.snapshot_index,
+            alarm: status.diverged.unwrap_or_default(),
             upgrades: status
                 .upgrades
                 .into_iter()

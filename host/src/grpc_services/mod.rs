@@ -147,6 +147,8 @@ pub fn status_of(error: NodeError) -> Status {
         NodeError::Invalid(_) => Status::invalid_argument(message),
         NodeError::Precondition(_) => Status::failed_precondition(message),
         NodeError::DiskFull(_) => Status::resource_exhausted(message),
+        // Another replica can answer; this one's state cannot be trusted.
+        NodeError::Diverged(_) => Status::data_loss(message),
     }
 }
 

@@ -44,6 +44,9 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
+    /// This replica's answers differ from the cluster's: it serves nothing until rebuilt.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 /// Why the node stopped.
@@ -139,6 +142,8 @@ pub struct NodeStatus {
     pub match_index: BTreeMap<u64, u64>,
     pub module: ModuleInfo,
     pub upgrades: Vec<UpgradeRecord>,
+    /// Why this replica serves no reads or writes: its answers differ from the cluster's.
+    pub diverged: Option<String>,
 }
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;

@@ -22,6 +22,7 @@ use crate::replicated::ClusterState;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 
+mod divergence;
 mod learners;
 mod mailbox;
 mod membership;
@@ -31,6 +32,7 @@ mod reads;
 mod safety;
 mod snapshots;
 
+pub use divergence::{ALARM_FILE, Divergence};
 pub use mailbox::{
     Answered, Applied, DeployOutcome, Deployed, Joined, NodeError, NodeExit, NodeFatal, NodeHandle,
     NodeStatus, Outbox, Request, channel,
@@ -38,6 +40,7 @@ pub use mailbox::{
 pub use options::{MAX_MODULE_BYTES, NodeOptions};
 pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
 
+use divergence::DivergenceCheck;
 use learners::LearnerWatch;
 use mailbox::Reply;
 use membership::PendingConf;
@@ -69,6 +72,8 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     transfer: Option<(u64, Instant, Reply<()>)>,
     /// What the leader has seen of its learners (see [`learners`]).
     learner_watch: LearnerWatch,
+    /// This replica's answers checked against the cluster's (see [`divergence`]).
+    divergence: DivergenceCheck,
     /// Linearizable reads waiting for a read index, and the lease (see [`reads`]).
     reads: Reads<PendingQuery>,
     /// When this node started: it ignores vote requests for one election timeout after (see
@@ -147,6 +152,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 .then(|| ReadRules::lease_length(options.tick, options.election_ticks)),
             retry_after: options.tick * 3,
         };
+        let divergence = DivergenceCheck::open(options.data_dir.as_ref());
         let mut node = Self {
             id,
             raw,
@@ -161,6 +167,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             conf_change: None,
             transfer: None,
             learner_watch: LearnerWatch::default(),
+            divergence,
             reads: Reads::new(read_rules, now),
             started: now,
             removed: false,
@@ -230,8 +237,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.expire(self.now);
             self.check_disk();
             self.check_learners();
+            self.step_down_if_diverged();
         }
         self.on_ready()?;
+        self.send_digest_reports();
         self.finish_snapshot(false)?;
         self.maybe_snapshot()?;
         if self.removed {
@@ -371,6 +380,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             },
             module: self.state_machine.module_info(),
             upgrades: self.cluster.upgrades.clone(),
+            diverged: self.divergence.diverged.clone(),
         }
     }
 
@@ -539,6 +549,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 }
             }
             self.applied = index;
+            self.checkpoint_digest(index);
             // raft-rs turns a conf change it cannot take now into an empty entry: the change
             // pending at this index was not applied, and never will be.
             if let Some((_, _, pending)) = self

@@ -93,6 +93,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         reply: Waiter,
         payload: impl FnOnce(u64, u64, u64) -> EntryPayload,
     ) {
+        if let Some(diverged) = self.refuse_if_diverged() {
+            reply.fail(diverged);
+            return;
+        }
         if !self.is_leader() {
             reply.fail(self.not_leader());
             return;
@@ -180,6 +184,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     timestamp_ms: self.stamp(timestamp_ms),
                 };
                 let outcome = self.state_machine.apply(ctx, &command)?;
+                self.fold_answer(index, &outcome);
                 (proposer, request_id, Outcome::Command(outcome))
             }
             EntryPayload::Deploy {
@@ -190,7 +195,19 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             } => {
                 let timestamp_ms = self.stamp(timestamp_ms);
                 let outcome = self.upgrade(index, timestamp_ms, &module)?;
+                // The answer to a deploy is the code it leaves running.
+                let running = self.state_machine.module_info().sha256.to_vec();
+                self.fold_answer(index, &Ok(running));
                 (proposer, request_id, Outcome::Deploy(outcome))
+            }
+            EntryPayload::DigestReport {
+                node,
+                index: checkpoint,
+                digest,
+            } => {
+                self.apply_digest_report(node, checkpoint, digest);
+                self.resolve_proposal(index, None);
+                return Ok(());
             }
         };
         let mine = (proposer == self.id).then_some((request_id, term, outcome));

@@ -306,6 +306,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         stale: bool,
         reply: Reply<Answered>,
     ) -> Result<(), NodeFatal> {
+        if let Some(diverged) = self.refuse_if_diverged() {
+            let _ = reply.send(Err(diverged));
+            return Ok(());
+        }
         let query = PendingQuery { request, reply };
         if stale {
             return self.answer(query);

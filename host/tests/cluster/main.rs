@@ -8,7 +8,7 @@
 //!
 //! One test binary, a module per scenario: `replication` (writes, reads, failover), `membership`
 //! (leaving, removal, transfers), `learners` (joining as a learner, read replicas,
-//! replacements), `reads` (stale, linearizable, leases), `snapshots` (catch-up,
+//! replacements), `divergence` (a replica whose answers differ), `reads` (stale, linearizable, leases), `snapshots` (catch-up,
 //! large stores, traps after a snapshot), `errors` (what a client gets back), `health` (the
 //! health and reflection services). Shared helpers are here.
 
@@ -109,6 +109,7 @@ async fn remaining_members_keep_serving(cluster: &Cluster, remaining: &[u64]) {
     }
 }
 
+mod divergence;
 mod errors;
 mod health;
 mod learners;

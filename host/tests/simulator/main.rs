@@ -170,6 +170,8 @@ fn options(election_ticks: usize) -> NodeOptions {
         snapshot_entries: 50,
         log_entries_kept: 10,
         request_timeout: Duration::from_secs(3),
+        // Divergence checks within a run, across crashes, snapshots, deploys and joins.
+        digest_interval: 20,
         ..NodeOptions::default()
     }
 }
@@ -302,6 +304,10 @@ impl Sim {
             };
             let requests: Vec<Request> = slot.inbox.drain(..).collect();
             let outcome = node.round(self.now, self.now_ms, requests);
+            // Every replica runs the same deterministic store: a divergence alarm is false.
+            if let Some(why) = node.diverged() {
+                panic!("node {id} raised a divergence alarm: {why}");
+            }
             let digests = std::mem::take(&mut *slot.digests.lock().unwrap());
             self.check_states(id, digests);
             let exit = match outcome {

@@ -188,6 +188,7 @@ impl ClientService for Fake {
             plugin_sha256: "5ca1ab1e".into(),
             plugin_version: String::new(),
             snapshot_index: 10,
+            alarm: String::new(),
             upgrades: vec![Upgrade {
                 index: 4,
                 sha256: "5ca1ab1e".into(),

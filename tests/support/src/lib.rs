@@ -41,6 +41,7 @@ pub const PLUGINS: &[&str] = &[
     "wrong-signature",
     "kv-v2",
     "kv-v3-broken",
+    "hash-order",
 ];
 
 /// The workspace root (this crate lives in `tests/support`).
