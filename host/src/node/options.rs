@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::metrics::NodeMetrics;
+
 /// Largest module a deploy accepts by default: it travels as one log entry, so it must fit in
 /// one gRPC message with room to spare (a Rust store is typically 0.2–3 MiB).
 pub const MAX_MODULE_BYTES: usize = 12 << 20;
@@ -58,6 +60,8 @@ pub struct NodeOptions {
     /// A joining learner the leader has not heard from for this long is dropped from the
     /// cluster: it never came up, or died before it caught up. Read replicas are not dropped.
     pub joiner_timeout: Duration,
+    /// Where the loop records its metrics (a default one shows nowhere; see `crate::metrics`).
+    pub metrics: NodeMetrics,
 }
 
 impl Default for NodeOptions {
@@ -82,6 +86,7 @@ impl Default for NodeOptions {
             promote_max_lag: 256,
             promote_after: Duration::from_millis(500),
             joiner_timeout: Duration::from_secs(60),
+            metrics: NodeMetrics::default(),
         }
     }
 }
