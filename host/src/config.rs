@@ -122,6 +122,14 @@ pub struct NodeConfig {
     #[arg(long, value_name = "MIB", default_value_t = PluginLimits::default().memory_bytes >> 20)]
     pub plugin_memory_mib: usize,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP), e.g. 127.0.0.1:9464; off
+    /// without it. The metrics show no stored data, only counts, timings and the cluster's
+    /// shape (member ids, roles, terms, indexes), but they are served without TLS or
+    /// authentication: on an address other than loopback, anyone who can reach it can read
+    /// them. That is this flag's choice, not refused (--tls-* cover the gRPC port only).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// How log lines look on stderr: `text` for people, `json` (one object per line) for log
     /// collectors. RUST_LOG chooses which lines (default `info`).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -12,7 +12,8 @@
 //! - [`listener`] accepts connections (mutual TLS, caps); [`access`] says who may call what;
 //!   [`log_limit`] keeps what others can make us log to a line a second.
 //! - [`config`]: the settings, from flags, `RITERAFT_HOST_*` variables and a TOML file; [`logging`]
-//!   sets up the log (text or JSON).
+//!   sets up the log (text or JSON); [`metrics`]: Prometheus metrics and their HTTP server
+//!   (`--metrics-listen`).
 
 #![deny(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod health;
 pub mod listener;
 pub mod log_limit;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod peer_messages;
 pub mod plugin;

@@ -15,6 +15,7 @@ use crate::data_dir::{DataDir, DataDirError, write_identity};
 use crate::grpc_services::NodeService;
 use crate::health;
 use crate::listener::{ServerTls, incoming, watch_certificates};
+use crate::metrics::{self, Metrics};
 use crate::node::{self, Node, NodeExit, NodeFatal, NodeHandle, NodeOptions};
 use crate::plugin::{LoadError, PluginRuntime, RuntimeError};
 use crate::replicated::{ClusterState, LearnerPlan, SnapshotData};
@@ -141,9 +142,13 @@ fn run_with<S: StateMachine + 'static>(
             source,
         })?;
     let address = config.listen.to_string();
+    let metrics = Arc::new(Metrics::new());
+    if let Some(address) = config.metrics_listen {
+        serve_metrics(&runtime, address, metrics.clone())?;
+    }
     // The server starts before the node exists: a joiner must answer the cluster's call back
     // (`Raft.Identify`) while it joins, and peers' messages wait in the node's queue meanwhile.
-    let (handle, requests) = node::channel();
+    let (handle, requests) = node::counted_channel(metrics.node().queue_depth());
     let service = NodeService::new(handle.clone(), plugins, address.clone(), client_tls.clone());
     if let (Some(server), Some(client)) = (&server_tls, &client_tls) {
         let client = client.clone();
@@ -175,6 +180,7 @@ fn run_with<S: StateMachine + 'static>(
         read_lease: config.read_lease,
         joiner_timeout: Duration::from_secs(config.joiner_timeout_secs),
         digest_interval: config.divergence_check_entries,
+        metrics: metrics.node().clone(),
         ..NodeOptions::default()
     };
     let mut node = Node::new(
@@ -377,6 +383,31 @@ fn serve(
             tracing::error!("the gRPC server stopped: {e}");
         }
     });
+    Ok(())
+}
+
+/// Serves `metrics` at `http://address/metrics` (`--metrics-listen`) on `runtime`.
+fn serve_metrics(
+    runtime: &tokio::runtime::Runtime,
+    address: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+) -> Result<(), RunError> {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(address))
+        .map_err(|source| RunError::Listen {
+            address: address.to_string(),
+            source,
+        })?;
+    if address.ip().is_loopback() {
+        tracing::info!(%address, "serving metrics at http://{address}/metrics");
+    } else {
+        tracing::warn!(
+            %address,
+            "serving metrics at http://{address}/metrics without TLS or authentication: anyone \
+             who can reach it can read them (--metrics-listen)"
+        );
+    }
+    runtime.spawn(metrics::http::serve(listener, metrics));
     Ok(())
 }
 

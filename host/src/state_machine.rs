@@ -83,6 +83,12 @@ pub trait StateMachine: Send {
     /// Replaces the whole state with a snapshot's.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError>;
 
+    /// The fuel the last `apply` or `query` used (for `riteraft_plugin_fuel_per_entry`); `None`
+    /// for a store that is not metered.
+    fn fuel_used(&self) -> Option<u64> {
+        None
+    }
+
     /// The code this state machine runs.
     fn module_info(&self) -> ModuleInfo {
         ModuleInfo::default()

@@ -278,6 +278,10 @@ impl StateMachine for WasmStateMachine {
         self.replay.len() >= self.limits.max_entries || self.replay_bytes >= self.limits.max_bytes
     }
 
+    fn fuel_used(&self) -> Option<u64> {
+        Some(self.instance.fuel_used())
+    }
+
     fn module_info(&self) -> ModuleInfo {
         ModuleInfo {
             sha256: self.module.sha256(),

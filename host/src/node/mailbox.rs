@@ -8,6 +8,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use raft::prelude::Message;
 use tokio::sync::oneshot;
 
+use crate::metrics::QueueDepth;
 use crate::replicated::{DecodeError, LearnerPlan, UpgradeRecord};
 use crate::state_machine::{ModuleInfo, Rejection, StateMachineError};
 use crate::storage::StorageError;
@@ -212,18 +213,20 @@ pub trait Outbox {
 #[derive(Clone)]
 pub struct NodeHandle {
     sender: SyncSender<Request>,
+    /// Counts what goes into the queue (see [`QueueDepth`]).
+    depth: QueueDepth,
 }
 
 impl NodeHandle {
     /// Sends a request without waiting: for raft messages and transport reports. A full queue
     /// drops it (raft retransmits; reports are hints).
     pub fn send(&self, request: Request) -> bool {
-        self.sender.try_send(request).is_ok()
+        self.push(request).is_ok()
     }
 
     /// Like [`NodeHandle::send`], but gives the request back when the queue is full.
     pub fn try_send(&self, request: Request) -> Result<(), Request> {
-        match self.sender.try_send(request) {
+        match self.push(request) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) => Err(request),
         }
@@ -232,7 +235,7 @@ impl NodeHandle {
     /// Sends a request and waits for its reply.
     pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, NodeError> {
         let (reply, answer) = oneshot::channel();
-        match self.sender.try_send(make(reply)) {
+        match self.push(make(reply)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(NodeError::Busy(
@@ -243,11 +246,26 @@ impl NodeHandle {
         }
         answer.await.unwrap_or(Err(NodeError::Stopped))
     }
+
+    fn push(&self, request: Request) -> Result<(), TrySendError<Request>> {
+        self.depth.enqueue();
+        let sent = self.sender.try_send(request);
+        if sent.is_err() {
+            self.depth.undo();
+        }
+        sent
+    }
 }
 
 /// The bounded queue into the consensus loop: 64k requests is a few seconds of peak load;
 /// beyond it clients get "overloaded" instead of unbounded memory growth.
 pub fn channel() -> (NodeHandle, Receiver<Request>) {
+    counted_channel(QueueDepth::default())
+}
+
+/// [`channel`], its depth counted in `depth` (the loop counts what it takes out, see
+/// `NodeMetrics::dequeued`).
+pub fn counted_channel(depth: QueueDepth) -> (NodeHandle, Receiver<Request>) {
     let (sender, receiver) = std::sync::mpsc::sync_channel(65_536);
-    (NodeHandle { sender }, receiver)
+    (NodeHandle { sender, depth }, receiver)
 }

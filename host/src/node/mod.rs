@@ -35,7 +35,7 @@ mod snapshots;
 pub use divergence::{ALARM_FILE, Divergence};
 pub use mailbox::{
     Answered, Applied, DeployOutcome, Deployed, Joined, NodeError, NodeExit, NodeFatal, NodeHandle,
-    NodeStatus, Outbox, Request, channel,
+    NodeStatus, Outbox, Request, channel, counted_channel,
 };
 pub use options::{MAX_MODULE_BYTES, NodeOptions};
 pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
@@ -205,6 +205,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.shut_down(),
             }
+            self.options.metrics.dequeued(batch.len());
             if let Some(exit) = self.round(Instant::now(), wall_clock_ms(), batch)? {
                 return Ok(exit);
             }
@@ -238,6 +239,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.check_disk();
             self.check_learners();
             self.step_down_if_diverged();
+            (self.options.metrics).sample(&self.raw.raft, self.applied, &self.cluster);
         }
         self.on_ready()?;
         self.send_digest_reports();
@@ -430,11 +432,12 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             .collect();
         for index in expired {
             if let Some(p) = self.proposals.remove(&index) {
-                p.reply.fail(NodeError::Timeout(format!(
+                let error = NodeError::Timeout(format!(
                     "the proposal was not committed within {:?} (is this node cut off from \
                      the leader?); it may still be applied later",
                     self.options.request_timeout
-                )));
+                ));
+                p.reply.fail(error, &self.options.metrics);
             }
         }
         for query in self.reads.expired(now) {
@@ -461,7 +464,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
 
     fn fail_all(&mut self, error: NodeError) {
         for (_, p) in std::mem::take(&mut self.proposals) {
-            p.reply.fail(error.clone());
+            p.reply.fail(error.clone(), &self.options.metrics);
         }
         for query in self.reads.take_all() {
             let _ = query.reply.send(Err(error.clone()));
@@ -481,6 +484,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        if let Some(state) = ready.ss() {
+            self.options.metrics.soft_state(state);
+        }
 
         self.send(ready.take_messages());
 
@@ -491,7 +497,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.note_read_states(ready.take_read_states());
         self.apply(ready.take_committed_entries())?;
 
+        let persisting = Instant::now();
         self.raw.mut_store().persist(ready.entries(), ready.hs())?;
+        self.options.metrics.persisted(&ready, persisting);
 
         self.send(ready.take_persisted_messages());
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::metrics::NodeMetrics;
+
 /// Largest module a deploy accepts by default: it travels as one log entry, so it must fit in
 /// one gRPC message with room to spare (a Rust store is typically 0.2–3 MiB).
 pub const MAX_MODULE_BYTES: usize = 12 << 20;
@@ -63,6 +65,8 @@ pub struct NodeOptions {
     /// is one small entry per replica per 1,000 (0.1% of the log per replica) and a few
     /// hundredths of a second of writes at full load before a divergence is seen.
     pub digest_interval: u64,
+    /// Where the loop records its metrics (a default one shows nowhere; see `crate::metrics`).
+    pub metrics: NodeMetrics,
 }
 
 impl Default for NodeOptions {
@@ -88,6 +92,7 @@ impl Default for NodeOptions {
             promote_after: Duration::from_millis(500),
             joiner_timeout: Duration::from_secs(60),
             digest_interval: 1_000,
+            metrics: NodeMetrics::default(),
         }
     }
 }

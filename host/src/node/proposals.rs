@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::mailbox::{Applied, DeployOutcome, Deployed, NodeError, NodeFatal, Reply};
 use super::{Node, Outbox};
+use crate::metrics::NodeMetrics;
 use crate::replicated::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
 use crate::state_machine::{ApplyContext, Rejection, StateMachine};
 use crate::storage::LogStore;
@@ -19,6 +20,8 @@ pub(super) struct PendingProposal {
     /// that entry's outcome.
     pub(super) term: u64,
     pub(super) deadline: Instant,
+    /// When it was proposed (for `riteraft_propose_seconds`).
+    pub(super) proposed: Instant,
     pub(super) reply: Waiter,
 }
 
@@ -29,7 +32,8 @@ pub(super) enum Waiter {
 }
 
 impl Waiter {
-    pub(super) fn fail(self, error: NodeError) {
+    pub(super) fn fail(self, error: NodeError, metrics: &NodeMetrics) {
+        metrics.failed(&error);
         match self {
             Waiter::Command(reply) => {
                 let _ = reply.send(Err(error));
@@ -50,11 +54,14 @@ pub(super) enum Outcome {
 impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     pub(super) fn propose(&mut self, command: Vec<u8>, reply: Waiter) {
         if command.len() > self.options.max_command_bytes {
-            reply.fail(NodeError::Invalid(format!(
-                "the command is {} bytes; the limit is {} bytes",
-                command.len(),
-                self.options.max_command_bytes
-            )));
+            reply.fail(
+                NodeError::Invalid(format!(
+                    "the command is {} bytes; the limit is {} bytes",
+                    command.len(),
+                    self.options.max_command_bytes
+                )),
+                &self.options.metrics,
+            );
             return;
         }
         self.propose_payload(reply, |proposer, request_id, timestamp_ms| {
@@ -69,11 +76,14 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
 
     pub(super) fn deploy(&mut self, module: Vec<u8>, reply: Waiter) {
         if module.len() > self.options.max_module_bytes {
-            reply.fail(NodeError::Invalid(format!(
-                "the module is {} bytes; the limit is {} bytes",
-                module.len(),
-                self.options.max_module_bytes
-            )));
+            reply.fail(
+                NodeError::Invalid(format!(
+                    "the module is {} bytes; the limit is {} bytes",
+                    module.len(),
+                    self.options.max_module_bytes
+                )),
+                &self.options.metrics,
+            );
             return;
         }
         self.propose_payload(reply, |proposer, request_id, timestamp_ms| {
@@ -94,15 +104,15 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         payload: impl FnOnce(u64, u64, u64) -> EntryPayload,
     ) {
         if let Some(diverged) = self.refuse_if_diverged() {
-            reply.fail(diverged);
+            reply.fail(diverged, &self.options.metrics);
             return;
         }
         if !self.is_leader() {
-            reply.fail(self.not_leader());
+            reply.fail(self.not_leader(), &self.options.metrics);
             return;
         }
         if let Some(why) = &self.disk_full {
-            reply.fail(NodeError::DiskFull(why.clone()));
+            reply.fail(NodeError::DiskFull(why.clone()), &self.options.metrics);
             return;
         }
         let request_id = self.next_request_id;
@@ -110,18 +120,23 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.last_stamp_ms = self.now_ms.max(self.last_stamp_ms);
         let payload = payload(self.id, request_id, self.last_stamp_ms);
         if let Err(e) = self.raw.propose(vec![], encode(&payload)) {
-            reply.fail(NodeError::Busy(format!(
-                "the leader cannot take proposals right now ({e}); retry shortly"
-            )));
+            reply.fail(
+                NodeError::Busy(format!(
+                    "the leader cannot take proposals right now ({e}); retry shortly"
+                )),
+                &self.options.metrics,
+            );
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
+        self.options.metrics.proposed();
         self.proposals.insert(
             index,
             PendingProposal {
                 request_id,
                 term: self.raw.raft.term,
                 deadline: self.now + self.options.request_timeout,
+                proposed: Instant::now(),
                 reply,
             },
         );
@@ -143,14 +158,18 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             (Waiter::Command(reply), Some((id, term, Outcome::Command(outcome))))
                 if id == pending.request_id && term == pending.term =>
             {
+                self.options
+                    .metrics
+                    .answered(pending.proposed, Some(&outcome));
                 let _ = reply.send(Ok(Applied { index, outcome }));
             }
             (Waiter::Deploy(reply), Some((id, term, Outcome::Deploy(outcome))))
                 if id == pending.request_id && term == pending.term =>
             {
+                self.options.metrics.answered(pending.proposed, None);
                 let _ = reply.send(Ok(Deployed { index, outcome }));
             }
-            (waiter, _) => waiter.fail(lost()),
+            (waiter, _) => waiter.fail(lost(), &self.options.metrics),
         }
     }
 
@@ -183,8 +202,11 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     term,
                     timestamp_ms: self.stamp(timestamp_ms),
                 };
+                let started = Instant::now();
                 let outcome = self.state_machine.apply(ctx, &command)?;
                 self.fold_answer(index, &outcome);
+                let fuel = self.state_machine.fuel_used();
+                self.options.metrics.applied_entry(started, fuel, &outcome);
                 (proposer, request_id, Outcome::Command(outcome))
             }
             EntryPayload::Deploy {

@@ -17,6 +17,8 @@ use crate::storage::LogStore;
 /// A linearizable query waiting for its answer.
 pub(super) struct PendingQuery {
     pub(super) request: Vec<u8>,
+    /// When a linearizable query arrived (for `riteraft_read_seconds`); `None` for a stale one.
+    pub(super) received: Option<Instant>,
     pub(super) reply: Reply<Answered>,
 }
 
@@ -310,7 +312,13 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             let _ = reply.send(Err(diverged));
             return Ok(());
         }
-        let query = PendingQuery { request, reply };
+        self.options.metrics.read(stale);
+        let received = (!stale).then(Instant::now);
+        let query = PendingQuery {
+            request,
+            received,
+            reply,
+        };
         if stale {
             return self.answer(query);
         }
@@ -379,6 +387,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Answers a query from the state machine as it is now.
     pub(super) fn answer(&mut self, query: PendingQuery) -> Result<(), NodeFatal> {
         let outcome = self.state_machine.query(&query.request)?;
+        self.options.metrics.read_answered(query.received, &outcome);
         let _ = query.reply.send(Ok(Answered {
             applied_index: self.applied,
             outcome,

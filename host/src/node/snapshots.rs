@@ -189,6 +189,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             .mut_store()
             .compact_to_saved(saved, save.compact_index)?;
         self.checkpoint_saved();
+        (self.options.metrics).snapshot_taken(bytes, save.started.elapsed());
         tracing::info!(
             index,
             bytes,
@@ -221,6 +222,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             "installing a snapshot from the leader"
         );
         restore_snapshot_data(&mut self.state_machine, &data)?;
+        (self.options.metrics).snapshot_installed(snapshot.data.len());
         self.cluster = data.cluster;
         self.outbox.set_members(&self.cluster.members);
         self.raw.mut_store().install_snapshot(snapshot)?;

@@ -135,6 +135,8 @@ pub struct PluginInstance {
     /// Size of the last snapshot: the next one's buffer starts that big (plus an eighth),
     /// instead of being copied over and over as it doubles.
     last_snapshot_len: usize,
+    /// Fuel the last call used (its budget minus what was left).
+    fuel_used: u64,
 }
 
 impl PluginInstance {
@@ -185,6 +187,7 @@ impl PluginInstance {
             last: ApplyContext::default(),
             version: None,
             reads_snapshots: module.reads_snapshots,
+            fuel_used: 0,
             last_snapshot_len: 0,
         };
         // Instantiation runs the component's start code, so it gets a budget like any call.
@@ -213,6 +216,11 @@ impl PluginInstance {
         instance.exports = Some(Arc::new(exports));
         instance.version = version;
         Ok(instance)
+    }
+
+    /// The fuel the last call used.
+    pub fn fuel_used(&self) -> u64 {
+        self.fuel_used
     }
 
     /// The plugin's own version string, if it exports one.
@@ -309,6 +317,7 @@ impl PluginInstance {
         self.store.data().environment.enter(ctx);
         self.store.data_mut().limiter.hit = false;
         let result = f(&mut self.store);
+        self.fuel_used = fuel.saturating_sub(self.store.get_fuel().unwrap_or(0));
         let data = self.store.data();
         data.stdout.drain_to_log("stdout");
         let stderr = data.stderr.drain_to_log("stderr");

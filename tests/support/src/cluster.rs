@@ -75,6 +75,9 @@ pub struct ClusterOptions {
     /// and address, see [`crate::netns::Lab`]). Empty: every node on 127.0.0.1, in the test's
     /// own namespace.
     pub hosts: Vec<Host>,
+    /// Give every node `--metrics-listen` on a free port of its own (see
+    /// [`Cluster::metrics_addr`]).
+    pub metrics: bool,
 }
 
 impl ClusterOptions {
@@ -91,7 +94,14 @@ impl ClusterOptions {
             ready_timeout: Duration::from_secs(30),
             tls: true,
             hosts: Vec::new(),
+            metrics: false,
         }
+    }
+
+    /// Serves each node's metrics (`--metrics-listen`) on a free port of its own.
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
+        self
     }
 
     /// Runs the k-th node started on the k-th of `hosts` (see [`ClusterOptions::hosts`]).
@@ -161,6 +171,15 @@ struct Node {
     data_dir: PathBuf,
     /// The network namespace it runs in, if not the test's.
     netns: Option<String>,
+    /// Its `--metrics-listen` address, if any.
+    metrics: Option<SocketAddr>,
+}
+
+/// Where a node to spawn listens, and whom it joins.
+struct Spawn {
+    addr: SocketAddr,
+    join: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 }
 
 /// A running cluster. Dropping it kills every node; if a test panics, the nodes' logs are
@@ -274,6 +293,17 @@ impl Cluster {
     /// Node `id`'s gRPC address.
     pub fn addr(&self, id: u64) -> SocketAddr {
         self.node(id).addr
+    }
+
+    /// Node `id`'s metrics address (`http://ADDR/metrics`), if started
+    /// [`ClusterOptions::with_metrics`].
+    pub fn metrics_addr(&self, id: u64) -> Option<SocketAddr> {
+        self.node(id).metrics
+    }
+
+    /// Node `id`'s process id.
+    pub fn pid(&self, id: u64) -> u32 {
+        lock(&self.node(id).process).pid()
     }
 
     /// Every node's address, in id order.
@@ -555,16 +585,22 @@ impl Cluster {
     /// rest of the cluster, so wait for that separately.
     pub async fn restart(&mut self, id: u64) {
         self.kill(id);
-        let (addr, dir, data_dir, netns) = {
+        let (addr, dir, data_dir, netns, metrics) = {
             let node = self.node(id);
             (
                 node.addr,
                 node.dir.clone(),
                 node.data_dir.clone(),
                 node.netns.clone(),
+                node.metrics,
             )
         };
-        let process = self.spawn(&dir, &data_dir, addr, None, netns.as_deref(), &[]);
+        let spawned = Spawn {
+            addr,
+            join: None,
+            metrics,
+        };
+        let process = self.spawn(&dir, &data_dir, spawned, netns.as_deref(), &[]);
         // A new channel: the old one may be backing off from the dead process.
         let client = self.connector.connect(addr);
         let node = self.nodes.get_mut(&id).expect("the node exists");
@@ -623,8 +659,17 @@ impl Cluster {
             None => free_addr(),
             Some(host) => SocketAddr::new(host.ip, free_port()),
         };
+        let metrics = self
+            .options
+            .metrics
+            .then(|| SocketAddr::new(addr.ip(), free_port()));
         let netns = host.map(|host| host.netns);
-        let mut process = self.spawn(&dir, &data_dir, addr, join, netns.as_deref(), args);
+        let spawned = Spawn {
+            addr,
+            join,
+            metrics,
+        };
+        let mut process = self.spawn(&dir, &data_dir, spawned, netns.as_deref(), args);
         let client = self.connector.connect(addr);
         let bootstrap = join.is_none();
         let what = if bootstrap {
@@ -632,7 +677,13 @@ impl Cluster {
         } else {
             format!("the node at {addr} to join, know a leader and be a {role}")
         };
-        let id = wait_until(&what, self.options.ready_timeout, async || {
+        // A joiner must also catch up and be promoted (a snapshot to install, on a machine busy
+        // with other tests): twice the time.
+        let limit = match bootstrap {
+            true => self.options.ready_timeout,
+            false => self.options.ready_timeout * 2,
+        };
+        let id = wait_until(&what, limit, async || {
             if let Some(status) = process.try_exit() {
                 panic!(
                     "{} exited with {status} before it was ready",
@@ -669,6 +720,7 @@ impl Cluster {
                 dir,
                 data_dir,
                 netns,
+                metrics,
             },
         );
         id
@@ -679,11 +731,15 @@ impl Cluster {
         &self,
         dir: &Path,
         data_dir: &Path,
-        addr: SocketAddr,
-        join: Option<SocketAddr>,
+        spawned: Spawn,
         netns: Option<&str>,
         args: &[OsString],
     ) -> NodeProcess {
+        let Spawn {
+            addr,
+            join,
+            metrics,
+        } = spawned;
         let options = &self.options;
         // `ip netns exec` enters the namespace and then execs the node: the process is the
         // node's, so killing and pausing it work as on loopback.
@@ -704,6 +760,9 @@ impl Cluster {
             .arg(data_dir);
         if let Some(join) = join {
             command.arg("--join").arg(join.to_string());
+        }
+        if let Some(metrics) = metrics {
+            command.arg("--metrics-listen").arg(metrics.to_string());
         }
         if self.options.tls {
             let certs = self.certs_dir();

@@ -5,6 +5,7 @@
 //! - [`ports`]: free loopback ports, never hard-coded.
 //! - [`process`]: [`NodeProcess`], a child process killed when its test ends, however it ends.
 //! - [`cluster`]: [`Cluster`], a local cluster of real `riteraft-host` processes.
+//! - [`metrics`]: scraping a node's `/metrics` (a tiny HTTP GET) and reading what it says.
 //! - [`linearizability`]: a client history of a register per key, and its WGL check.
 //! - [`netns`]: a private network of namespaces for a cluster, with links to cut.
 //! - [`fake_node`]: a scripted fake node (the `Client` service only) for the client's and the
@@ -15,6 +16,7 @@
 pub mod cluster;
 pub mod fake_node;
 pub mod linearizability;
+pub mod metrics;
 pub mod netns;
 pub mod ports;
 pub mod process;
