@@ -74,6 +74,19 @@ pub enum LearnerPlan {
     },
 }
 
+impl LearnerPlan {
+    /// What a join asks for (`JoinRequest`'s `learner` and `replaces`, 0 for nobody); `None`
+    /// when it asks for both, which contradict each other.
+    pub fn for_join(learner: bool, replaces: u64) -> Option<Self> {
+        match (learner, replaces) {
+            (false, 0) => Some(LearnerPlan::Promote),
+            (true, 0) => Some(LearnerPlan::Stay),
+            (false, replaces) => Some(LearnerPlan::Replace { replaces }),
+            (true, _) => None,
+        }
+    }
+}
+
 /// The context of an add-learner conf change: where the new member serves, and its plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LearnerContext {

@@ -425,15 +425,6 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// What a join request asks this node to become, as a learner.
-fn learner_plan(request: &JoinRequest) -> LearnerPlan {
-    match (request.learner, request.replaces) {
-        (true, _) => LearnerPlan::Stay,
-        (false, 0) => LearnerPlan::Promote,
-        (false, replaces) => LearnerPlan::Replace { replaces },
-    }
-}
-
 /// Asks the cluster at `target` to add this node, retrying while it is busy or electing.
 async fn join(
     service: &NodeService,
@@ -480,7 +471,11 @@ async fn ask_to_join(
                         .members
                         .iter()
                         .filter(|m| m.id == response.id && m.role != "voter")
-                        .map(|_| (response.id, learner_plan(&request)))
+                        .map(|_| {
+                            // `run` refused --learner with --replaces already.
+                            let plan = LearnerPlan::for_join(request.learner, request.replaces);
+                            (response.id, plan.unwrap_or(LearnerPlan::Stay))
+                        })
                         .collect(),
                     members: response
                         .members

@@ -175,16 +175,9 @@ impl Client for NodeService {
             learner,
             replaces,
         } = request.get_ref().clone();
-        let plan = match (learner, replaces) {
-            (false, 0) => LearnerPlan::Promote,
-            (true, 0) => LearnerPlan::Stay,
-            (false, replaces) => LearnerPlan::Replace { replaces },
-            (true, _) => {
-                return Err(Status::invalid_argument(
-                    "a node cannot both stay a learner and replace a voter",
-                ));
-            }
-        };
+        let plan = LearnerPlan::for_join(learner, replaces).ok_or_else(|| {
+            Status::invalid_argument("a node cannot both stay a learner and replace a voter")
+        })?;
         let caller = access::authorize(&request, Need::Node, "Join")?;
         check_join_address(&address)?;
         if let Some(named) = access::node_address(&caller)

@@ -90,6 +90,19 @@ impl DivergenceCheck {
     }
 }
 
+/// Logs node `node`'s report at checkpoint `index` if it is not the `agreed` digest.
+fn log_mismatch(node: u64, index: u64, reported: &[u8; 32], agreed: &[u8; 32]) {
+    if reported != agreed {
+        tracing::error!(
+            node,
+            index,
+            reported = %hex::encode(reported),
+            agreed = %hex::encode(agreed),
+            "a replica's answers differ from the cluster's: it diverged"
+        );
+    }
+}
+
 /// The digest after `previous`, folding in the answer to the entry at `index`.
 pub fn fold(previous: &[u8; 32], index: u64, outcome: &Outcome) -> [u8; 32] {
     let mut hash = Sha256::new();
@@ -151,15 +164,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     pub(super) fn apply_digest_report(&mut self, node: u64, index: u64, digest: [u8; 32]) {
         let check = &mut self.divergence;
         if let Some(agreed) = check.agreed.get(&index) {
-            if *agreed != digest {
-                tracing::error!(
-                    node,
-                    index,
-                    reported = %hex::encode(digest),
-                    agreed = %hex::encode(agreed),
-                    "a replica's answers differ from the cluster's: it diverged"
-                );
-            }
+            log_mismatch(node, index, &digest, agreed);
             return;
         }
         let reports = check.reports.entry(index).or_default();
@@ -183,15 +188,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             check.agreed.pop_first();
         }
         for (reporter, reported) in &reports {
-            if *reported != digest {
-                tracing::error!(
-                    node = reporter,
-                    index,
-                    reported = %hex::encode(reported),
-                    agreed = %hex::encode(digest),
-                    "a replica's answers differ from the cluster's: it diverged"
-                );
-            }
+            log_mismatch(*reporter, index, reported, &digest);
         }
         if let Some(own) = check.own.get(&index)
             && *own != digest
