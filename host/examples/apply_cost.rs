@@ -3,13 +3,16 @@
 //!
 //!     cargo run --release -p riteraft-host --example apply_cost
 //!
-//! It prints the median over several rounds of the per-call time for small `put` commands.
+//! It prints the median over several rounds of the per-call time for small `put` commands,
+//! and what folding each answer into the divergence check's digest adds to it.
 
+use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
+use riteraft_host::node::fold_answer;
 use riteraft_host::plugin::{PluginLimits, PluginRuntime};
-use riteraft_host::state_machine::{ApplyContext, NativeStateMachine, StateMachine};
+use riteraft_host::state_machine::{ApplyContext, NativeStateMachine, Outcome, StateMachine};
 use riteraft_host::wasm_state_machine::{ReplayLimits, WasmStateMachine};
 use riteraft_plugin_sdk::Typed;
 
@@ -32,6 +35,32 @@ fn per_call_ns(machine: &mut impl StateMachine, round: usize) -> f64 {
     started.elapsed().as_nanos() as f64 / CALLS as f64
 }
 
+/// The answers of one round of `put`s, as the divergence check folds them.
+fn answers(machine: &mut impl StateMachine) -> Vec<Outcome> {
+    (0..CALLS)
+        .map(|i| {
+            let ctx = ApplyContext {
+                index: i + 1,
+                term: 1,
+                timestamp_ms: i,
+            };
+            let entry = format!("put k{} v{i}", i % 1000);
+            machine.apply(ctx, entry.as_bytes()).unwrap()
+        })
+        .collect()
+}
+
+/// What folding one answer into the running digest costs, per answer.
+fn digest_ns(answers: &[Outcome]) -> f64 {
+    let started = Instant::now();
+    let mut digest = [0; 32];
+    for (i, answer) in answers.iter().enumerate() {
+        digest = fold_answer(&digest, i as u64 + 1, black_box(answer));
+    }
+    black_box(digest);
+    started.elapsed().as_nanos() as f64 / answers.len() as f64
+}
+
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
@@ -45,12 +74,18 @@ fn main() {
     // Replay limits as in production: checkpoints every 10,000 entries are part of the cost.
     let mut wasm = WasmStateMachine::new(runtime, module, ReplayLimits::default()).unwrap();
     let mut native = NativeStateMachine::<Typed<kv::KvStore>>::new();
-    let (mut wasm_ns, mut native_ns) = (Vec::new(), Vec::new());
+    let outputs = answers(&mut NativeStateMachine::<Typed<kv::KvStore>>::new());
+    let (mut wasm_ns, mut native_ns, mut fold_ns) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         wasm_ns.push(per_call_ns(&mut wasm, round));
         native_ns.push(per_call_ns(&mut native, round));
+        fold_ns.push(digest_ns(&outputs));
     }
-    let (w, n) = (median(wasm_ns.clone()), median(native_ns.clone()));
+    let (w, n, f) = (
+        median(wasm_ns.clone()),
+        median(native_ns.clone()),
+        median(fold_ns.clone()),
+    );
     println!("apply of a small `put` (kv), median of {ROUNDS} rounds of {CALLS} calls:");
     println!(
         "  wasm plugin: {:.2} µs per call   (rounds: {:?})",
@@ -66,6 +101,12 @@ fn main() {
         "  wasm costs {:.2} µs more per call ({:.1}x native)",
         (w - n) / 1e3,
         w / n
+    );
+    println!(
+        "  divergence digest: {:.2} µs per answer ({:.1}% of the wasm apply)   (rounds: {:?})",
+        f / 1e3,
+        100.0 * f / w,
+        rounded(&fold_ns)
     );
 }
 

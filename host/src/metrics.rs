@@ -231,6 +231,7 @@ struct NodeInner {
     members: Gauge,
     voters: Gauge,
     learners: Gauge,
+    diverged: Gauge,
     peer_lag: Family<PeerLabel, Gauge>,
     /// The peers `peer_lag` shows, to drop the series of peers gone (or all, off the leader).
     lag_shown: Mutex<BTreeSet<u64>>,
@@ -283,6 +284,7 @@ impl Default for NodeInner {
             members: Gauge::default(),
             voters: Gauge::default(),
             learners: Gauge::default(),
+            diverged: Gauge::default(),
             peer_lag: Family::default(),
             lag_shown: Mutex::new(BTreeSet::new()),
             proposals: Counter::default(),
@@ -360,6 +362,12 @@ impl NodeMetrics {
             "learners",
             "Learners of the cluster (joiners catching up, read replicas)",
             m.learners.clone(),
+        );
+        r.register(
+            "diverged",
+            "1 once this replica's answers differed from the cluster's (it serves nothing until \
+             it is rebuilt), else 0",
+            m.diverged.clone(),
         );
         r.register(
             "peer_lag_entries",
@@ -474,7 +482,13 @@ impl NodeMetrics {
 
     /// The per-tick sample of what changes all the time or is cheap to read: indexes, term,
     /// membership, and on the leader each peer's lag.
-    pub fn sample<L: LogStore>(&self, raft: &raft::Raft<L>, applied: u64, cluster: &ClusterState) {
+    pub fn sample<L: LogStore>(
+        &self,
+        raft: &raft::Raft<L>,
+        applied: u64,
+        cluster: &ClusterState,
+        diverged: bool,
+    ) {
         let snapshot_index = raft.raft_log.store.snapshot_metadata().index;
         let m = &*self.0;
         self.set_role(raft.state);
@@ -486,6 +500,7 @@ impl NodeMetrics {
         m.snapshot_index.set(int(snapshot_index));
         m.members.set(int(cluster.members.len()));
         m.learners.set(int(cluster.learners.len()));
+        m.diverged.set(i64::from(diverged));
         m.voters.set(int(cluster
             .members
             .len()

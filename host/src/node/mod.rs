@@ -32,7 +32,7 @@ mod reads;
 mod safety;
 mod snapshots;
 
-pub use divergence::{ALARM_FILE, Divergence};
+pub use divergence::{ALARM_FILE, Divergence, fold as fold_answer};
 pub use mailbox::{
     Answered, Applied, DeployOutcome, Deployed, Joined, NodeError, NodeExit, NodeFatal, NodeHandle,
     NodeStatus, Outbox, Request, channel, counted_channel,
@@ -239,7 +239,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.check_disk();
             self.check_learners();
             self.step_down_if_diverged();
-            (self.options.metrics).sample(&self.raw.raft, self.applied, &self.cluster);
+            let diverged = self.divergence.diverged.is_some();
+            (self.options.metrics).sample(&self.raw.raft, self.applied, &self.cluster, diverged);
         }
         self.on_ready()?;
         self.send_digest_reports();

@@ -2,6 +2,7 @@
 //! `keys` in its `HashMap`'s iteration order, which differs on a replica restored from a
 //! snapshot. The restored replica must raise the alarm and stop serving; the others go on.
 
+use riteraft_test_support::metrics::scrape;
 use riteraft_test_support::plugin;
 
 use super::*;
@@ -10,13 +11,12 @@ use super::*;
 const CHECK_ENTRIES: u64 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the restored replica raises no alarm in a real cluster yet (the simulator's \
-            check does catch a diverged replica); see issue 12's note"]
 async fn a_replica_whose_answers_differ_raises_the_alarm_and_stops_serving() {
     within(TEST_LIMIT, async {
         let options = options()
             .plugin(plugin("hash-order"))
             .snapshot_entries(100)
+            .with_metrics()
             .arg("--divergence-check-entries")
             .arg(CHECK_ENTRIES.to_string());
         let mut cluster = Cluster::start(3, options).await;
@@ -42,15 +42,24 @@ async fn a_replica_whose_answers_differ_raises_the_alarm_and_stops_serving() {
             snapshot > 550,
             "node {restored} has a snapshot after the deletes: {snapshot}"
         );
+        let before = order(&cluster, leader).await;
         for id in cluster.ids() {
             let status = cluster.status(id).await.unwrap();
             assert_eq!(status.alarm, "", "no alarm before the restart on node {id}");
+            assert_eq!(
+                order(&cluster, id).await,
+                before,
+                "node {id} iterates like the leader"
+            );
         }
 
         // A restart restores the follower from its snapshot; from then on its `keys` answers
         // show another order, and the next checkpoint shows it.
         cluster.restart(restored).await;
         cluster.wait_applied(caught_up, CONVERGE_LIMIT).await;
+        let after = order(&cluster, restored).await;
+        println!("leader's order:   {before}\nrestored's order: {after}");
+        assert_ne!(after, before, "the restored map iterates in another order");
         for _ in 0..2 * CHECK_ENTRIES {
             cluster.propose(leader, "keys").await.unwrap().unwrap();
         }
@@ -62,13 +71,29 @@ async fn a_replica_whose_answers_differ_raises_the_alarm_and_stops_serving() {
             })
             .await;
         println!("node {restored}: {alarm}");
-        assert!(alarm.contains("diverged at log index"), "{alarm}");
+        assert!(alarm.contains("diverged: at log index"), "{alarm}");
         let log = std::fs::read_to_string(cluster.log_path(restored)).unwrap();
         assert!(
             log.lines()
                 .any(|l| l.contains("diverged") && l.contains("agreed")),
             "the log names the index and both digests"
         );
+
+        // The alarm shows in the metrics (sampled once per tick), on this replica only.
+        let diverged = async |id| {
+            let addr = cluster
+                .metrics_addr(id)
+                .expect("started with --metrics-listen");
+            scrape(addr).await.value("riteraft_diverged", "")
+        };
+        cluster
+            .wait_for("the diverged gauge to show 1", CONVERGE_LIMIT, async || {
+                (diverged(restored).await == Some(1.0)).then_some(())
+            })
+            .await;
+        for id in cluster.ids().into_iter().filter(|id| *id != restored) {
+            assert_eq!(diverged(id).await, Some(0.0), "node {id}'s diverged gauge");
+        }
 
         // It refuses reads and writes, naming the alarm; the others serve on.
         let refused = cluster.query(restored, "get k260", true).await.unwrap_err();
@@ -95,4 +120,9 @@ async fn a_replica_whose_answers_differ_raises_the_alarm_and_stops_serving() {
         assert_get(&cluster, fresh, "k260", "w260", false).await;
     })
     .await
+}
+
+/// Node `id`'s keys in its map's iteration order (a stale read of its own state).
+async fn order(cluster: &Cluster, id: u64) -> String {
+    cluster.query(id, "keys", true).await.unwrap().unwrap()
 }

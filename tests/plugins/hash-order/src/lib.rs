@@ -4,19 +4,28 @@
 //! after many deletes, a replica restored from a snapshot iterates in another order than the
 //! replicas that applied every entry, and its answers to `keys` differ.
 //!
+//! The hasher has fixed keys, so that the order depends on the map's history only, as on a
+//! native store whose keys are fixed per process: with std's `RandomState` every map made in
+//! an instance gets the next keys, and a replica that joined by snapshot would iterate in
+//! another order from its start, not only after the restart the test sets up.
+//!
 //! Commands: `put KEY VALUE`, `del KEY`, `keys` (a write, so its answer is replicated).
-//! Query: `get KEY`.
+//! Queries: `get KEY`, and `keys` (this replica's order, which the test compares).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::str::FromStr;
 
 use riteraft_plugin_sdk::serde::{Deserialize, Serialize};
 use riteraft_plugin_sdk::{ApplyContext, Store, Text, export_store};
 
+/// A map whose iteration order depends only on what was done to it.
+type Map = HashMap<String, String, BuildHasherDefault<DefaultHasher>>;
+
 #[derive(Debug, Default)]
 pub struct HashOrder {
-    map: HashMap<String, String>,
+    map: Map,
 }
 
 /// The snapshot: the pairs, sorted (so the snapshot itself is the same on every replica).
@@ -45,7 +54,7 @@ impl<'de> Deserialize<'de> for HashOrder {
     ) -> Result<Self, D::Error> {
         let Pairs(pairs) = Pairs::deserialize(d)?;
         // Sized for what it holds: the bug this plugin exists for.
-        let mut map = HashMap::with_capacity(pairs.len());
+        let mut map = Map::with_capacity_and_hasher(pairs.len(), Default::default());
         map.extend(pairs);
         Ok(HashOrder { map })
     }
@@ -59,7 +68,10 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone)]
-pub struct Get(String);
+pub enum Get {
+    Value(String),
+    Keys,
+}
 
 impl FromStr for Command {
     type Err = String;
@@ -90,15 +102,26 @@ impl FromStr for Get {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         match text.split_whitespace().collect::<Vec<_>>()[..] {
-            ["get", key] => Ok(Get(key.into())),
-            _ => Err(format!("unknown query {text:?}: get KEY")),
+            ["get", key] => Ok(Get::Value(key.into())),
+            ["keys"] => Ok(Get::Keys),
+            _ => Err(format!("unknown query {text:?}: get KEY, keys")),
         }
     }
 }
 
 impl fmt::Display for Get {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "get {}", self.0)
+        match self {
+            Get::Value(key) => write!(f, "get {key}"),
+            Get::Keys => write!(f, "keys"),
+        }
+    }
+}
+
+impl HashOrder {
+    /// The keys in the map's iteration order: what a store must never let into an answer.
+    fn keys(&self) -> String {
+        self.map.keys().cloned().collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -120,16 +143,19 @@ impl Store for HashOrder {
                 Some(_) => Ok(format!("ok: deleted {key}")),
                 None => Err(format!("no such key: {key}")),
             },
-            // Iteration order: what a store must never let into an answer.
-            Command::Keys => Ok(self.map.keys().cloned().collect::<Vec<_>>().join(" ")),
+            Command::Keys => Ok(self.keys()),
         }
     }
 
-    fn query(&self, Get(key): Get) -> Result<String, String> {
-        self.map
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| format!("no such key: {key}"))
+    fn query(&self, query: Get) -> Result<String, String> {
+        match query {
+            Get::Value(key) => self
+                .map
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| format!("no such key: {key}")),
+            Get::Keys => Ok(self.keys()),
+        }
     }
 }
 
