@@ -1,5 +1,6 @@
 //! The node's data directory: who the node is (`node.json`) and its log store (`raft-log/`,
-//! `snapshots/`, see [`crate::storage::DiskLogStore`]).
+//! `snapshots/`, see [`crate::storage::DiskLogStore`]), and compiled plugins (`compiled/`, see
+//! [`crate::plugin::CompiledCache`]).
 //!
 //! A node never bootstraps over a directory that holds anything, and refuses a directory that
 //! belongs to another node or is damaged, saying which.
@@ -9,6 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::plugin::COMPILED_DIR;
 
 const IDENTITY_FILE: &str = "node.json";
 /// The current [`Identity::format`].
@@ -76,7 +79,10 @@ impl DataDir {
         }
         let identity_path = path.join(IDENTITY_FILE);
         if !identity_path.exists() {
-            let mut entries = fs::read_dir(path).map_err(io)?;
+            // Compiled plugins may be cached before the node has an identity: still empty.
+            let mut entries = fs::read_dir(path)
+                .map_err(io)?
+                .filter(|e| !e.as_ref().is_ok_and(|e| e.file_name() == COMPILED_DIR));
             return match entries.next() {
                 None => Ok(DataDir::Empty(path.to_path_buf())),
                 Some(_) => Err(DataDirError::Foreign(path.display().to_string())),
@@ -147,6 +153,9 @@ mod tests {
     fn empty_member_foreign_and_other_address() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node");
+        assert!(matches!(DataDir::inspect(&path), Ok(DataDir::Empty(_))));
+        // Compiled plugins are cached before a node has an identity.
+        fs::create_dir_all(path.join(COMPILED_DIR)).unwrap();
         assert!(matches!(DataDir::inspect(&path), Ok(DataDir::Empty(_))));
         fs::create_dir_all(path.join("raft-log")).unwrap();
         assert!(matches!(

@@ -15,6 +15,8 @@
 //!   sets up the log (text or JSON); [`metrics`]: Prometheus metrics and their HTTP server
 //!   (`--metrics-listen`).
 
+// Denied everywhere but one place: loading compiled plugins from the data dir
+// (`plugin::CompiledCache::get`), which says why it is sound.
 #![deny(unsafe_code)]
 
 pub mod access;

@@ -15,7 +15,7 @@
 //!   imports of `proto/store.wit`), so a large store never holds its serialized form in its own
 //!   memory, which never shrinks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -31,8 +31,11 @@ mod bindings {
     });
 }
 
+mod compiled_cache;
 mod instance;
 mod sandbox;
+
+pub use compiled_cache::{COMPILED_DIR, CompiledCache};
 
 pub use instance::PluginInstance;
 use instance::{Sandbox, add_snapshot_streams};
@@ -149,6 +152,8 @@ pub struct PluginRuntime {
     /// Modules compiled so far, by sha256: compiling takes about a second, and a deploy
     /// validates, dry-runs and applies the same bytes. At most [`MODULE_CACHE`] are kept.
     cache: std::sync::Mutex<Vec<PluginModule>>,
+    /// Compiled modules on disk, if the runtime has a place for them (see [`CompiledCache`]).
+    compiled: Option<CompiledCache>,
 }
 
 /// Compiled modules kept by [`PluginRuntime::load_cached`]: the active one, the one being
@@ -221,7 +226,14 @@ impl PluginRuntime {
             linker,
             limits,
             cache: Default::default(),
+            compiled: None,
         })
+    }
+
+    /// Keeps compiled modules in `dir` and loads them from there (see [`CompiledCache`]).
+    pub fn with_compiled_cache(mut self, dir: PathBuf) -> Self {
+        self.compiled = Some(CompiledCache::new(dir));
+        self
     }
 
     /// Like [`PluginRuntime::load`], but reuses a module compiled earlier from the same bytes.
@@ -282,8 +294,8 @@ impl PluginRuntime {
         if wasmparser::Parser::is_core_wasm(bytes) {
             return Err(LoadError::CoreModule);
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        let component = self.compile(bytes, &sha256)?;
         check_exports(&self.engine, &component)?;
         let instance_pre = self
             .linker
@@ -303,10 +315,25 @@ impl PluginRuntime {
             .any(|(name, _)| name == "snapshot-read");
         Ok(PluginModule {
             pre,
-            sha256: Sha256::digest(bytes).into(),
+            sha256,
             bytes: Arc::new(bytes.to_vec()),
             reads_snapshots,
         })
+    }
+
+    /// The compiled component of `bytes` (whose sha256 is `sha256`): from the disk cache if it
+    /// is there (the bytes were validated when it was stored), else compiled, and stored.
+    fn compile(&self, bytes: &[u8], sha256: &[u8; 32]) -> Result<Component, LoadError> {
+        if let Some(component) = (self.compiled.as_ref()).and_then(|c| c.get(&self.engine, sha256))
+        {
+            return Ok(component);
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Some(compiled) = &self.compiled {
+            compiled.put(sha256, &component);
+        }
+        Ok(component)
     }
 
     /// A fresh instance of `module`, in its own sandbox.

@@ -101,7 +101,9 @@ pub fn run(config: NodeConfig, release_memory: fn()) -> Result<NodeExit, RunErro
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let plugins = Arc::new(PluginRuntime::new(config.plugin_limits())?);
+    let compiled = config.data_dir().join(crate::plugin::COMPILED_DIR);
+    let plugins =
+        Arc::new(PluginRuntime::new(config.plugin_limits())?.with_compiled_cache(compiled));
     let module = plugins
         .load_file(&config.plugin)
         .map_err(|source| RunError::Plugin {

@@ -303,3 +303,74 @@ fn a_large_snapshot_streams_out_and_back_in() {
     assert!(error.to_string().contains("snapshot"), "{error}");
     assert_eq!(text(copy.query(b"get key1").unwrap()), Ok(value));
 }
+
+/// The runtime with the compiled-module cache in `dir`.
+fn cached_runtime(dir: &std::path::Path) -> Arc<PluginRuntime> {
+    Arc::new(
+        PluginRuntime::new(test_limits())
+            .unwrap()
+            .with_compiled_cache(dir.to_path_buf()),
+    )
+}
+
+fn cached_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let sha256 = sha256_hex(&std::fs::read(plugin(name)).unwrap());
+    dir.join(format!("{sha256}.cwasm"))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn compiled_modules_are_loaded_from_the_cache_and_a_damaged_one_is_compiled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = cached_runtime(dir.path());
+    machine(&runtime, "bare-wit");
+    let bare = cached_file(dir.path(), "bare-wit");
+    assert!(bare.exists(), "compiling stores the compiled form");
+
+    // Proof that a load takes the compiled form from the cache: kv's entry holding bare-wit's
+    // code makes "kv" answer as bare-wit does.
+    let kv = cached_file(dir.path(), "kv");
+    std::fs::rename(&bare, &kv).unwrap();
+    let mut sm = machine(&cached_runtime(dir.path()), "kv");
+    let out = sm.apply(ctx(1), &42u64.to_le_bytes()).unwrap().unwrap();
+    assert_eq!(out, 42u64.to_le_bytes(), "the cached code ran");
+
+    // A damaged file (one bit) is not used: it is compiled again, and replaced.
+    let mut file = std::fs::read(&kv).unwrap();
+    *file.last_mut().unwrap() ^= 1;
+    std::fs::write(&kv, &file).unwrap();
+    let mut sm = machine(&cached_runtime(dir.path()), "kv");
+    let out = text(sm.apply(ctx(1), b"put a 1").unwrap()).unwrap();
+    assert!(out.contains('a'), "kv's own code ran: {out}");
+    let mut sm = machine(&cached_runtime(dir.path()), "kv");
+    assert!(
+        text(sm.apply(ctx(1), b"put a 1").unwrap()).is_ok(),
+        "stored again"
+    );
+    assert_ne!(
+        std::fs::read(&kv).unwrap(),
+        file,
+        "the damaged file was replaced"
+    );
+}
+
+#[test]
+fn the_compiled_module_cache_keeps_the_eight_most_recent() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = cached_runtime(dir.path());
+    let kv = std::fs::read(plugin("kv")).unwrap();
+    // Ten different modules: kv with a custom section naming each (section 0, then the
+    // section's size, the name's size and the name), which changes the bytes, not the code.
+    for i in 0..10u8 {
+        let mut module = kv.clone();
+        module.extend_from_slice(&[0, 3, 2, b'v', b'0' + i]);
+        runtime.load(&module).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 8, "the cache was pruned to its limit");
+}
