@@ -152,8 +152,8 @@ pub struct PluginRuntime {
     /// Modules compiled so far, by sha256: compiling takes about a second, and a deploy
     /// validates, dry-runs and applies the same bytes. At most [`MODULE_CACHE`] are kept.
     cache: std::sync::Mutex<Vec<PluginModule>>,
-    /// Compiled modules on disk, if the runtime has a place for them (see [`CompiledCache`]).
-    compiled: Option<CompiledCache>,
+    /// Compiled modules on disk, once the runtime has a place for them (see [`CompiledCache`]).
+    compiled: std::sync::OnceLock<CompiledCache>,
 }
 
 /// Compiled modules kept by [`PluginRuntime::load_cached`]: the active one, the one being
@@ -226,14 +226,28 @@ impl PluginRuntime {
             linker,
             limits,
             cache: Default::default(),
-            compiled: None,
+            compiled: Default::default(),
         })
     }
 
     /// Keeps compiled modules in `dir` and loads them from there (see [`CompiledCache`]).
-    pub fn with_compiled_cache(mut self, dir: PathBuf) -> Self {
-        self.compiled = Some(CompiledCache::new(dir));
+    pub fn with_compiled_cache(self, dir: PathBuf) -> Self {
+        self.use_compiled_cache(dir);
         self
+    }
+
+    /// From now on keeps compiled modules in `dir` and loads them from there; once set, the
+    /// place does not change (a later call is ignored).
+    pub fn use_compiled_cache(&self, dir: PathBuf) {
+        let _ = self.compiled.set(CompiledCache::new(dir));
+    }
+
+    /// Stores `module`'s compiled form in the cache, if there is one and it lacks it (a module
+    /// loaded before the cache had its place).
+    pub fn keep_compiled(&self, module: &PluginModule) {
+        if let Some(compiled) = self.compiled.get() {
+            compiled.keep(&module.sha256, module.pre.instance_pre().component());
+        }
     }
 
     /// Like [`PluginRuntime::load`], but reuses a module compiled earlier from the same bytes.
@@ -324,13 +338,12 @@ impl PluginRuntime {
     /// The compiled component of `bytes` (whose sha256 is `sha256`): from the disk cache if it
     /// is there (the bytes were validated when it was stored), else compiled, and stored.
     fn compile(&self, bytes: &[u8], sha256: &[u8; 32]) -> Result<Component, LoadError> {
-        if let Some(component) = (self.compiled.as_ref()).and_then(|c| c.get(&self.engine, sha256))
-        {
+        if let Some(component) = (self.compiled.get()).and_then(|c| c.get(&self.engine, sha256)) {
             return Ok(component);
         }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        if let Some(compiled) = &self.compiled {
+        if let Some(compiled) = self.compiled.get() {
             compiled.put(sha256, &component);
         }
         Ok(component)

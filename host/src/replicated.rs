@@ -45,6 +45,14 @@ pub enum EntryPayload {
     },
 }
 
+impl EntryPayload {
+    /// Whether `bytes` encode a [`EntryPayload::Deploy`], read from its first byte alone:
+    /// bincode writes the variant's index first (a varint: one byte below 251).
+    pub fn is_deploy(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&1)
+    }
+}
+
 /// One switch of the store's code, as recorded in the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeRecord {
@@ -270,6 +278,32 @@ mod tests {
             timestamp_ms: u64,
             command: Vec<u8>,
         },
+    }
+
+    #[test]
+    fn a_deploy_is_told_by_its_first_byte() {
+        let deploy = EntryPayload::Deploy {
+            proposer: 1,
+            request_id: 2,
+            timestamp_ms: 3,
+            module: vec![1; 10],
+        };
+        assert!(EntryPayload::is_deploy(&encode(&deploy)));
+        let command = EntryPayload::Command {
+            proposer: 1,
+            request_id: 1,
+            timestamp_ms: 1,
+            command: vec![1; 10],
+        };
+        let report = EntryPayload::DigestReport {
+            node: 1,
+            index: 1,
+            digest: [1; 32],
+        };
+        for other in [command, report] {
+            assert!(!EntryPayload::is_deploy(&encode(&other)), "{other:?}");
+        }
+        assert!(!EntryPayload::is_deploy(&[]));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::health;
 use crate::listener::{ServerTls, incoming, watch_certificates};
 use crate::metrics::{self, Metrics};
 use crate::node::{self, Node, NodeExit, NodeFatal, NodeHandle, NodeOptions};
-use crate::plugin::{LoadError, PluginRuntime, RuntimeError};
+use crate::plugin::{COMPILED_DIR, LoadError, PluginModule, PluginRuntime, RuntimeError};
 use crate::replicated::{ClusterState, LearnerPlan, SnapshotData};
 use crate::state_machine::{NativeStateMachine, StateMachine, StateMachineError};
 use crate::storage::{DiskLogStore, LogStore, StorageError};
@@ -101,9 +101,14 @@ pub fn run(config: NodeConfig, release_memory: fn()) -> Result<NodeExit, RunErro
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let compiled = config.data_dir().join(crate::plugin::COMPILED_DIR);
-    let plugins =
-        Arc::new(PluginRuntime::new(config.plugin_limits())?.with_compiled_cache(compiled));
+    let plugins = Arc::new(PluginRuntime::new(config.plugin_limits())?);
+    // A restart loads the plugin compiled (see `plugin::CompiledCache`). A first start keeps
+    // it there only once the data dir is this node's (`run_with`): a start refused before
+    // that leaves no data dir behind.
+    let compiled = config.data_dir().join(COMPILED_DIR);
+    if compiled.is_dir() {
+        plugins.use_compiled_cache(compiled);
+    }
     let module = plugins
         .load_file(&config.plugin)
         .map_err(|source| RunError::Plugin {
@@ -118,12 +123,13 @@ pub fn run(config: NodeConfig, release_memory: fn()) -> Result<NodeExit, RunErro
         let state_machine = NativeStateMachine::<Typed<kv::KvStore>>::new();
         return run_with(config, runtime, state_machine, None, release_memory);
     }
+    let loaded = module.clone();
     let state_machine = WasmStateMachine::new(plugins.clone(), module, ReplayLimits::default())?;
     run_with(
         config,
         runtime,
         state_machine,
-        Some(plugins),
+        Some((plugins, loaded)),
         release_memory,
     )
 }
@@ -133,9 +139,10 @@ fn run_with<S: StateMachine + 'static>(
     config: NodeConfig,
     runtime: tokio::runtime::Runtime,
     mut state_machine: S,
-    plugins: Option<Arc<PluginRuntime>>,
+    plugins: Option<(Arc<PluginRuntime>, PluginModule)>,
     release_memory: fn(),
 ) -> Result<NodeExit, RunError> {
+    let (plugins, loaded) = plugins.unzip();
     let (server_tls, client_tls) = tls_setup(&config)?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.listen))
@@ -151,7 +158,12 @@ fn run_with<S: StateMachine + 'static>(
     // The server starts before the node exists: a joiner must answer the cluster's call back
     // (`Raft.Identify`) while it joins, and peers' messages wait in the node's queue meanwhile.
     let (handle, requests) = node::counted_channel(metrics.node().queue_depth());
-    let service = NodeService::new(handle.clone(), plugins, address.clone(), client_tls.clone());
+    let service = NodeService::new(
+        handle.clone(),
+        plugins.clone(),
+        address.clone(),
+        client_tls.clone(),
+    );
     if let (Some(server), Some(client)) = (&server_tls, &client_tls) {
         let client = client.clone();
         runtime.spawn(watch_certificates(server.clone(), move || {
@@ -172,6 +184,10 @@ fn run_with<S: StateMachine + 'static>(
         replaces: config.replaces.unwrap_or(0),
     };
     let (id, store, cluster) = open_data_dir(&config, &joiner, &mut state_machine)?;
+    if let (Some(plugins), Some(loaded)) = (&plugins, &loaded) {
+        plugins.use_compiled_cache(config.data_dir().join(COMPILED_DIR));
+        plugins.keep_compiled(loaded);
+    }
 
     let transport = Transport::new(id, handle.clone(), runtime.handle().clone(), client_tls);
     let options = NodeOptions {

@@ -99,6 +99,15 @@ pub trait StateMachine: Send {
         None
     }
 
+    /// Starts getting `module` ready for [`StateMachine::upgrade`] off the caller's thread
+    /// (compiling it takes seconds for a large module), so that the upgrade itself is quick.
+    /// The node calls it when a deploy entry reaches its log, and applies the entry once the
+    /// preparation is ready. Default: nothing to prepare.
+    fn prepare_upgrade(&self, module: &[u8]) -> Preparation {
+        let _ = module;
+        Preparation::ready()
+    }
+
     /// Switches to new code at this point of the log: the new code restores a snapshot of the
     /// current state and applies every later entry. `Ok(Err(reason))` is a deterministic
     /// refusal (the bytes are not a usable store, or cannot read the current state): the old
@@ -176,5 +185,36 @@ impl<S: RawStore + Send> StateMachine for NativeStateMachine<S> {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {
         riteraft_plugin_sdk::__glue::restore(&self.slot, snapshot)
             .map_err(StateMachineError::Restore)
+    }
+}
+
+/// New code being got ready on a thread of its own (see [`StateMachine::prepare_upgrade`]).
+#[derive(Debug, Default)]
+pub struct Preparation(Option<std::thread::JoinHandle<()>>);
+
+impl Preparation {
+    /// Nothing to wait for.
+    pub fn ready() -> Self {
+        Self(None)
+    }
+
+    /// `work` on a thread of its own; ready at once if no thread can be started (the upgrade
+    /// then does the work itself).
+    pub fn on_thread(work: impl FnOnce() + Send + 'static) -> Self {
+        match std::thread::Builder::new()
+            .name("riteraft-prepare".into())
+            .spawn(work)
+        {
+            Ok(thread) => Self(Some(thread)),
+            Err(e) => {
+                tracing::warn!("cannot start a thread to prepare new code: {e}");
+                Self::ready()
+            }
+        }
+    }
+
+    /// Whether the work is done.
+    pub fn is_ready(&self) -> bool {
+        self.0.as_ref().is_none_or(|thread| thread.is_finished())
     }
 }

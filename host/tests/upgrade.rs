@@ -236,3 +236,82 @@ async fn kv_upgrades_to_v2_under_load_and_a_broken_v3_is_refused() {
     })
     .await
 }
+
+/// A module that takes seconds to compile (`kv-big`) is compiled on a thread of its own on
+/// every node, from when its entry reaches the node's log: raft goes on meanwhile, so the
+/// deploy costs no election, and writes go on through the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_slow_to_compile_is_deployed_under_load_without_an_election() {
+    within(Duration::from_secs(240), async {
+        let cluster = Arc::new(Cluster::start(3, options()).await);
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let term = cluster.status(leader).await.unwrap().term;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = tokio::spawn({
+            let (cluster, stop) = (cluster.clone(), stop.clone());
+            async move {
+                let (mut acknowledged, mut longest_pause) = (Vec::new(), Duration::ZERO);
+                let mut last = std::time::Instant::now();
+                for i in 0u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("slow-{i}");
+                    if let Ok(Ok(_)) = cluster.propose(leader, &format!("put {key} {i}")).await {
+                        longest_pause = longest_pause.max(last.elapsed());
+                        last = std::time::Instant::now();
+                        acknowledged.push(key);
+                    }
+                }
+                (acknowledged, longest_pause)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let started = std::time::Instant::now();
+        let deployed = deploy(&cluster, leader, "kv-big", false).await.unwrap();
+        assert_eq!(deployed.version, "kv-big 1", "{deployed:?}");
+        let on_leader = started.elapsed();
+        for id in cluster.ids() {
+            cluster
+                .wait_for(
+                    "every node to run kv-big",
+                    Duration::from_secs(60),
+                    async || {
+                        let status = cluster.status(id).await.ok()?;
+                        (status.plugin_version == "kv-big 1").then_some(())
+                    },
+                )
+                .await;
+        }
+        let everywhere = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let (acknowledged, longest_pause) = writes.await.unwrap();
+        println!(
+            "kv-big ({} bytes): applied on the leader after {on_leader:.2?}, on every node \
+             after {everywhere:.2?}; {} writes, the longest pause between two {longest_pause:.2?}",
+            module("kv-big", 0).len(),
+            acknowledged.len(),
+        );
+
+        // No election: every node is in the same term, under the same leader.
+        for id in cluster.ids() {
+            let status = cluster.status(id).await.unwrap();
+            assert_eq!((status.term, status.leader_id), (term, leader), "node {id}");
+        }
+        // Every acknowledged write is there, and the new code runs everywhere.
+        cluster.wait_caught_up(Duration::from_secs(20)).await;
+        for id in cluster.ids() {
+            for key in &acknowledged {
+                let value = cluster
+                    .query(id, &format!("get {key}"), true)
+                    .await
+                    .unwrap();
+                assert!(value.is_ok(), "node {id} lost {key}");
+            }
+            let mixed = cluster.propose(id, "mix 7").await.unwrap();
+            assert!(mixed.is_ok(), "node {id}: {mixed:?}");
+        }
+    })
+    .await
+}

@@ -21,7 +21,9 @@ use crate::log_limit::LogLimiter;
 use crate::replicated::ClusterState;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
+use apply_queue::ApplyQueue;
 
+mod apply_queue;
 mod divergence;
 mod learners;
 mod mailbox;
@@ -74,6 +76,8 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     learner_watch: LearnerWatch,
     /// This replica's answers checked against the cluster's (see [`divergence`]).
     divergence: DivergenceCheck,
+    /// Committed entries waiting behind a deploy being compiled (see [`apply_queue`]).
+    apply_queue: ApplyQueue,
     /// Linearizable reads waiting for a read index, and the lease (see [`reads`]).
     reads: Reads<PendingQuery>,
     /// When this node started: it ignores vote requests for one election timeout after (see
@@ -168,6 +172,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             transfer: None,
             learner_watch: LearnerWatch::default(),
             divergence,
+            apply_queue: ApplyQueue::default(),
             reads: Reads::new(read_rules, now),
             started: now,
             removed: false,
@@ -243,6 +248,11 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             (self.options.metrics).sample(&self.raw.raft, self.applied, &self.cluster, diverged);
         }
         self.on_ready()?;
+        if !self.apply_queue.is_empty() {
+            // A deploy's module may have finished compiling.
+            self.apply_ready()?;
+            self.raw.advance_apply_to(self.applied);
+        }
         self.send_digest_reports();
         self.finish_snapshot(false)?;
         self.maybe_snapshot()?;
@@ -498,19 +508,22 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.note_read_states(ready.take_read_states());
         self.apply(ready.take_committed_entries())?;
 
+        self.prepare_deploys(ready.entries());
         let persisting = Instant::now();
         self.raw.mut_store().persist(ready.entries(), ready.hs())?;
         self.options.metrics.persisted(&ready, persisting);
 
         self.send(ready.take_persisted_messages());
 
-        let mut light = self.raw.advance(ready);
+        // Not `advance`, which marks everything delivered as applied: entries may wait in the
+        // apply queue, and raft must learn what is applied from `self.applied` alone.
+        let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit)?;
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
-        self.raw.advance_apply();
+        self.raw.advance_apply_to(self.applied);
 
         self.serve_reads()?;
         self.check_transfer();
@@ -530,8 +543,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeFatal> {
-        for entry in entries {
+    /// Applies one committed entry (in log order; see [`Node::apply`]).
+    fn apply_entry(&mut self, entry: Entry) -> Result<(), NodeFatal> {
+        {
             let index = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {

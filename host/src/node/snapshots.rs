@@ -228,6 +228,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.raw.mut_store().install_snapshot(snapshot)?;
         self.checkpoint_saved();
         self.applied = index;
+        self.skip_applying_to(index);
         Ok(())
     }
 }

@@ -98,6 +98,13 @@ impl CompiledCache {
         self.prune();
     }
 
+    /// Like [`CompiledCache::put`], unless the cache has a file for the module already.
+    pub fn keep(&self, module_sha256: &[u8; 32], component: &Component) {
+        if !self.path(module_sha256).exists() {
+            self.put(module_sha256, component);
+        }
+    }
+
     fn write(&self, path: &Path, component: &Component) -> Result<(), Box<dyn std::error::Error>> {
         let body = component.serialize()?;
         std::fs::create_dir_all(&self.dir)?;

@@ -44,6 +44,7 @@ pub const PLUGINS: &[&str] = &[
     "kv-v2",
     "kv-v3-broken",
     "hash-order",
+    "kv-big",
 ];
 
 /// The workspace root (this crate lives in `tests/support`).
