@@ -34,6 +34,7 @@ mod bindings {
 mod compiled_cache;
 mod instance;
 mod sandbox;
+mod stand_ins;
 
 pub use compiled_cache::{COMPILED_DIR, CompiledCache};
 
@@ -155,6 +156,12 @@ pub struct PluginRuntime {
     /// Compiled modules on disk, once the runtime has a place for them (see [`CompiledCache`]).
     compiled: std::sync::OnceLock<CompiledCache>,
 }
+
+/// Added to the refusal of a component that uses the component model's async ABI, which the
+/// sandbox does not run: its calls are synchronous, one at a time, so that every replica runs
+/// them the same way.
+const ASYNC_HINT: &str = "; the sandbox runs synchronous components only: build the store \
+                          without the async ABI (componentize-qjs: --sync)";
 
 /// Compiled modules kept by [`PluginRuntime::load_cached`]: the active one, the one being
 /// deployed, and a few recent ones.
@@ -311,8 +318,11 @@ impl PluginRuntime {
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
         let component = self.compile(bytes, &sha256)?;
         check_exports(&self.engine, &component)?;
-        let instance_pre = self
-            .linker
+        // Imports the sandbox does not provide get stand-ins that trap when called.
+        let mut linker = self.linker.clone();
+        stand_ins::link_stand_ins(&mut linker, &self.engine, &component)
+            .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
         let pre = bindings::StorePre::new(instance_pre).map_err(|e| {
@@ -341,8 +351,13 @@ impl PluginRuntime {
         if let Some(component) = (self.compiled.get()).and_then(|c| c.get(&self.engine, sha256)) {
             return Ok(component);
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            let mut why = format!("{e:#}");
+            if why.contains("component model async") {
+                why.push_str(ASYNC_HINT);
+            }
+            LoadError::Invalid(why)
+        })?;
         if let Some(compiled) = self.compiled.get() {
             compiled.put(sha256, &component);
         }

@@ -374,3 +374,24 @@ fn the_compiled_module_cache_keeps_the_eight_most_recent() {
     let files = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(files, 8, "the cache was pruned to its limit");
 }
+
+#[test]
+fn a_foreign_import_loads_and_traps_only_when_called_the_same_way_every_time() {
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "foreign-import");
+    assert_eq!(text(sm.apply(ctx(1), b"hello").unwrap()).unwrap(), "hello");
+    let called = sm.apply(ctx(2), b"call").unwrap().unwrap_err();
+    let Rejection::Trapped(message) = &called else {
+        panic!("a call to the missing import traps: {called:?}");
+    };
+    assert!(
+        message.contains("network#send"),
+        "names the import: {message}"
+    );
+    // The store goes on (rebuilt from its checkpoint plus replay), and a replica applying the
+    // same entries fails the same way.
+    assert_eq!(text(sm.apply(ctx(3), b"again").unwrap()).unwrap(), "again");
+    let mut other = machine(&runtime, "foreign-import");
+    other.apply(ctx(1), b"hello").unwrap().unwrap();
+    assert_eq!(other.apply(ctx(2), b"call").unwrap().unwrap_err(), called);
+}

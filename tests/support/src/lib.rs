@@ -45,6 +45,7 @@ pub const PLUGINS: &[&str] = &[
     "kv-v3-broken",
     "hash-order",
     "kv-big",
+    "foreign-import",
 ];
 
 /// The workspace root (this crate lives in `tests/support`).
