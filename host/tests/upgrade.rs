@@ -315,3 +315,85 @@ async fn a_module_slow_to_compile_is_deployed_under_load_without_an_election() {
     })
     .await
 }
+
+/// Rust → JavaScript → Rust under writes: `plugins/kv-js` (built with componentize-js, with
+/// its defaults) reads and writes kv's snapshot format, so each switch carries the state over,
+/// and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_swaps_to_javascript_and_back_under_writes() {
+    within(Duration::from_secs(400), async {
+        let cluster = Arc::new(Cluster::start(3, options()).await);
+        let ids = cluster.ids();
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        // One writer, through a follower: three nodes compiling a 12 MB module on two cores
+        // are slow enough.
+        let follower = *ids.iter().find(|id| **id != leader).unwrap();
+        let writers = [tokio::spawn(writer(
+            cluster.clone(),
+            0,
+            follower,
+            stop.clone(),
+        ))];
+        let js = std::fs::read(plugin("kv-js")).unwrap();
+        let rust = std::fs::read(plugin("kv")).unwrap();
+        for (language, module) in [("JavaScript", &js), ("Rust", &rust)] {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let started = std::time::Instant::now();
+            let deployed = deploy_bytes(&cluster, leader, module, false).await.unwrap();
+            let on_leader = started.elapsed();
+            let sha256 = hex::encode(Sha256::digest(module));
+            assert_eq!(deployed.sha256, sha256);
+            assert!(!deployed.unchanged, "{deployed:?}");
+            for id in &ids {
+                cluster
+                    .wait_for(
+                        "every node to switch",
+                        Duration::from_secs(120),
+                        async || {
+                            let status = cluster.status(*id).await.ok()?;
+                            (status.plugin_sha256 == sha256).then_some(())
+                        },
+                    )
+                    .await;
+            }
+            println!(
+                "to {language} ({} bytes) at index {}: on the leader after {on_leader:.2?}, on \
+                 every node after {:.2?}",
+                module.len(),
+                deployed.index,
+                started.elapsed()
+            );
+            // The store in the other language answers what the first one stored.
+            let answer = cluster
+                .propose(leader, &format!("put lang {language}"))
+                .await;
+            assert!(
+                answer.unwrap().unwrap().starts_with("ok: lang = "),
+                "{language}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut acknowledged = Vec::new();
+        for writer in writers {
+            acknowledged.extend(writer.await.unwrap().0);
+        }
+        println!("{} writes acknowledged", acknowledged.len());
+        cluster.wait_caught_up(Duration::from_secs(30)).await;
+        for id in &ids {
+            let status = cluster.status(*id).await.unwrap();
+            assert_eq!(status.upgrades.len(), 2, "node {id}: {:?}", status.upgrades);
+            for (_, key) in &acknowledged {
+                let value = cluster
+                    .query(*id, &format!("get {key}"), true)
+                    .await
+                    .unwrap();
+                assert!(value.is_ok(), "node {id} lost {key}");
+            }
+            let lang = cluster.query(*id, "get lang", true).await.unwrap();
+            assert_eq!(lang.unwrap(), "Rust", "node {id}");
+        }
+    })
+    .await
+}

@@ -48,6 +48,10 @@ pub const PLUGINS: &[&str] = &[
     "foreign-import",
 ];
 
+/// Plugins written in JavaScript, by their directory under `plugins/`: each is built from its
+/// `store.js` with the componentize-js its `package-lock.json` pins (see [`plugin`]).
+pub const JS_PLUGINS: &[&str] = &["kv-js"];
+
 /// The workspace root (this crate lives in `tests/support`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,7 +66,13 @@ pub fn workspace_root() -> PathBuf {
 /// `target/plugins`: a target dir of its own, because the `cargo test` that runs us holds the
 /// lock on the main one. Cargo's own lock serialises concurrent test processes, and a second
 /// run finds everything fresh and returns at once.
+///
+/// A plugin of [`JS_PLUGINS`] is built with npm instead, into `target/plugins/js`.
 pub fn plugin(name: &str) -> PathBuf {
+    if JS_PLUGINS.contains(&name) {
+        static BUILT: OnceLock<PathBuf> = OnceLock::new();
+        return BUILT.get_or_init(|| build_js_plugin(name)).clone();
+    }
     assert!(
         PLUGINS.contains(&name),
         "unknown plugin {name}: add it to PLUGINS"
@@ -101,4 +111,59 @@ fn build_plugins() -> PathBuf {
         "building the plugins failed (is the target installed? `rustup target add wasm32-wasip2`)"
     );
     target_dir.join("wasm32-wasip2/release")
+}
+
+/// Builds the JavaScript plugin in `plugins/NAME` unless its output is newer than its sources:
+/// installs its pinned toolchain (`npm ci`) the first time, then runs componentize-js.
+fn build_js_plugin(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let dir = root.join("plugins").join(name);
+    let out = root
+        .join("target/plugins/js")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    let sources = [
+        dir.join("store.js"),
+        dir.join("package-lock.json"),
+        root.join("proto/store.wit"),
+    ];
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let built = modified(&out);
+    if built.is_some() && sources.iter().all(|source| modified(source) <= built) {
+        return out;
+    }
+    let npm = |args: &[&str]| {
+        let status = Command::new("npm")
+            .current_dir(&dir)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run npm ({e}) to build plugins/{name}: install Node.js and npm \
+                     (scripts/test does)"
+                )
+            });
+        assert!(status.success(), "npm {args:?} failed in plugins/{name}");
+    };
+    if !dir.join("node_modules").is_dir() {
+        npm(&["ci", "--no-audit", "--no-fund"]);
+    }
+    std::fs::create_dir_all(out.parent().expect("has a parent")).unwrap();
+    // Built aside and renamed, so that a test process never loads half a file.
+    let partial = out.with_extension(format!("{}.partial", std::process::id()));
+    let wit = root.join("proto/store.wit");
+    npm(&[
+        "exec",
+        "--no",
+        "--",
+        "componentize-js",
+        "--wit",
+        wit.to_str().expect("a UTF-8 path"),
+        "--world-name",
+        "store",
+        "--out",
+        partial.to_str().expect("a UTF-8 path"),
+        "store.js",
+    ]);
+    std::fs::rename(&partial, &out).unwrap();
+    out
 }
