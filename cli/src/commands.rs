@@ -36,15 +36,10 @@ pub struct Cli {
     json: bool,
 
     /// Give up after this many seconds (waiting for an election and trying other nodes
-    /// included). A write that times out may still be applied.
-    #[arg(
-        long,
-        global = true,
-        value_name = "SECS",
-        default_value = "10",
-        value_parser = parse_timeout
-    )]
-    timeout: Duration,
+    /// included). A write that times out may still be applied. Default: 10, and 600 for
+    /// `deploy`, which waits for the leader to compile and switch to the module.
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
 
     /// This client's certificate (PEM), signed by the cluster's CA. With --tls-key and
     /// --tls-ca (all three or none), every connection uses mutual TLS; `riteraft certs` makes
@@ -180,6 +175,23 @@ fn tls_files(cli: &Cli) -> anyhow::Result<Option<TlsFiles>> {
     }
 }
 
+/// `--timeout`'s default.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// `--timeout`'s default for `deploy`: a large module takes the leader many seconds to compile
+/// (30 s for a 12 MB JavaScript store on a debug build), and it is answered only once applied.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Cli {
+    /// The timeout: `--timeout`, else the command's default.
+    fn timeout(&self) -> Duration {
+        let default = match self.command {
+            Command::Deploy { .. } => DEPLOY_TIMEOUT,
+            _ => TIMEOUT,
+        };
+        self.timeout.unwrap_or(default)
+    }
+}
+
 /// Parses `--timeout`: positive seconds, fractions allowed (`0.5`).
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -211,7 +223,8 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         return make_certs(args);
     }
     let tls = tls_files(&cli)?;
-    let mut builder = Client::builder().timeout(cli.timeout);
+    let timeout = cli.timeout();
+    let mut builder = Client::builder().timeout(timeout);
     if let Some(files) = &tls {
         builder = builder.tls(ClientTls::load(files.clone())?);
     }
@@ -287,7 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             } else {
                 bench::Target::Local
             };
-            let outcome = bench::run(args, target, cli.timeout).await?;
+            let outcome = bench::run(args, target, timeout).await?;
             Report::Done {
                 text: outcome.text(),
                 json: outcome.json(),
@@ -447,7 +460,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.cluster, ["a:1", "b:2"]);
-        assert_eq!(cli.timeout, Duration::from_millis(500));
+        assert_eq!(cli.timeout(), Duration::from_millis(500));
         assert!(matches!(cli.command, Command::Propose { ref command } if command == "put a 1"));
 
         let cli = Cli::try_parse_from(["riteraft", "--json", "query", "--stale", "get a"]).unwrap();
@@ -602,6 +615,18 @@ mod tests {
         assert!(error.contains("already exists"), "{error}");
         assert!(error.contains("pass --force"), "{error}");
         make_certs(&args(&["--node", "127.0.0.1:7002", "--force"])).unwrap();
+    }
+
+    #[test]
+    fn a_deploy_waits_longer_by_default() {
+        let cli = |args: &[&str]| Cli::try_parse_from(args.iter().copied()).unwrap();
+        assert_eq!(cli(&["riteraft", "status"]).timeout(), TIMEOUT);
+        assert_eq!(
+            cli(&["riteraft", "deploy", "m.wasm"]).timeout(),
+            DEPLOY_TIMEOUT
+        );
+        let given = cli(&["riteraft", "deploy", "--timeout", "5", "m.wasm"]);
+        assert_eq!(given.timeout(), Duration::from_secs(5));
     }
 
     #[test]

@@ -60,8 +60,10 @@ async fn deploy_bytes(
         })
         .collect();
     let mut client = cluster.client(via);
+    // A 12 MB module takes a debug build tens of seconds to compile, twice when it is
+    // forwarded (the receiving node and the leader each check it).
     tokio::time::timeout(
-        Duration::from_secs(60),
+        Duration::from_secs(300),
         client.deploy(tokio_stream::iter(chunks)),
     )
     .await
@@ -87,17 +89,16 @@ fn sha256_of(name: &str) -> String {
     hex::encode(Sha256::digest(module(name, padding_of(name))))
 }
 
-/// Writes `put w{writer}-{i} {i}` through node `via` until `stop`; returns the indexes of the
-/// acknowledged writes and how many had an unknown outcome.
-async fn writer(
-    cluster: Arc<Cluster>,
-    writer: u64,
-    via: u64,
-    stop: Arc<AtomicBool>,
-) -> (Vec<(u64, String)>, u64) {
+/// What a [`writer`] saw: the indexes and keys of the acknowledged writes, how many had an
+/// unknown outcome, and the longest time between two acknowledgements.
+type Written = (Vec<(u64, String)>, u64, Duration);
+
+/// Writes `put w{writer}-{i} {i}` through node `via` until `stop`.
+async fn writer(cluster: Arc<Cluster>, writer: u64, via: u64, stop: Arc<AtomicBool>) -> Written {
     let mut acknowledged = Vec::new();
     let mut unknown = 0;
     let mut i = 0u64;
+    let (mut last, mut longest_pause) = (std::time::Instant::now(), Duration::ZERO);
     while !stop.load(Ordering::Relaxed) {
         let key = format!("w{writer}-{i}");
         match cluster
@@ -110,6 +111,8 @@ async fn writer(
                     "put {key} was rejected: {response:?}"
                 );
                 acknowledged.push((response.index, key));
+                longest_pause = longest_pause.max(last.elapsed());
+                last = std::time::Instant::now();
             }
             Err(status) if status.code() == Code::Unavailable || status.code() == Code::Aborted => {
             }
@@ -117,7 +120,7 @@ async fn writer(
         }
         i += 1;
     }
-    (acknowledged, unknown)
+    (acknowledged, unknown, longest_pause)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +158,7 @@ async fn kv_upgrades_to_v2_under_load_and_a_broken_v3_is_refused() {
         let mut acknowledged = Vec::new();
         let mut unknown = 0;
         for writer in writers {
-            let (acked, unsure) = writer.await.unwrap();
+            let (acked, unsure, _) = writer.await.unwrap();
             acknowledged.extend(acked);
             unknown += unsure;
         }
@@ -340,7 +343,10 @@ async fn kv_swaps_to_javascript_and_back_under_writes() {
         for (language, module) in [("JavaScript", &js), ("Rust", &rust)] {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let started = std::time::Instant::now();
-            let deployed = deploy_bytes(&cluster, leader, module, false).await.unwrap();
+            // Through a follower, which checks the module and forwards it to the leader.
+            let deployed = deploy_bytes(&cluster, follower, module, false)
+                .await
+                .unwrap();
             let on_leader = started.elapsed();
             let sha256 = hex::encode(Sha256::digest(module));
             assert_eq!(deployed.sha256, sha256);
@@ -375,11 +381,12 @@ async fn kv_swaps_to_javascript_and_back_under_writes() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, Ordering::Relaxed);
-        let mut acknowledged = Vec::new();
-        for writer in writers {
-            acknowledged.extend(writer.await.unwrap().0);
-        }
-        println!("{} writes acknowledged", acknowledged.len());
+        let [writer] = writers;
+        let (acknowledged, _, longest_pause) = writer.await.unwrap();
+        println!(
+            "{} writes acknowledged, the longest pause between two {longest_pause:.2?}",
+            acknowledged.len()
+        );
         cluster.wait_caught_up(Duration::from_secs(30)).await;
         for id in &ids {
             let status = cluster.status(*id).await.unwrap();

@@ -318,7 +318,7 @@ impl NodeService {
         let applied = match result {
             Ok(deployed) => deployed,
             Err(NodeError::NotLeader { address, .. }) if !was_forwarded => {
-                let mut client = self.leader_client(&address)?;
+                let mut client = self.deploy_client(&address)?;
                 let chunks: Vec<DeployChunk> = module
                     .chunks(riteraft_proto::CHUNK_BYTES)
                     .map(|data| DeployChunk {

@@ -42,6 +42,9 @@ use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES, peer_dial_options}
 const FORWARDED: &str = "riteraft-forwarded";
 /// How long a forwarded call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a forwarded deploy may take: the leader compiles the module before it proposes
+/// it (30 s for a 12 MB JavaScript store on a debug build) and answers once it applied it.
+const DEPLOY_FORWARD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a leaving leader waits for a successor before giving up.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deploy uploads held at once: each may hold a module of up to [`MAX_MODULE_BYTES`] in
@@ -115,6 +118,16 @@ impl NodeService {
     fn peer_channel(&self, address: &str) -> Result<Channel, String> {
         let options = peer_dial_options(address, &self.tls, Some(FORWARD_TIMEOUT));
         dial_lazy(address, &options).map_err(|e| e.to_string())
+    }
+
+    /// A client for forwarding a deploy to the leader at `address`, which may take minutes
+    /// (see [`DEPLOY_FORWARD_TIMEOUT`]); deploys are rare, so it is not kept.
+    fn deploy_client(&self, address: &str) -> Result<ClientClient<Channel>, Status> {
+        let options = peer_dial_options(address, &self.tls, Some(DEPLOY_FORWARD_TIMEOUT));
+        let channel = dial_lazy(address, &options).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(ClientClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     fn peer_client(&self, address: &str) -> Result<ClientClient<Channel>, String> {
