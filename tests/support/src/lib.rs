@@ -52,6 +52,10 @@ pub const PLUGINS: &[&str] = &[
 /// `store.js` with the componentize-js its `package-lock.json` pins (see [`plugin`]).
 pub const JS_PLUGINS: &[&str] = &["kv-js"];
 
+/// Plugins written in Python, by their directory under `plugins/`: each is built from its
+/// `app.py` with the componentize-py its `requirements.txt` pins (see [`plugin`]).
+pub const PY_PLUGINS: &[&str] = &["kv-py"];
+
 /// The workspace root (this crate lives in `tests/support`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -67,11 +71,16 @@ pub fn workspace_root() -> PathBuf {
 /// lock on the main one. Cargo's own lock serialises concurrent test processes, and a second
 /// run finds everything fresh and returns at once.
 ///
-/// A plugin of [`JS_PLUGINS`] is built with npm instead, into `target/plugins/js`.
+/// A plugin of [`JS_PLUGINS`] is built with npm instead, and one of [`PY_PLUGINS`] with pip
+/// and componentize-py, into `target/plugins/js` and `target/plugins/py`.
 pub fn plugin(name: &str) -> PathBuf {
     if JS_PLUGINS.contains(&name) {
         static BUILT: OnceLock<PathBuf> = OnceLock::new();
         return BUILT.get_or_init(|| build_js_plugin(name)).clone();
+    }
+    if PY_PLUGINS.contains(&name) {
+        static BUILT: OnceLock<PathBuf> = OnceLock::new();
+        return BUILT.get_or_init(|| build_py_plugin(name)).clone();
     }
     assert!(
         PLUGINS.contains(&name),
@@ -113,57 +122,121 @@ fn build_plugins() -> PathBuf {
     target_dir.join("wasm32-wasip2/release")
 }
 
-/// Builds the JavaScript plugin in `plugins/NAME` unless its output is newer than its sources:
-/// installs its pinned toolchain (`npm ci`) the first time, then runs componentize-js.
-fn build_js_plugin(name: &str) -> PathBuf {
+/// Where the plugin in `plugins/NAME`, built by `kind`'s toolchain, is written, and whether it
+/// needs building: it does when its output is older than one of its `sources` (relative to
+/// its directory) or than `proto/store.wit`.
+fn foreign_output(name: &str, kind: &str, sources: &[&str]) -> (PathBuf, bool) {
     let root = workspace_root();
     let dir = root.join("plugins").join(name);
     let out = root
-        .join("target/plugins/js")
+        .join("target/plugins")
+        .join(kind)
         .join(format!("{}.wasm", name.replace('-', "_")));
-    let sources = [
-        dir.join("store.js"),
-        dir.join("package-lock.json"),
-        root.join("proto/store.wit"),
-    ];
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let built = modified(&out);
-    if built.is_some() && sources.iter().all(|source| modified(source) <= built) {
+    let fresh = built.is_some()
+        && (sources.iter().map(|source| dir.join(source)))
+            .chain([root.join("proto/store.wit")])
+            .all(|source| modified(&source) <= built);
+    (out, !fresh)
+}
+
+/// Runs `program args` in `dir`, naming `what` it builds if that fails.
+fn run_in(dir: &Path, program: &Path, args: &[&std::ffi::OsStr], what: &str) {
+    let status = Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}) to build {what}: scripts/test installs what it needs",
+                program.display()
+            )
+        });
+    assert!(
+        status.success(),
+        "{} {args:?} failed for {what}",
+        program.display()
+    );
+}
+
+/// Runs `build(partial)` and renames what it wrote to `out`: a test process never loads half a
+/// file.
+fn build_into(out: &Path, build: impl FnOnce(&Path)) {
+    std::fs::create_dir_all(out.parent().expect("has a parent")).unwrap();
+    let partial = out.with_extension(format!("{}.partial", std::process::id()));
+    build(&partial);
+    std::fs::rename(&partial, out).unwrap();
+}
+
+/// Builds the JavaScript plugin in `plugins/NAME` unless it is fresh: installs its pinned
+/// toolchain (`npm ci`) the first time, then runs componentize-js.
+fn build_js_plugin(name: &str) -> PathBuf {
+    let (out, stale) = foreign_output(name, "js", &["store.js", "package-lock.json"]);
+    if !stale {
         return out;
     }
-    let npm = |args: &[&str]| {
-        let status = Command::new("npm")
-            .current_dir(&dir)
-            .args(args)
-            .status()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run npm ({e}) to build plugins/{name}: install Node.js and npm \
-                     (scripts/test does)"
-                )
-            });
-        assert!(status.success(), "npm {args:?} failed in plugins/{name}");
-    };
+    let root = workspace_root();
+    let dir = root.join("plugins").join(name);
+    let what = format!("plugins/{name} (Node.js and npm)");
+    let npm = Path::new("npm");
     if !dir.join("node_modules").is_dir() {
-        npm(&["ci", "--no-audit", "--no-fund"]);
+        let args = ["ci", "--no-audit", "--no-fund"].map(std::ffi::OsStr::new);
+        run_in(&dir, npm, &args, &what);
     }
-    std::fs::create_dir_all(out.parent().expect("has a parent")).unwrap();
-    // Built aside and renamed, so that a test process never loads half a file.
-    let partial = out.with_extension(format!("{}.partial", std::process::id()));
-    let wit = root.join("proto/store.wit");
-    npm(&[
-        "exec",
-        "--no",
-        "--",
-        "componentize-js",
-        "--wit",
-        wit.to_str().expect("a UTF-8 path"),
-        "--world-name",
-        "store",
-        "--out",
-        partial.to_str().expect("a UTF-8 path"),
-        "store.js",
-    ]);
-    std::fs::rename(&partial, &out).unwrap();
+    build_into(&out, |partial| {
+        let wit = root.join("proto/store.wit");
+        let args: [&std::ffi::OsStr; 10] = [
+            "exec".as_ref(),
+            "--no".as_ref(),
+            "--".as_ref(),
+            "componentize-js".as_ref(),
+            "--wit".as_ref(),
+            wit.as_os_str(),
+            "--world-name".as_ref(),
+            "store".as_ref(),
+            "--out".as_ref(),
+            partial.as_os_str(),
+        ];
+        let mut args = args.to_vec();
+        args.push("store.js".as_ref());
+        run_in(&dir, npm, &args, &what);
+    });
+    out
+}
+
+/// Builds the Python plugin in `plugins/NAME` unless it is fresh: makes a virtual environment
+/// with its pinned toolchain (`target/plugins/py-venv`) the first time, then runs
+/// componentize-py.
+fn build_py_plugin(name: &str) -> PathBuf {
+    let (out, stale) = foreign_output(name, "py", &["app.py", "requirements.txt"]);
+    if !stale {
+        return out;
+    }
+    let root = workspace_root();
+    let dir = root.join("plugins").join(name);
+    let what = format!("plugins/{name} (Python 3 with venv)");
+    let venv = root.join("target/plugins/py-venv");
+    let componentize = venv.join("bin/componentize-py");
+    if !componentize.exists() {
+        let args = ["-m".as_ref(), "venv".as_ref(), venv.as_os_str()];
+        run_in(&dir, Path::new("python3"), &args, &what);
+        let args = ["install", "--quiet", "-r", "requirements.txt"].map(std::ffi::OsStr::new);
+        run_in(&dir, &venv.join("bin/pip"), &args, &what);
+    }
+    build_into(&out, |partial| {
+        let wit = root.join("proto/store.wit");
+        let args: [&std::ffi::OsStr; 8] = [
+            "-d".as_ref(),
+            wit.as_os_str(),
+            "-w".as_ref(),
+            "store".as_ref(),
+            "componentize".as_ref(),
+            "app".as_ref(),
+            "-o".as_ref(),
+            partial.as_os_str(),
+        ];
+        run_in(&dir, &componentize, &args, &what);
+    });
     out
 }
