@@ -264,7 +264,7 @@ impl PluginRuntime {
         if let Some(module) = cached(&self.cache.lock().expect("cache lock")) {
             return Ok(module);
         }
-        let module = self.load(bytes)?;
+        let module = self.load_hashed(bytes, sha256)?;
         let mut cache = self.cache.lock().expect("cache lock");
         if cached(&cache).is_none() {
             if cache.len() >= MODULE_CACHE {
@@ -315,7 +315,12 @@ impl PluginRuntime {
         if wasmparser::Parser::is_core_wasm(bytes) {
             return Err(LoadError::CoreModule);
         }
-        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        self.load_hashed(bytes, Sha256::digest(bytes).into())
+    }
+
+    /// [`PluginRuntime::load`] of `bytes` whose sha256 is `sha256` (hashed once by the caller:
+    /// a module may be tens of MiB).
+    fn load_hashed(&self, bytes: &[u8], sha256: [u8; 32]) -> Result<PluginModule, LoadError> {
         let component = self.compile(bytes, &sha256)?;
         check_exports(&self.engine, &component)?;
         // Imports the sandbox does not provide get stand-ins that trap when called.

@@ -35,10 +35,15 @@ impl ApplyQueue {
     }
 }
 
-/// The module of `entry` if it is a deploy (read only when its first byte says so: bincode
-/// writes the variant's index first, and a command's entry is never decoded twice).
+/// Whether `entry` is a deploy, told from its first byte alone (bincode writes the variant's
+/// index first): a command's entry is never decoded twice.
+fn is_deploy(entry: &Entry) -> bool {
+    entry.get_entry_type() == EntryType::EntryNormal && EntryPayload::is_deploy(&entry.data)
+}
+
+/// The module of `entry` if it is a deploy.
 fn deployed_module(entry: &Entry) -> Option<Vec<u8>> {
-    if entry.get_entry_type() != EntryType::EntryNormal || !EntryPayload::is_deploy(&entry.data) {
+    if !is_deploy(entry) {
         return None;
     }
     match decode::<EntryPayload>("log entry", &entry.data) {
@@ -83,9 +88,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     pub(super) fn apply_ready(&mut self) -> Result<(), NodeFatal> {
         while let Some(entry) = self.apply_queue.committed.front() {
             let key = (entry.index, entry.term);
-            if EntryPayload::is_deploy(&entry.data)
-                && entry.get_entry_type() == EntryType::EntryNormal
-            {
+            if is_deploy(entry) {
                 // Committed before it reached the log here? (a replay at start-up)
                 if !self.apply_queue.preparing.contains_key(&key) {
                     let entry = entry.clone();

@@ -186,7 +186,7 @@ fn build_js_plugin(name: &str) -> PathBuf {
     }
     build_into(&out, |partial| {
         let wit = root.join("proto/store.wit");
-        let args: [&std::ffi::OsStr; 10] = [
+        let args: [&std::ffi::OsStr; 11] = [
             "exec".as_ref(),
             "--no".as_ref(),
             "--".as_ref(),
@@ -197,9 +197,8 @@ fn build_js_plugin(name: &str) -> PathBuf {
             "store".as_ref(),
             "--out".as_ref(),
             partial.as_os_str(),
+            "store.js".as_ref(),
         ];
-        let mut args = args.to_vec();
-        args.push("store.js".as_ref());
         run_in(&dir, npm, &args, &what);
     });
     out
