@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::module_store::MODULES_DIR;
 use crate::plugin::COMPILED_DIR;
 
 const IDENTITY_FILE: &str = "node.json";
@@ -79,10 +80,12 @@ impl DataDir {
         }
         let identity_path = path.join(IDENTITY_FILE);
         if !identity_path.exists() {
-            // Compiled plugins may be cached before the node has an identity: still empty.
-            let mut entries = fs::read_dir(path)
-                .map_err(io)?
-                .filter(|e| !e.as_ref().is_ok_and(|e| e.file_name() == COMPILED_DIR));
+            // Modules may be kept, and compiled plugins cached, before the node has an
+            // identity: still empty.
+            let mut entries = fs::read_dir(path).map_err(io)?.filter(|e| {
+                !e.as_ref()
+                    .is_ok_and(|e| e.file_name() == COMPILED_DIR || e.file_name() == MODULES_DIR)
+            });
             return match entries.next() {
                 None => Ok(DataDir::Empty(path.to_path_buf())),
                 Some(_) => Err(DataDirError::Foreign(path.display().to_string())),

@@ -5,7 +5,7 @@
 //! - [`wasm_state_machine`]: the plugin-backed implementation, rebuilt after traps.
 //! - [`node`]: the consensus loop that owns raft, the log store and the state machine;
 //!   [`peer_messages`]: what a peer's raft message must be before raft sees it.
-//! - [`storage`]: the raft log store; [`replicated`]: the formats of what the node puts in log
+//! - [`storage`]: the raft log store; [`module_store`]: store modules kept by sha256; [`replicated`]: the formats of what the node puts in log
 //!   entries and snapshots (frozen: every replica must read them alike).
 //! - [`transport`] (to peers) and [`grpc_services`] (the gRPC servers); [`startup`] wires a
 //!   node together and runs it.
@@ -28,6 +28,7 @@ pub mod listener;
 pub mod log_limit;
 pub mod logging;
 pub mod metrics;
+pub mod module_store;
 pub mod node;
 pub mod peer_messages;
 pub mod plugin;

@@ -24,7 +24,8 @@ pub enum EntryPayload {
         #[serde(with = "serde_bytes")]
         command: Vec<u8>,
     },
-    /// New code for the store: from this entry on, every replica runs `module`.
+    /// New code for the store, carried in the entry: from this entry on, every replica runs
+    /// `module`. Written before modules were kept by hash; still applied from old logs.
     Deploy {
         /// As for a command: who waits for the answer.
         proposer: u64,
@@ -43,13 +44,28 @@ pub enum EntryPayload {
         index: u64,
         digest: [u8; 32],
     },
+    /// New code for the store, named by its sha256: from this entry on, every replica runs the
+    /// module with these bytes. The bytes are not in the log: each replica has them in its
+    /// [`crate::module_store::ModuleStore`] or fetches them from a member before the entry
+    /// applies (the leader proposes it only once a majority of voters stores the module).
+    DeployModule {
+        /// As for a command: who waits for the answer.
+        proposer: u64,
+        request_id: u64,
+        timestamp_ms: u64,
+        /// sha256 of the module's bytes.
+        sha256: [u8; 32],
+        /// Their length, to refuse a fetched module that is not it before hashing it.
+        bytes: u64,
+    },
 }
 
 impl EntryPayload {
-    /// Whether `bytes` encode a [`EntryPayload::Deploy`], read from its first byte alone:
-    /// bincode writes the variant's index first (a varint: one byte below 251).
+    /// Whether `bytes` encode a deploy ([`EntryPayload::Deploy`] or
+    /// [`EntryPayload::DeployModule`]), read from its first byte alone: bincode writes the
+    /// variant's index first (a varint: one byte below 251).
     pub fn is_deploy(bytes: &[u8]) -> bool {
-        bytes.first() == Some(&1)
+        matches!(bytes.first(), Some(&1 | &3))
     }
 }
 
@@ -145,7 +161,8 @@ pub struct SnapshotData {
     /// sha256 of the store module that produced `store`.
     pub plugin_sha256: [u8; 32],
     /// That module's bytes, so any node can run the cluster's current code whatever plugin it
-    /// was started with (empty for a store built into the host).
+    /// was started with. Empty since format 4: the module is in the nodes' module stores, and
+    /// a node that lacks it fetches it by `plugin_sha256` before it installs the snapshot.
     #[serde(with = "serde_bytes")]
     pub module: Vec<u8>,
     /// The store's own snapshot bytes (`Bytes`, encoded exactly as a byte vector: shared with
@@ -154,8 +171,9 @@ pub struct SnapshotData {
 }
 
 /// The current [`SnapshotData::format`]: 3 added learners and the answers' digest to
-/// [`ClusterState`].
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// [`ClusterState`]; 4 names the module by hash only (same layout, `module` empty), so that a
+/// node too old to fetch modules refuses it instead of taking the store for a built-in one.
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Snapshots of format 2, written before learners existed: still read, so that a node
 /// upgraded in place resumes from its data dir.
@@ -248,10 +266,14 @@ impl SnapshotData {
                 what: "snapshot",
                 reason: e.to_string(),
             })?;
-        let data: SnapshotData = match format {
+        let mut data: SnapshotData = match format {
             2 => decode::<format2::SnapshotData>("snapshot", bytes)?.into(),
             _ => decode("snapshot", bytes)?,
         };
+        if data.format == 3 {
+            // The same layout, with the module's bytes in it.
+            data.format = SNAPSHOT_FORMAT;
+        }
         if data.format != SNAPSHOT_FORMAT {
             return Err(DecodeError {
                 what: "snapshot",
@@ -289,6 +311,14 @@ mod tests {
             module: vec![1; 10],
         };
         assert!(EntryPayload::is_deploy(&encode(&deploy)));
+        let by_hash = EntryPayload::DeployModule {
+            proposer: 1,
+            request_id: 2,
+            timestamp_ms: 3,
+            sha256: [1; 32],
+            bytes: 10,
+        };
+        assert!(EntryPayload::is_deploy(&encode(&by_hash)));
         let command = EntryPayload::Command {
             proposer: 1,
             request_id: 1,

@@ -12,10 +12,11 @@ use riteraft_proto::{DialError, dial};
 
 use crate::config::NodeConfig;
 use crate::data_dir::{DataDir, DataDirError, write_identity};
-use crate::grpc_services::NodeService;
+use crate::grpc_services::{GrpcModuleFetcher, NodeService};
 use crate::health;
 use crate::listener::{ServerTls, incoming, watch_certificates};
 use crate::metrics::{self, Metrics};
+use crate::module_store::{MODULES_DIR, ModuleStore, ModuleStoreError};
 use crate::node::{self, Node, NodeExit, NodeFatal, NodeHandle, NodeOptions};
 use crate::plugin::{COMPILED_DIR, LoadError, PluginModule, PluginRuntime, RuntimeError};
 use crate::replicated::{ClusterState, LearnerPlan, SnapshotData};
@@ -55,6 +56,8 @@ pub enum RunError {
     /// The log store failed at start.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Modules(#[from] ModuleStoreError),
     /// The data dir cannot be used.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
@@ -158,11 +161,13 @@ fn run_with<S: StateMachine + 'static>(
     // The server starts before the node exists: a joiner must answer the cluster's call back
     // (`Raft.Identify`) while it joins, and peers' messages wait in the node's queue meanwhile.
     let (handle, requests) = node::counted_channel(metrics.node().queue_depth());
+    let modules = Arc::new(ModuleStore::on_disk(config.data_dir().join(MODULES_DIR)));
     let service = NodeService::new(
         handle.clone(),
         plugins.clone(),
         address.clone(),
         client_tls.clone(),
+        modules.clone(),
     );
     if let (Some(server), Some(client)) = (&server_tls, &client_tls) {
         let client = client.clone();
@@ -183,11 +188,14 @@ fn run_with<S: StateMachine + 'static>(
         learner: config.learner,
         replaces: config.replaces.unwrap_or(0),
     };
-    let (id, store, cluster) = open_data_dir(&config, &joiner, &mut state_machine)?;
+    let (id, store, cluster) = open_data_dir(&config, &joiner, &mut state_machine, &modules)?;
     if let (Some(plugins), Some(loaded)) = (&plugins, &loaded) {
         plugins.use_compiled_cache(config.data_dir().join(COMPILED_DIR));
         plugins.keep_compiled(loaded);
+        // Snapshots name the module by hash: this node's must be here for them to be read.
+        modules.put_hashed(loaded.sha256(), loaded.bytes().clone())?;
     }
+    let fetcher = GrpcModuleFetcher::new(runtime.handle().clone(), client_tls.clone());
 
     let transport = Transport::new(id, handle.clone(), runtime.handle().clone(), client_tls);
     let options = NodeOptions {
@@ -199,6 +207,8 @@ fn run_with<S: StateMachine + 'static>(
         joiner_timeout: Duration::from_secs(config.joiner_timeout_secs),
         digest_interval: config.divergence_check_entries,
         metrics: metrics.node().clone(),
+        modules,
+        module_fetcher: Some(Arc::new(fetcher)),
         ..NodeOptions::default()
     };
     let mut node = Node::new(
@@ -276,6 +286,7 @@ fn open_data_dir<S: StateMachine>(
     config: &NodeConfig,
     joiner: &Joiner,
     state_machine: &mut S,
+    modules: &ModuleStore,
 ) -> Result<(u64, DiskLogStore, ClusterState), RunError> {
     let data_dir = DataDir::inspect(&config.data_dir())?;
     data_dir.check_address(joiner.address)?;
@@ -306,7 +317,7 @@ fn open_data_dir<S: StateMachine>(
                 Ok((id, store, cluster))
             } else {
                 let data = SnapshotData::decode(&snapshot.data).map_err(NodeFatal::from)?;
-                node::restore_snapshot_data(state_machine, &data)?;
+                node::restore_snapshot_data(state_machine, &data, modules)?;
                 if config.join.is_some() {
                     tracing::info!("already a member: --join is ignored on restart");
                 }

@@ -94,18 +94,12 @@ pub trait StateMachine: Send {
         ModuleInfo::default()
     }
 
-    /// The bytes of that code, to put in snapshots (none for a store built into the host).
-    fn module_bytes(&self) -> Option<std::sync::Arc<Vec<u8>>> {
+    /// What gets new code ready for [`StateMachine::upgrade`] (compiling a large module takes
+    /// seconds), so that the upgrade itself is quick: the node calls it on a thread of its own
+    /// with a deployed module's bytes when the deploy entry reaches its log, and applies the
+    /// entry once it is done. `None` (the default): nothing to prepare.
+    fn compiler(&self) -> Option<ModuleCompiler> {
         None
-    }
-
-    /// Starts getting `module` ready for [`StateMachine::upgrade`] off the caller's thread
-    /// (compiling it takes seconds for a large module), so that the upgrade itself is quick.
-    /// The node calls it when a deploy entry reaches its log, and applies the entry once the
-    /// preparation is ready. Default: nothing to prepare.
-    fn prepare_upgrade(&self, module: &[u8]) -> Preparation {
-        let _ = module;
-        Preparation::ready()
     }
 
     /// Switches to new code at this point of the log: the new code restores a snapshot of the
@@ -188,33 +182,6 @@ impl<S: RawStore + Send> StateMachine for NativeStateMachine<S> {
     }
 }
 
-/// New code being got ready on a thread of its own (see [`StateMachine::prepare_upgrade`]).
-#[derive(Debug, Default)]
-pub struct Preparation(Option<std::thread::JoinHandle<()>>);
-
-impl Preparation {
-    /// Nothing to wait for.
-    pub fn ready() -> Self {
-        Self(None)
-    }
-
-    /// `work` on a thread of its own; ready at once if no thread can be started (the upgrade
-    /// then does the work itself).
-    pub fn on_thread(work: impl FnOnce() + Send + 'static) -> Self {
-        match std::thread::Builder::new()
-            .name("riteraft-prepare".into())
-            .spawn(work)
-        {
-            Ok(thread) => Self(Some(thread)),
-            Err(e) => {
-                tracing::warn!("cannot start a thread to prepare new code: {e}");
-                Self::ready()
-            }
-        }
-    }
-
-    /// Whether the work is done.
-    pub fn is_ready(&self) -> bool {
-        self.0.as_ref().is_none_or(|thread| thread.is_finished())
-    }
-}
+/// Compiles a module ahead of an upgrade (see [`StateMachine::compiler`]); failures are the
+/// upgrade's to report.
+pub type ModuleCompiler = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::plugin::{CallError, PluginInstance, PluginModule, PluginRuntime};
 use crate::state_machine::{
-    ApplyContext, CheckpointReader, ModuleInfo, Outcome, Preparation, StateMachine,
+    ApplyContext, CheckpointReader, ModuleCompiler, ModuleInfo, Outcome, StateMachine,
     StateMachineError,
 };
 
@@ -290,18 +290,14 @@ impl StateMachine for WasmStateMachine {
         }
     }
 
-    fn module_bytes(&self) -> Option<Arc<Vec<u8>>> {
-        Some(self.module.bytes().clone())
-    }
-
-    fn prepare_upgrade(&self, module: &[u8]) -> Preparation {
+    fn compiler(&self) -> Option<ModuleCompiler> {
         // Compiled into the runtime's cache, where `upgrade` finds it.
-        let (runtime, module) = (self.runtime.clone(), module.to_vec());
-        Preparation::on_thread(move || {
-            if let Err(e) = runtime.load_cached(&module) {
+        let runtime = self.runtime.clone();
+        Some(Arc::new(move |module: &[u8]| {
+            if let Err(e) = runtime.load_cached(module) {
                 tracing::debug!("the deployed module does not load: {e}");
             }
-        })
+        }))
     }
 
     fn upgrade(&mut self, module: &[u8]) -> Result<Result<ModuleInfo, String>, StateMachineError> {

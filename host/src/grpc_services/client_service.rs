@@ -308,29 +308,36 @@ impl NodeService {
         if dry_run {
             return Ok(validated);
         }
+        // Only the leader stores and pushes the module: another node hands the upload on.
+        let status = (self.node)
+            .call(|reply| NodeRequest::Status { reply })
+            .await
+            .map_err(status_of)?;
+        if status.role != "leader" && !was_forwarded {
+            let leader = status.members.get(&status.leader_id);
+            return match leader {
+                Some(address) => self.forward_deploy(address, &module).await,
+                None => Err(status_of(NodeError::NoLeader)),
+            };
+        }
+        // Stored here, then on a majority of voters, before the entry that names it by hash
+        // is proposed (see `module_transfer`).
+        let module = Arc::new(module);
+        let sha256 = self.store_module(None, module.clone()).await?;
+        self.replicate_module(sha256, module.clone()).await?;
         let result = self
             .node
             .call(|reply| NodeRequest::Deploy {
+                sha256,
                 module: module.clone(),
                 reply,
             })
             .await;
         let applied = match result {
             Ok(deployed) => deployed,
+            // Leadership moved meanwhile.
             Err(NodeError::NotLeader { address, .. }) if !was_forwarded => {
-                let mut client = self.deploy_client(&address)?;
-                let chunks: Vec<DeployChunk> = module
-                    .chunks(riteraft_proto::CHUNK_BYTES)
-                    .map(|data| DeployChunk {
-                        data: data.to_vec(),
-                        dry_run: false,
-                    })
-                    .collect();
-                return client
-                    .deploy(mark_forwarded(tokio_stream::iter(chunks)))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(|status| unreached_leader(status, &address));
+                return self.forward_deploy(&address, &module).await;
             }
             Err(error) => return Err(status_of(error)),
         };
@@ -358,6 +365,25 @@ impl NodeService {
             version: info.version,
             index: applied.index,
         })
+    }
+}
+
+impl NodeService {
+    /// Hands a deploy's upload on to the leader at `address`.
+    async fn forward_deploy(&self, address: &str, module: &[u8]) -> Result<DeployResponse, Status> {
+        let mut client = self.deploy_client(address)?;
+        let chunks: Vec<DeployChunk> = module
+            .chunks(riteraft_proto::CHUNK_BYTES)
+            .map(|data| DeployChunk {
+                data: data.to_vec(),
+                dry_run: false,
+            })
+            .collect();
+        client
+            .deploy(mark_forwarded(tokio_stream::iter(chunks)))
+            .await
+            .map(Response::into_inner)
+            .map_err(|status| unreached_leader(status, address))
     }
 }
 

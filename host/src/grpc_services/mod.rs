@@ -23,15 +23,17 @@ use riteraft_proto::tls::ClientTls;
 use riteraft_proto::tls::Role;
 use riteraft_proto::{
     DeployChunk, DeployResponse, IdentifyRequest, IdentifyResponse, JoinRequest, JoinResponse,
-    LeaveRequest, LeaveResponse, Member, ProposeRequest, ProposeResponse, QueryRequest,
-    QueryResponse, RaftBatch, SendAck, SnapshotChunk, StatusRequest, StatusResponse,
-    TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response, query_response,
+    LeaveRequest, LeaveResponse, Member, ModuleChunk, ModuleRequest, ProposeRequest,
+    ProposeResponse, QueryRequest, QueryResponse, RaftBatch, SendAck, SnapshotChunk, StatusRequest,
+    StatusResponse, TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response,
+    query_response,
 };
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{self, Need};
+use crate::module_store::ModuleStore;
 use crate::replicated::{LearnerPlan, SnapshotData};
 
 use crate::node::{DeployOutcome, MAX_MODULE_BYTES, NodeError, NodeHandle, Request as NodeRequest};
@@ -42,13 +44,15 @@ use crate::transport::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES, peer_dial_options}
 const FORWARDED: &str = "riteraft-forwarded";
 /// How long a forwarded call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a forwarded deploy may take: the leader compiles the module before it proposes
-/// it (30 s for a 12 MB JavaScript store on a debug build) and answers once it applied it.
+/// How long a forwarded deploy may take: the leader compiles the module and pushes it to the
+/// voters before it proposes it (30 s for a 12 MB JavaScript store on a debug build), and
+/// answers once it applied it.
 const DEPLOY_FORWARD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a leaving leader waits for a successor before giving up.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deploy uploads held at once: each may hold a module of up to [`MAX_MODULE_BYTES`] in
-/// memory, and deploys are rare, so two at a time is plenty and bounds that memory.
+/// Module uploads held at once (deploys, and modules the leader pushes): each may hold a
+/// module of up to [`MAX_MODULE_BYTES`] in memory, and deploys are rare, so two at a time is
+/// plenty and bounds that memory.
 const MAX_UPLOADS: usize = 2;
 /// How long an upload (a deploy or a snapshot) may wait for its next chunk before it is
 /// dropped: a sender that holds a call open without sending would otherwise hold its memory.
@@ -79,6 +83,8 @@ pub struct NodeService {
     uploads: Arc<Semaphore>,
     /// Set while a removal notice is being checked, so a flood of notices costs one check.
     checking_removal: Arc<AtomicBool>,
+    /// The modules this node has, by sha256 (see [`crate::module_store`]).
+    modules: Arc<ModuleStore>,
 }
 
 impl NodeService {
@@ -87,8 +93,10 @@ impl NodeService {
         plugins: Option<Arc<PluginRuntime>>,
         address: String,
         tls: Option<Arc<ClientTls>>,
+        modules: Arc<ModuleStore>,
     ) -> Self {
         Self {
+            modules,
             tls,
             node,
             plugins,
@@ -234,7 +242,10 @@ async fn next_chunk<T>(chunks: &mut Streaming<T>) -> Result<Option<T>, Status> {
 
 // After the macro above: the services use it.
 mod client_service;
+mod module_transfer;
 mod raft_service;
+
+pub use module_transfer::GrpcModuleFetcher;
 
 #[cfg(test)]
 mod tests {

@@ -125,6 +125,26 @@ impl Raft for NodeService {
         Ok(Response::new(SendAck {}))
     }
 
+    type GetModuleStream = module_transfer::ModuleStream;
+
+    async fn get_module(
+        &self,
+        request: Request<ModuleRequest>,
+    ) -> Result<Response<Self::GetModuleStream>, Status> {
+        access::authorize(&request, Need::Node, "Raft.GetModule")?;
+        let chunks = self.serve_module(request.into_inner()).await?;
+        Ok(Response::new(chunks))
+    }
+
+    async fn put_module(
+        &self,
+        request: Request<Streaming<ModuleChunk>>,
+    ) -> Result<Response<SendAck>, Status> {
+        access::authorize(&request, Need::Node, "Raft.PutModule")?;
+        self.receive_module(request.into_inner()).await?;
+        Ok(Response::new(SendAck {}))
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
@@ -173,13 +193,23 @@ impl Raft for NodeService {
         }
         // Data that does not decode would stop the node once raft had taken it: refuse it
         // now, off the consensus thread.
-        let data = tokio::task::spawn_blocking(move || {
-            SnapshotData::decode(&data).map(|_| data).map_err(|e| {
+        let (data, decoded) = tokio::task::spawn_blocking(move || {
+            let decoded = SnapshotData::decode(&data).map_err(|e| {
                 Status::invalid_argument(format!("the snapshot's data is unusable: {e}"))
-            })
+            })?;
+            // Only what names the module is kept: the store's state is in `data`.
+            let module = crate::node::snapshot_module(&decoded);
+            let members: Vec<String> = decoded.cluster.members.into_values().collect();
+            Ok::<_, Status>((data, (module, members)))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
+        // The snapshot names its module by hash: the node needs its bytes to install it.
+        let (module, members) = decoded;
+        if let Some(sha256) = module {
+            self.fetch_snapshot_module(sha256, sender.as_deref(), members)
+                .await?;
+        }
         message.mut_snapshot().data = data.into();
         // The snapshot is precious: wait (boundedly) for room in the queue rather than drop it.
         let mut request = Some(NodeRequest::Raft(Box::new(message), sender));

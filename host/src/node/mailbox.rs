@@ -159,9 +159,11 @@ pub enum Request {
         command: Vec<u8>,
         reply: Reply<Applied>,
     },
-    /// Replicate new code for the store (leader only).
+    /// Replicate new code for the store (leader only): a module whose bytes hash to `sha256`,
+    /// stored in this node's module store already (see `crate::module_store`).
     Deploy {
-        module: Vec<u8>,
+        sha256: [u8; 32],
+        module: Arc<Vec<u8>>,
         reply: Reply<Deployed>,
     },
     /// The store's current snapshot, and the code that wrote it (for a deploy's dry run).

@@ -9,6 +9,7 @@
 //! - [`snapshots`]: taking, saving and installing them; [`safety`]: the rules around raft-rs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
@@ -40,7 +41,7 @@ pub use mailbox::{
     NodeStatus, Outbox, Request, channel, counted_channel,
 };
 pub use options::{MAX_MODULE_BYTES, NodeOptions};
-pub use snapshots::{bootstrap_snapshot, restore_snapshot_data};
+pub use snapshots::{bootstrap_snapshot, restore_snapshot_data, snapshot_module};
 
 use divergence::DivergenceCheck;
 use learners::LearnerWatch;
@@ -326,7 +327,11 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 }
             }
             Request::Propose { command, reply } => self.propose(command, Waiter::Command(reply)),
-            Request::Deploy { module, reply } => self.deploy(module, Waiter::Deploy(reply)),
+            Request::Deploy {
+                sha256,
+                module,
+                reply,
+            } => self.deploy(sha256, module, Waiter::Deploy(reply)),
             Request::Snapshot { reply } => {
                 let snapshot = self.state_machine.snapshot()?;
                 let _ = reply.send(Ok((snapshot, self.state_machine.module_info())));
@@ -543,8 +548,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         }
     }
 
-    /// Applies one committed entry (in log order; see [`Node::apply`]).
-    fn apply_entry(&mut self, entry: Entry) -> Result<(), NodeFatal> {
+    /// Applies one committed entry (in log order; see [`Node::apply`]); `module` is a deploy's
+    /// module, made ready by the apply queue.
+    fn apply_entry(&mut self, entry: Entry, module: Option<Arc<Vec<u8>>>) -> Result<(), NodeFatal> {
         {
             let index = entry.index;
             match entry.get_entry_type() {
@@ -552,7 +558,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     // A new leader's empty entry.
                     self.resolve_proposal(index, None);
                 }
-                EntryType::EntryNormal => self.apply_payload(index, entry.term, &entry.data)?,
+                EntryType::EntryNormal => {
+                    self.apply_payload(index, entry.term, &entry.data, module)?
+                }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let change = match entry.get_entry_type() {
                         EntryType::EntryConfChange => {

@@ -1,12 +1,16 @@
 //! A node's tuning, with the defaults for a LAN or loopback cluster and the reason for each.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::NodeMetrics;
+use crate::module_store::{ModuleFetcher, ModuleStore};
 
-/// Largest module a deploy accepts by default: it travels as one log entry, so it must fit in
-/// one gRPC message with room to spare (a Rust store is typically 0.2–3 MiB).
-pub const MAX_MODULE_BYTES: usize = 12 << 20;
+/// Largest module a deploy accepts by default: 128 MiB. Modules travel in chunks, never as one
+/// log entry or message, so this bounds only what an upload holds in memory (a node holds one
+/// upload per slot and a compiler's memory besides) and what the module store keeps on disk. A
+/// Rust store is typically 0.2–3 MiB, a Python one 18 MiB, a JavaScript one 12 MiB.
+pub const MAX_MODULE_BYTES: usize = 128 << 20;
 
 /// Tuning of a node. The defaults suit a LAN or loopback cluster.
 #[derive(Debug, Clone)]
@@ -31,9 +35,14 @@ pub struct NodeOptions {
     pub max_append_bytes: u64,
     /// Most append messages in flight to one follower (raft `max_inflight_msgs`).
     pub max_inflight_appends: usize,
-    /// Largest module `riteraft deploy` accepts: it travels as one log entry, so it must fit
-    /// in one gRPC message with room to spare (12 MiB; a Rust store is typically 0.2–3 MiB).
+    /// Largest module `riteraft deploy` accepts (see [`MAX_MODULE_BYTES`]).
     pub max_module_bytes: usize,
+    /// The modules this node has, by sha256 (see `crate::module_store`): under the data dir,
+    /// or in memory.
+    pub modules: Arc<ModuleStore>,
+    /// How a deploy's module that this node lacks is fetched from other members (`None`: it is
+    /// not, and the deploy waits until the module is put in `modules`).
+    pub module_fetcher: Option<Arc<dyn ModuleFetcher>>,
     /// The directory the log lives in, watched for free space.
     pub data_dir: Option<std::path::PathBuf>,
     /// Below this much free space on `data_dir`, proposals are refused ("disk full") so the
@@ -50,6 +59,9 @@ pub struct NodeOptions {
     /// writes each before the round ends, so that a simulated run does not depend on how
     /// threads are scheduled.
     pub snapshot_on_thread: bool,
+    /// Get a deploy's module ready (fetch, compile) on a thread of its own (the default);
+    /// `false` does it on the loop when the entry reaches the log, for the same reason.
+    pub prepare_on_thread: bool,
     /// A learner is caught up while its log is at most this many entries behind the leader's
     /// commit index (and raft sends it entries, not a snapshot): 256 entries is a few
     /// milliseconds of replication at full load, so the quorum waits for it no longer than that.
@@ -83,11 +95,14 @@ impl Default for NodeOptions {
             max_append_bytes: 1 << 20,
             max_inflight_appends: 256,
             max_module_bytes: MAX_MODULE_BYTES,
+            modules: Arc::new(ModuleStore::in_memory()),
+            module_fetcher: None,
             data_dir: None,
             min_free_disk_bytes: 256 << 20,
             read_lease: false,
             election_timeout_ticks: None,
             snapshot_on_thread: true,
+            prepare_on_thread: true,
             promote_max_lag: 256,
             promote_after: Duration::from_millis(500),
             joiner_timeout: Duration::from_secs(60),

@@ -2,6 +2,7 @@
 //! it remembered by log index, and answered (or told it lost to a leader change) when it
 //! applies.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::mailbox::{Applied, DeployOutcome, Deployed, NodeError, NodeFatal, Reply};
@@ -9,7 +10,7 @@ use super::{Node, Outbox};
 use crate::metrics::NodeMetrics;
 use crate::replicated::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
 use crate::state_machine::{ApplyContext, Rejection, StateMachine};
-use crate::storage::LogStore;
+use crate::storage::{LogStore, StorageError};
 
 pub(super) struct PendingProposal {
     pub(super) request_id: u64,
@@ -74,7 +75,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         });
     }
 
-    pub(super) fn deploy(&mut self, module: Vec<u8>, reply: Waiter) {
+    /// Proposes a deploy of the module `sha256`, which the caller stored in this node's module
+    /// store (see [`crate::module_store`]): the entry names it by hash.
+    pub(super) fn deploy(&mut self, sha256: [u8; 32], module: Arc<Vec<u8>>, reply: Waiter) {
         if module.len() > self.options.max_module_bytes {
             reply.fail(
                 NodeError::Invalid(format!(
@@ -86,12 +89,21 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             );
             return;
         }
+        // Stored by the gRPC layer already (off this thread); a store in memory takes it now.
+        if !self.options.modules.contains(&sha256)
+            && let Err(e) = self.options.modules.put_hashed(sha256, module.clone())
+        {
+            reply.fail(NodeError::DiskFull(e.to_string()), &self.options.metrics);
+            return;
+        }
+        let bytes = module.len() as u64;
         self.propose_payload(reply, |proposer, request_id, timestamp_ms| {
-            EntryPayload::Deploy {
+            EntryPayload::DeployModule {
                 proposer,
                 request_id,
                 timestamp_ms,
-                module,
+                sha256,
+                bytes,
             }
         });
     }
@@ -176,11 +188,13 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Applies a client's entry (a command or a deploy) and answers whoever waits for it here.
     /// An entry that cannot be decoded is skipped: every replica holds the same bytes, so every
     /// replica skips it alike; a rejection, not a reason to stop.
+    /// Applies a normal entry; `module` is a deploy's module, made ready by the apply queue.
     pub(super) fn apply_payload(
         &mut self,
         index: u64,
         term: u64,
         data: &[u8],
+        module: Option<Arc<Vec<u8>>>,
     ) -> Result<(), NodeFatal> {
         let payload: EntryPayload = match crate::replicated::decode("log entry", data) {
             Ok(payload) => payload,
@@ -213,8 +227,19 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 proposer,
                 request_id,
                 timestamp_ms,
-                module,
+                ..
+            }
+            | EntryPayload::DeployModule {
+                proposer,
+                request_id,
+                timestamp_ms,
+                ..
             } => {
+                let module = module.ok_or_else(|| {
+                    StorageError::Inconsistent(format!(
+                        "the deploy at index {index} was applied without its module"
+                    ))
+                })?;
                 let timestamp_ms = self.stamp(timestamp_ms);
                 let outcome = self.upgrade(index, timestamp_ms, &module)?;
                 // The answer to a deploy is the code it leaves running.

@@ -3,12 +3,14 @@
 //! new cluster.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::prelude::{Snapshot, SnapshotMetadata};
 
 use super::mailbox::NodeFatal;
 use super::{Node, Outbox};
+use crate::module_store::ModuleStore;
 use crate::replicated::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, SavedSnapshot, StorageError};
@@ -25,6 +27,8 @@ pub(super) struct SnapshotSave {
     pub(super) index: u64,
     /// Where the log is compacted to once it is durable.
     pub(super) compact_index: u64,
+    /// The module it names: kept in the module store while the snapshot stands.
+    pub(super) module: [u8; 32],
     /// When the snapshot was started, and how long the state took to gather (for the log).
     pub(super) started: Instant,
     pub(super) taken: Duration,
@@ -44,10 +48,7 @@ pub fn bootstrap_snapshot(
         format: SNAPSHOT_FORMAT,
         cluster: cluster.clone(),
         plugin_sha256: state_machine.module_info().sha256,
-        module: state_machine
-            .module_bytes()
-            .map(|bytes| bytes.to_vec())
-            .unwrap_or_default(),
+        module: Vec::new(),
         store: state_machine.snapshot()?,
     };
     let mut snapshot = Snapshot {
@@ -62,22 +63,43 @@ pub fn bootstrap_snapshot(
 }
 
 /// Restores a snapshot's store state, switching to the snapshot's code first when it differs
-/// from the code running now (a node that joins or restarts after a deploy).
+/// from the code running now (a node that joins or restarts after a deploy). That code comes
+/// from the snapshot (format 3) or else from `modules`: the caller makes sure it is there
+/// (see [`snapshot_module`]).
 pub fn restore_snapshot_data(
     state_machine: &mut impl StateMachine,
     data: &SnapshotData,
+    modules: &ModuleStore,
 ) -> Result<(), StateMachineError> {
     let running = state_machine.module_info().sha256;
-    if !data.module.is_empty() && data.plugin_sha256 != running {
-        tracing::warn!(
-            cluster = %hex::encode(data.plugin_sha256),
-            started_with = %hex::encode(running),
-            "the cluster runs different store code than --plugin: switching to the cluster's"
-        );
-        state_machine.restore_with_module(&data.module, &data.store)
-    } else {
-        state_machine.restore(&data.store)
+    // A snapshot of a store built into the host (all zero) names no module to switch to.
+    if data.plugin_sha256 == running || data.plugin_sha256 == [0; 32] {
+        return state_machine.restore(&data.store);
     }
+    tracing::warn!(
+        cluster = %hex::encode(data.plugin_sha256),
+        started_with = %hex::encode(running),
+        "the cluster runs different store code than --plugin: switching to the cluster's"
+    );
+    if !data.module.is_empty() {
+        if let Err(e) = modules.put(Arc::new(data.module.clone())) {
+            tracing::warn!("{e}");
+        }
+        return state_machine.restore_with_module(&data.module, &data.store);
+    }
+    let module = modules.get(&data.plugin_sha256).ok_or_else(|| {
+        StateMachineError::Restore(format!(
+            "the snapshot's module {} is not in this node's module store",
+            hex::encode(data.plugin_sha256)
+        ))
+    })?;
+    state_machine.restore_with_module(&module, &data.store)
+}
+
+/// The module a snapshot's code needs from the module store, if any: its sha256 when the
+/// snapshot names it by hash only.
+pub fn snapshot_module(data: &SnapshotData) -> Option<[u8; 32]> {
+    (data.module.is_empty() && data.plugin_sha256 != [0; 32]).then_some(data.plugin_sha256)
 }
 
 impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
@@ -96,12 +118,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         // last snapshot is a quarter of the store's size: snapshots then cost at most about
         // four times what is written, instead of a 300 MiB rewrite every 10,000 writes.
         let log_bytes = store.log_bytes();
-        // The snapshot also carries the module's bytes, which are not the store's size.
-        let module_bytes = self
-            .state_machine
-            .module_bytes()
-            .map_or(0, |bytes| bytes.len());
-        let state_bytes = store.snapshot_bytes().saturating_sub(module_bytes as u64);
+        let state_bytes = store.snapshot_bytes();
         let due = (since >= self.options.snapshot_entries && log_bytes >= state_bytes / 4)
             || log_bytes >= self.options.snapshot_log_bytes
             || store.snapshot_requested()
@@ -120,13 +137,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             format: SNAPSHOT_FORMAT,
             cluster: self.cluster.clone(),
             plugin_sha256: self.state_machine.module_info().sha256,
-            module: self
-                .state_machine
-                .module_bytes()
-                .map(|bytes| bytes.to_vec())
-                .unwrap_or_default(),
+            module: Vec::new(),
             store: self.state_machine.snapshot()?,
         };
+        let module = data.plugin_sha256;
         let save = store.snapshot_saver();
         let thread = std::thread::Builder::new()
             .name("snapshot-save".into())
@@ -146,6 +160,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             thread,
             index: self.applied,
             compact_index: self.applied.saturating_sub(self.options.log_entries_kept),
+            module,
             started,
             taken: started.elapsed(),
         });
@@ -189,6 +204,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             .mut_store()
             .compact_to_saved(saved, save.compact_index)?;
         self.checkpoint_saved();
+        // Modules deployed before this snapshot are needed no more (but for a few kept to
+        // roll back to): neither a restart nor a follower's install reads them.
+        let running = self.state_machine.module_info().sha256;
+        self.options.modules.prune(&[save.module, running]);
         (self.options.metrics).snapshot_taken(bytes, save.started.elapsed());
         tracing::info!(
             index,
@@ -221,7 +240,31 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             bytes = snapshot.data.len(),
             "installing a snapshot from the leader"
         );
-        restore_snapshot_data(&mut self.state_machine, &data)?;
+        if let Some(sha256) = snapshot_module(&data)
+            && !self.options.modules.contains(&sha256)
+        {
+            // The gRPC layer fetches a snapshot's module before it hands the snapshot over;
+            // this is for a snapshot that came another way (a simulated network).
+            let addresses = self.member_addresses();
+            tracing::warn!(
+                module = %hex::encode(sha256),
+                "fetching the module of a snapshot on the consensus thread"
+            );
+            let fetched = self.options.modules.get_or_fetch(
+                &sha256,
+                None,
+                self.options.module_fetcher.as_deref(),
+                &addresses,
+            );
+            if let Err(why) = fetched {
+                return Err(StateMachineError::Restore(format!(
+                    "the snapshot's module {}: {why}",
+                    hex::encode(sha256)
+                ))
+                .into());
+            }
+        }
+        restore_snapshot_data(&mut self.state_machine, &data, &self.options.modules)?;
         (self.options.metrics).snapshot_installed(snapshot.data.len());
         self.cluster = data.cluster;
         self.outbox.set_members(&self.cluster.members);

@@ -27,6 +27,7 @@ mod store;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use disk::{SimDisk, is_disk_full};
@@ -36,6 +37,7 @@ use raft::{GetEntriesContext, Storage as _};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
+use riteraft_host::module_store::ModuleStore;
 use riteraft_host::node::{
     Answered, Applied, Joined, Node, NodeError, NodeExit, NodeFatal, NodeOptions, Request,
     restore_snapshot_data,
@@ -45,7 +47,8 @@ use riteraft_host::state_machine::{NativeStateMachine, StateMachine};
 use riteraft_host::storage::{LogStore, MemLogStore};
 use riteraft_plugin_sdk::Typed;
 use riteraft_test_support::linearizability::{Call, History, Op, Outcome, Step};
-use store::{Digests, SimStore};
+use sha2::{Digest as _, Sha256};
+use store::{Digests, SimFetcher, SimStore};
 use tokio::sync::oneshot;
 
 type Kv = NativeStateMachine<Typed<kv::KvStore>>;
@@ -79,6 +82,8 @@ struct Slot {
     /// For a node that joined and has no snapshot yet: the membership its join was answered
     /// with (what a real joiner is given).
     joined: Option<ClusterState>,
+    /// The modules on the node's disk (kept across crashes, like the disk).
+    modules: Arc<ModuleStore>,
 }
 
 /// A membership change in flight (one at a time).
@@ -127,6 +132,8 @@ struct Summary {
 
 struct Sim {
     rng: StdRng,
+    /// How a node gets a module it lacks from the others' disks.
+    fetcher: Arc<SimFetcher>,
     slots: BTreeMap<u64, Slot>,
     network: Network,
     now: Instant,
@@ -166,6 +173,7 @@ fn options(election_ticks: usize) -> NodeOptions {
     NodeOptions {
         election_timeout_ticks: Some((election_ticks, election_ticks + 1)),
         snapshot_on_thread: false,
+        prepare_on_thread: false,
         // Snapshots and compaction happen within a run.
         snapshot_entries: 50,
         log_entries_kept: 10,
@@ -189,10 +197,11 @@ impl Sim {
         };
         let mut slots = BTreeMap::new();
         let now = Instant::now();
+        let fetcher = Arc::new(SimFetcher::default());
         for id in 1..=nodes {
             let mut store = MemLogStore::new();
             store.install_snapshot(initial_snapshot(&members)).unwrap();
-            slots.insert(id, Slot::new(SimDisk::new(store), None));
+            slots.insert(id, Slot::new(SimDisk::new(store), None, &fetcher));
         }
         let mut sim = Sim {
             rng,
@@ -222,6 +231,7 @@ impl Sim {
             joins: 0,
             leaves: 0,
             transfers: 0,
+            fetcher,
         };
         // Distinct election timeouts, fixed per node, drawn from the seed.
         let mut timeouts: Vec<usize> = (10..20).collect();
@@ -245,7 +255,7 @@ impl Sim {
                 .expect("a node without a snapshot joined")
         } else {
             let data = SnapshotData::decode(&store.read_snapshot().unwrap().data).unwrap();
-            restore_snapshot_data(&mut state_machine, &data).unwrap();
+            restore_snapshot_data(&mut state_machine, &data, &slot.modules).unwrap();
             data.cluster
         };
         slot.wire = Wire::default();
@@ -256,7 +266,11 @@ impl Sim {
             state_machine,
             cluster,
             slot.wire.clone(),
-            options(election_ticks),
+            NodeOptions {
+                modules: slot.modules.clone(),
+                module_fetcher: Some(self.fetcher.clone()),
+                ..options(election_ticks)
+            },
             self.now,
         )
         .unwrap();
@@ -389,7 +403,8 @@ impl Sim {
                         ..ClusterState::default()
                     };
                     let disk = SimDisk::new(MemLogStore::new());
-                    self.slots.insert(joined.id, Slot::new(disk, Some(cluster)));
+                    self.slots
+                        .insert(joined.id, Slot::new(disk, Some(cluster), &self.fetcher));
                     let ticks = self.rng.random_range(10..20);
                     self.start(joined.id, ticks);
                     self.joins += 1;
@@ -554,7 +569,13 @@ impl Sim {
             let (reply, _) = oneshot::channel();
             self.note(("deploy", &module, self.step));
             let inbox = &mut self.slots.get_mut(&leader).unwrap().inbox;
-            inbox.push_back(Request::Deploy { module, reply });
+            let sha256 = Sha256::digest(&module).into();
+            let module = Arc::new(module);
+            inbox.push_back(Request::Deploy {
+                sha256,
+                module,
+                reply,
+            });
             self.deploys += 1;
         }
         if let Some(leader) = leader
@@ -901,7 +922,9 @@ impl Sim {
 }
 
 impl Slot {
-    fn new(disk: SimDisk, joined: Option<ClusterState>) -> Slot {
+    fn new(disk: SimDisk, joined: Option<ClusterState>, fetcher: &SimFetcher) -> Slot {
+        let modules = Arc::new(ModuleStore::in_memory());
+        fetcher.add(modules.clone());
         Slot {
             node: None,
             disk,
@@ -911,6 +934,7 @@ impl Slot {
             down_for: 0,
             full_for: 0,
             joined,
+            modules,
         }
     }
 }
