@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use riteraft_client::certs::{self, CertError};
 use riteraft_client::tls::{ClientTls, Role, TlsFiles};
-use riteraft_client::{Client, Consistency, NodeStatus};
+use riteraft_client::{Client, Consistency, DeployStep, NodeStatus};
 
 use crate::render::Report;
 use crate::{bench, render};
@@ -97,7 +97,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Replace the store's code in the running cluster: upload a plugin (.wasm), have the leader
     /// validate it, and switch every replica to it at one log entry. The new code restores the
-    /// old code's snapshot; if it cannot, nothing changes and this exits non-zero.
+    /// old code's snapshot; if it cannot, nothing changes and this exits non-zero. Each step is
+    /// shown on stderr as it happens (upload, compile, forward, store on the voters, switch).
     Deploy {
         /// The new plugin: a WebAssembly component built for wasm32-wasip2.
         module: std::path::PathBuf,
@@ -229,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         builder = builder.tls(ClientTls::load(files.clone())?);
     }
     let client = builder.connect(&cli.cluster)?;
+    let json = cli.json;
     Ok(match cli.command {
         Command::Propose { command } => Report::Applied(client.propose(command).await?),
         Command::Query { request, stale } => {
@@ -264,7 +266,12 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Deploy { module, dry_run } => {
             let bytes = std::fs::read(&module)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", module.display()))?;
-            let deployed = client.deploy(&bytes, dry_run).await?;
+            let (steps, shown) = tokio::sync::mpsc::unbounded_channel();
+            let (deployed, ()) = tokio::join!(
+                client.deploy_watched(&bytes, dry_run, steps),
+                show_deploy_steps(shown, !json)
+            );
+            let deployed = deployed?;
             let version = deployed.version.as_deref().unwrap_or("no version");
             let text = if dry_run {
                 format!(
@@ -310,7 +317,31 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
     })
 }
 
-/// `riteraft certs`: writes the certificates and says what was written and how to use them.
+/// Writes a deploy's steps to stderr as they come (when `show`; `--json` keeps quiet). On a
+/// terminal the upload's progress is one line rewritten in place; elsewhere only its end.
+async fn show_deploy_steps(
+    mut steps: tokio::sync::mpsc::UnboundedReceiver<DeployStep>,
+    show: bool,
+) {
+    use std::io::{IsTerminal as _, Write as _};
+    let terminal = std::io::stderr().is_terminal();
+    while let Some(step) = steps.recv().await {
+        if !show {
+            continue;
+        }
+        let line = render::deploy_step(&step);
+        let done = !matches!(step, DeployStep::Upload { sent, total } if sent < total);
+        let mut stderr = std::io::stderr();
+        let _ = match (done, terminal) {
+            (true, true) => writeln!(stderr, "\r{line}\x1b[K"),
+            (true, false) => writeln!(stderr, "{line}"),
+            (false, true) => write!(stderr, "\r{line}\x1b[K"),
+            (false, false) => Ok(()),
+        };
+        let _ = stderr.flush();
+    }
+}
+
 /// The status of the node the client reaches, with each member's match index and lag as the
 /// leader knows them (asked of the leader when that node is not it; left out if it cannot be).
 async fn status_with_lag(client: &Client) -> anyhow::Result<NodeStatus> {
@@ -329,6 +360,7 @@ async fn status_with_lag(client: &Client) -> anyhow::Result<NodeStatus> {
     })
 }
 
+/// `riteraft certs`: writes the certificates and says what was written and how to use them.
 fn make_certs(args: &CertsArgs) -> anyhow::Result<Report> {
     let dir = args.dir.as_path();
     let default_client = ("admin".to_string(), Role::Admin);

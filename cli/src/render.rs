@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use riteraft_client::{Answer, Applied, NodeStatus};
+use riteraft_client::{Answer, Applied, DeployStep, NodeStatus};
 use serde_json::{Value, json};
 
 /// What a command produced, before formatting.
@@ -38,6 +38,23 @@ impl Printed {
         let _ = std::io::stdout().write_all(self.stdout.as_bytes());
         let _ = std::io::stderr().write_all(self.stderr.as_bytes());
         ExitCode::from(self.code)
+    }
+}
+
+/// One step of a deploy, as `riteraft deploy` shows it on stderr.
+pub fn deploy_step(step: &DeployStep) -> String {
+    const MIB: f64 = (1 << 20) as f64;
+    match step {
+        DeployStep::Upload { sent, total } => format!(
+            "upload    {:.1} of {:.1} MiB sent",
+            *sent as f64 / MIB,
+            *total as f64 / MIB
+        ),
+        DeployStep::Node {
+            stage,
+            message,
+            elapsed,
+        } => format!("{stage:<9} {message} (+{:.1} s)", elapsed.as_secs_f64()),
     }
 }
 

@@ -7,13 +7,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::failover::{self, Kind, MAX_PASSES, Verdict};
 use crate::proto::client_client::ClientClient;
-use crate::{Answer, Applied, ClientError, Consistency, Joined, NodeStatus, proto};
+use crate::proto::deploy_event::Event;
+use crate::{Answer, Applied, ClientError, Consistency, DeployStep, Joined, NodeStatus, proto};
 use riteraft_proto::tls::ClientTls;
 use riteraft_proto::{
     self as dial, CHUNK_BYTES, DEFAULT_CONNECT_TIMEOUT, DialOptions, MAX_MESSAGE_BYTES,
@@ -334,16 +337,65 @@ impl Client {
         module: &[u8],
         dry_run: bool,
     ) -> Result<crate::Deployed, ClientError> {
+        let (steps, _) = mpsc::unbounded_channel();
+        self.deploy_watched(module, dry_run, steps).await
+    }
+
+    /// [`Client::deploy`], sending each step on `steps` as it happens: the upload's progress,
+    /// then what the nodes report (received, compiled, forwarded to the leader, stored on each
+    /// voter, proposed). A node too old to report steps is sent the plain deploy.
+    pub async fn deploy_watched(
+        &self,
+        module: &[u8],
+        dry_run: bool,
+        steps: mpsc::UnboundedSender<DeployStep>,
+    ) -> Result<crate::Deployed, ClientError> {
+        let total = module.len() as u64;
         let response = self
             .call(Kind::Write, Route::Cluster, |mut grpc| {
-                let chunks: Vec<proto::DeployChunk> = module
-                    .chunks(CHUNK_BYTES)
-                    .map(|data| proto::DeployChunk {
-                        data: data.to_vec(),
-                        dry_run,
-                    })
-                    .collect();
-                async move { grpc.deploy(tokio_stream::iter(chunks)).await }
+                let chunks = move || {
+                    module
+                        .chunks(CHUNK_BYTES)
+                        .map(move |data| proto::DeployChunk {
+                            data: data.to_vec(),
+                            dry_run,
+                        })
+                };
+                // Reported as each chunk is taken by the connection.
+                let mut sent = 0;
+                let upload_steps = steps.clone();
+                let watched = tokio_stream::iter(chunks().collect::<Vec<_>>()).map(move |chunk| {
+                    sent += chunk.data.len() as u64;
+                    let _ = upload_steps.send(DeployStep::Upload { sent, total });
+                    chunk
+                });
+                let plain = chunks().collect::<Vec<_>>();
+                let steps = steps.clone();
+                async move {
+                    let mut events = match grpc.deploy_watch(watched).await {
+                        Ok(events) => events.into_inner(),
+                        Err(status) if status.code() == tonic::Code::Unimplemented => {
+                            return grpc.deploy(tokio_stream::iter(plain)).await;
+                        }
+                        Err(status) => return Err(status),
+                    };
+                    while let Some(event) = events.message().await? {
+                        match event.event {
+                            Some(Event::Step(step)) => {
+                                let _ = steps.send(DeployStep::Node {
+                                    stage: step.stage,
+                                    message: step.message,
+                                    elapsed: Duration::from_millis(step.elapsed_ms),
+                                });
+                            }
+                            Some(Event::Done(done)) => return Ok(tonic::Response::new(done)),
+                            None => {}
+                        }
+                    }
+                    Err(Status::unknown(
+                        "the node ended the deploy without an answer; it may or may not be applied",
+                    ))
+                }
             })
             .await?;
         Ok(crate::Deployed {

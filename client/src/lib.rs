@@ -58,7 +58,9 @@ pub use riteraft_proto::{
     DEFAULT_CONNECT_TIMEOUT, DialOptions, MAX_MESSAGE_BYTES, authority, dial, dial_lazy,
     endpoint_uri, tls,
 };
-pub use types::{Answer, Applied, Consistency, Deployed, Joined, Member, NodeStatus, Upgrade};
+pub use types::{
+    Answer, Applied, Consistency, DeployStep, Deployed, Joined, Member, NodeStatus, Upgrade,
+};
 
 /// The gRPC messages and services of `proto/riteraft.proto` (client stubs; the server stubs are
 /// riteraft-proto's `server` feature).

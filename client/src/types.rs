@@ -125,6 +125,20 @@ pub struct Deployed {
     pub message: String,
 }
 
+/// A step of a deploy as it goes (see [`Client::deploy_watched`](crate::Client::deploy_watched)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum DeployStep {
+    /// `sent` of the module's `total` bytes handed to the connection.
+    Upload { sent: u64, total: u64 },
+    /// A step a node reports: its `stage` ("received", "compiled", "forwarded", "stored" or
+    /// "proposed"), what happened for people, and the time since that node had the upload.
+    Node {
+        stage: String,
+        message: String,
+        elapsed: std::time::Duration,
+    },
+}
+
 /// Proto strings use "" for "none".
 fn non_empty(text: String) -> Option<String> {
     if text.is_empty() { None } else { Some(text) }

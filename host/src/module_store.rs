@@ -26,6 +26,22 @@ const KEPT: usize = 4;
 /// A module's sha256.
 pub type ModuleHash = [u8; 32];
 
+/// A module's bytes with their sha256, hashed once where the bytes arrived: a module may be
+/// tens of MiB, and what is done with it later (compiling, switching to it) needs the hash.
+#[derive(Debug, Clone)]
+pub struct HashedModule {
+    pub sha256: ModuleHash,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+impl HashedModule {
+    /// `bytes`, hashed.
+    pub fn new(bytes: Arc<Vec<u8>>) -> Self {
+        let sha256 = Sha256::digest(&bytes[..]).into();
+        Self { sha256, bytes }
+    }
+}
+
 /// Gets a module this node lacks from other members. Blocking: called on threads of its own.
 pub trait ModuleFetcher: Send + Sync + std::fmt::Debug {
     /// The bytes of the module `sha256` (`len` bytes long, if known) from one of the members

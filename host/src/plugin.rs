@@ -31,11 +31,13 @@ mod bindings {
     });
 }
 
+mod compile_priority;
 mod compiled_cache;
 mod instance;
 mod sandbox;
 mod stand_ins;
 
+pub use compile_priority::lower_this_thread;
 pub use compiled_cache::{COMPILED_DIR, CompiledCache};
 
 pub use instance::PluginInstance;
@@ -215,6 +217,8 @@ impl PluginModule {
 impl PluginRuntime {
     /// An engine configured for deterministic execution, and a linker with WASI.
     pub fn new(limits: PluginLimits) -> Result<Self, RuntimeError> {
+        // Before any compile: the pool is made on first use.
+        compile_priority::lower_compile_threads();
         let mut config = Config::new();
         config
             .consume_fuel(true)
@@ -259,7 +263,16 @@ impl PluginRuntime {
 
     /// Like [`PluginRuntime::load`], but reuses a module compiled earlier from the same bytes.
     pub fn load_cached(&self, bytes: &[u8]) -> Result<PluginModule, LoadError> {
-        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        self.load_cached_hashed(bytes, Sha256::digest(bytes).into())
+    }
+
+    /// [`PluginRuntime::load_cached`] of `bytes` whose sha256 the caller knows (hashing a large
+    /// module takes a while: it is done once, where the bytes arrive).
+    pub fn load_cached_hashed(
+        &self,
+        bytes: &[u8],
+        sha256: [u8; 32],
+    ) -> Result<PluginModule, LoadError> {
         let cached = |cache: &Vec<PluginModule>| cache.iter().find(|m| m.sha256 == sha256).cloned();
         if let Some(module) = cached(&self.cache.lock().expect("cache lock")) {
             return Ok(module);
@@ -303,6 +316,13 @@ impl PluginRuntime {
 
     /// Validates and compiles a plugin from its bytes.
     pub fn load(&self, bytes: &[u8]) -> Result<PluginModule, LoadError> {
+        // Checked before hashing, which reads every byte.
+        self.check_bytes(bytes)?;
+        self.load_hashed(bytes, Sha256::digest(bytes).into())
+    }
+
+    /// What is checked before compiling: the size, and that the bytes are a component.
+    fn check_bytes(&self, bytes: &[u8]) -> Result<(), LoadError> {
         if bytes.len() > self.limits.module_bytes {
             return Err(LoadError::TooLarge {
                 size: bytes.len(),
@@ -315,12 +335,13 @@ impl PluginRuntime {
         if wasmparser::Parser::is_core_wasm(bytes) {
             return Err(LoadError::CoreModule);
         }
-        self.load_hashed(bytes, Sha256::digest(bytes).into())
+        Ok(())
     }
 
     /// [`PluginRuntime::load`] of `bytes` whose sha256 is `sha256` (hashed once by the caller:
     /// a module may be tens of MiB).
     fn load_hashed(&self, bytes: &[u8], sha256: [u8; 32]) -> Result<PluginModule, LoadError> {
+        self.check_bytes(bytes)?;
         let component = self.compile(bytes, &sha256)?;
         check_exports(&self.engine, &component)?;
         // Imports the sandbox does not provide get stand-ins that trap when called.

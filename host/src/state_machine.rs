@@ -9,6 +9,8 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use riteraft_plugin_sdk::RawStore;
 
+use crate::module_store::HashedModule;
+
 /// Where an entry sits in the log, and when its leader proposed it: the plugin SDK's own type
 /// (one definition for both sides, the same fields as `apply-context` in `proto/store.wit`).
 pub use riteraft_plugin_sdk::ApplyContext;
@@ -106,7 +108,10 @@ pub trait StateMachine: Send {
     /// current state and applies every later entry. `Ok(Err(reason))` is a deterministic
     /// refusal (the bytes are not a usable store, or cannot read the current state): the old
     /// code keeps running, on every replica alike.
-    fn upgrade(&mut self, module: &[u8]) -> Result<Result<ModuleInfo, String>, StateMachineError> {
+    fn upgrade(
+        &mut self,
+        module: &HashedModule,
+    ) -> Result<Result<ModuleInfo, String>, StateMachineError> {
         let _ = module;
         Ok(Err(
             "this node runs a store built into the host; it cannot be replaced".into(),
@@ -132,7 +137,7 @@ pub trait StateMachine: Send {
     /// Replaces code and state at once: a snapshot written by other code (`module`).
     fn restore_with_module(
         &mut self,
-        module: &[u8],
+        module: &HashedModule,
         snapshot: &[u8],
     ) -> Result<(), StateMachineError> {
         let _ = module;
@@ -184,4 +189,4 @@ impl<S: RawStore + Send> StateMachine for NativeStateMachine<S> {
 
 /// Compiles a module ahead of an upgrade (see [`StateMachine::compiler`]); failures are the
 /// upgrade's to report.
-pub type ModuleCompiler = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
+pub type ModuleCompiler = std::sync::Arc<dyn Fn(&HashedModule) + Send + Sync>;

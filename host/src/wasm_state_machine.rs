@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::module_store::HashedModule;
 use crate::plugin::{CallError, PluginInstance, PluginModule, PluginRuntime};
 use crate::state_machine::{
     ApplyContext, CheckpointReader, ModuleCompiler, ModuleInfo, Outcome, StateMachine,
@@ -293,15 +294,18 @@ impl StateMachine for WasmStateMachine {
     fn compiler(&self) -> Option<ModuleCompiler> {
         // Compiled into the runtime's cache, where `upgrade` finds it.
         let runtime = self.runtime.clone();
-        Some(Arc::new(move |module: &[u8]| {
-            if let Err(e) = runtime.load_cached(module) {
+        Some(Arc::new(move |module: &HashedModule| {
+            if let Err(e) = runtime.load_cached_hashed(&module.bytes, module.sha256) {
                 tracing::debug!("the deployed module does not load: {e}");
             }
         }))
     }
 
-    fn upgrade(&mut self, module: &[u8]) -> Result<Result<ModuleInfo, String>, StateMachineError> {
-        let new = match self.runtime.load_cached(module) {
+    fn upgrade(
+        &mut self,
+        module: &HashedModule,
+    ) -> Result<Result<ModuleInfo, String>, StateMachineError> {
+        let new = match (self.runtime).load_cached_hashed(&module.bytes, module.sha256) {
             Ok(new) => new,
             Err(e) => return Ok(Err(format!("the new module is not a usable store: {e}"))),
         };
@@ -321,12 +325,12 @@ impl StateMachine for WasmStateMachine {
 
     fn restore_with_module(
         &mut self,
-        module: &[u8],
+        module: &HashedModule,
         snapshot: &[u8],
     ) -> Result<(), StateMachineError> {
         let module = self
             .runtime
-            .load_cached(module)
+            .load_cached_hashed(&module.bytes, module.sha256)
             .map_err(|e| StateMachineError::Restore(format!("the snapshot's module: {e}")))?;
         if module.sha256() == self.module.sha256() {
             return self.restore(snapshot);

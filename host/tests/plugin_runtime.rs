@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use riteraft_host::module_store::HashedModule;
 use riteraft_host::plugin::{LoadError, PluginLimits, PluginRuntime};
 use riteraft_host::state_machine::{ApplyContext, Rejection, StateMachine};
 use riteraft_host::wasm_state_machine::{ReplayLimits, WasmStateMachine};
@@ -255,7 +256,7 @@ fn a_refused_upgrade_keeps_what_a_rebuild_replays() {
     for i in 1..=3 {
         sm.apply(ctx(i), b"add 1").unwrap().unwrap();
     }
-    let other = std::fs::read(plugin("kv")).unwrap();
+    let other = HashedModule::new(Arc::new(std::fs::read(plugin("kv")).unwrap()));
     let refused = sm.upgrade(&other).unwrap();
     assert!(
         refused.is_err(),

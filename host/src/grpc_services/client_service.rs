@@ -3,64 +3,6 @@
 use super::*;
 
 impl NodeService {
-    /// Checks that `module` is a usable store (compiling it: about a second, so on a blocking
-    /// thread), and with `dry_run` that it restores this node's current state.
-    async fn validate(&self, module: &[u8], dry_run: bool) -> Result<DeployResponse, Status> {
-        let plugins = self.plugins.clone().ok_or_else(|| {
-            Status::failed_precondition(
-                "this node runs a store built into the host (--builtin-kv); it cannot be replaced",
-            )
-        })?;
-        let bytes = module.to_vec();
-        let loaded = tokio::task::spawn_blocking({
-            let plugins = plugins.clone();
-            move || plugins.load_cached(&bytes)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let module = loaded.map_err(|e| {
-            Status::failed_precondition(format!("the module is not a usable store: {e}"))
-        })?;
-        let sha256 = module.sha256_hex();
-        if !dry_run {
-            return Ok(DeployResponse {
-                sha256,
-                ..Default::default()
-            });
-        }
-        let (snapshot, active) = self
-            .node
-            .call(|reply| NodeRequest::Snapshot { reply })
-            .await
-            .map_err(status_of)?;
-        let tried = tokio::task::spawn_blocking(move || {
-            let mut instance = plugins
-                .instantiate(&module)
-                .map_err(|e| format!("the module does not start: {e}"))?;
-            instance
-                .restore(&snapshot)
-                .map_err(|e| format!("the module cannot restore the current state: {e}"))?;
-            Ok::<_, String>((
-                instance.version().unwrap_or_default().to_string(),
-                snapshot.len(),
-            ))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let (version, state_bytes) = tried.map_err(Status::failed_precondition)?;
-        let unchanged = hex::encode(active.sha256) == sha256;
-        Ok(DeployResponse {
-            message: format!(
-                "dry run: the module loads and restores the current state ({state_bytes} bytes); \
-                 nothing was committed"
-            ),
-            sha256,
-            version,
-            index: 0,
-            unchanged,
-        })
-    }
-
     /// Calls the node at `address` back to check that it is the one asking to join.
     async fn confirm_joiner(&self, address: &str, join_token: Vec<u8>) -> Result<(), Status> {
         let refuse = |why: String| {
@@ -253,31 +195,18 @@ impl Client for NodeService {
         &self,
         request: Request<Streaming<DeployChunk>>,
     ) -> Result<Response<DeployResponse>, Status> {
-        access::authorize(&request, Need::Role(Role::Admin), "Deploy")?;
-        let was_forwarded = forwarded(&request);
-        let _upload = self.uploads.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "{MAX_UPLOADS} deploys are being uploaded already; retry once they are done"
-            ))
-        })?;
-        let mut chunks = request.into_inner();
-        let mut module = Vec::new();
-        let mut dry_run = None;
-        while let Some(chunk) = next_chunk(&mut chunks).await? {
-            dry_run.get_or_insert(chunk.dry_run);
-            if module.len() + chunk.data.len() > MAX_MODULE_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "the module is larger than the limit of {MAX_MODULE_BYTES} bytes"
-                )));
-            }
-            module.extend_from_slice(&chunk.data);
-        }
-        if module.is_empty() {
-            return Err(Status::invalid_argument("the module is empty"));
-        }
-        self.deploy_module(module, dry_run.unwrap_or(false), was_forwarded)
-            .await
-            .map(Response::new)
+        let upload = self.receive_deploy(request, "Deploy").await?;
+        self.deploy_unwatched(upload).await.map(Response::new)
+    }
+
+    type DeployWatchStream = deploys::DeployEvents;
+
+    async fn deploy_watch(
+        &self,
+        request: Request<Streaming<DeployChunk>>,
+    ) -> Result<Response<Self::DeployWatchStream>, Status> {
+        let upload = self.receive_deploy(request, "DeployWatch").await?;
+        Ok(Response::new(self.deploy_watched(upload)))
     }
 
     async fn transfer_leader(
@@ -293,97 +222,6 @@ impl Client for NodeService {
             .map(|()| Response::new(TransferLeaderResponse {}));
         or_forward!(self, request, result, |client, forwarded| client
             .transfer_leader(forwarded))
-    }
-}
-
-impl NodeService {
-    /// The `Deploy` call, after the upload: validate, then replicate (or forward to the leader).
-    async fn deploy_module(
-        &self,
-        module: Vec<u8>,
-        dry_run: bool,
-        was_forwarded: bool,
-    ) -> Result<DeployResponse, Status> {
-        let validated = self.validate(&module, dry_run).await?;
-        if dry_run {
-            return Ok(validated);
-        }
-        // Only the leader stores and pushes the module: another node hands the upload on.
-        let status = (self.node)
-            .call(|reply| NodeRequest::Status { reply })
-            .await
-            .map_err(status_of)?;
-        if status.role != "leader" && !was_forwarded {
-            let leader = status.members.get(&status.leader_id);
-            return match leader {
-                Some(address) => self.forward_deploy(address, &module).await,
-                None => Err(status_of(NodeError::NoLeader)),
-            };
-        }
-        // Stored here, then on a majority of voters, before the entry that names it by hash
-        // is proposed (see `module_transfer`).
-        let module = Arc::new(module);
-        let sha256 = self.store_module(None, module.clone()).await?;
-        self.replicate_module(sha256, module.clone()).await?;
-        let result = self
-            .node
-            .call(|reply| NodeRequest::Deploy {
-                sha256,
-                module: module.clone(),
-                reply,
-            })
-            .await;
-        let applied = match result {
-            Ok(deployed) => deployed,
-            // Leadership moved meanwhile.
-            Err(NodeError::NotLeader { address, .. }) if !was_forwarded => {
-                return self.forward_deploy(&address, &module).await;
-            }
-            Err(error) => return Err(status_of(error)),
-        };
-        let (info, unchanged) = match applied.outcome {
-            DeployOutcome::Switched(info) => (info, false),
-            DeployOutcome::Unchanged(info) => (info, true),
-            DeployOutcome::Refused(reason) => {
-                return Err(Status::failed_precondition(format!(
-                    "deploy refused: {reason}"
-                )));
-            }
-        };
-        let sha256 = hex::encode(info.sha256);
-        let message = if unchanged {
-            format!("unchanged: {sha256} is already active")
-        } else {
-            format!("deployed {sha256} {}", info.version)
-                .trim_end()
-                .to_string()
-        };
-        Ok(DeployResponse {
-            unchanged,
-            message,
-            sha256,
-            version: info.version,
-            index: applied.index,
-        })
-    }
-}
-
-impl NodeService {
-    /// Hands a deploy's upload on to the leader at `address`.
-    async fn forward_deploy(&self, address: &str, module: &[u8]) -> Result<DeployResponse, Status> {
-        let mut client = self.deploy_client(address)?;
-        let chunks: Vec<DeployChunk> = module
-            .chunks(riteraft_proto::CHUNK_BYTES)
-            .map(|data| DeployChunk {
-                data: data.to_vec(),
-                dry_run: false,
-            })
-            .collect();
-        client
-            .deploy(mark_forwarded(tokio_stream::iter(chunks)))
-            .await
-            .map(Response::into_inner)
-            .map_err(|status| unreached_leader(status, address))
     }
 }
 

@@ -5,7 +5,8 @@
 //! confirms a read index, so they need no forwarding.
 //!
 //! This file holds the service's state and what both share (forwarding, upload limits);
-//! `client_service.rs` is the `Client` service, `raft_service.rs` the `Raft` service.
+//! `client_service.rs` is the `Client` service (its deploys in `deploys.rs`), `raft_service.rs`
+//! the `Raft` service (its module transfers in `module_transfer.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -242,6 +243,7 @@ async fn next_chunk<T>(chunks: &mut Streaming<T>) -> Result<Option<T>, Status> {
 
 // After the macro above: the services use it.
 mod client_service;
+mod deploys;
 mod module_transfer;
 mod raft_service;
 

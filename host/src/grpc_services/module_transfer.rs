@@ -198,28 +198,27 @@ impl NodeService {
             )
         })?;
         let (sha256, module) = read_module(&mut chunks).await?;
-        self.store_module(Some(sha256), Arc::new(module)).await?;
+        self.store_module(sha256, true, Arc::new(module)).await?;
         Ok(())
     }
 
-    /// Stores `module` in this node's module store and returns its sha256; with `expected`,
-    /// only if it hashes to that.
+    /// Stores `module`, whose sha256 is `sha256`, in this node's module store; with `verify`,
+    /// only if its bytes hash to that (they came from another node).
     pub(super) async fn store_module(
         &self,
-        expected: Option<ModuleHash>,
+        sha256: ModuleHash,
+        verify: bool,
         module: Arc<Vec<u8>>,
-    ) -> Result<ModuleHash, Status> {
+    ) -> Result<(), Status> {
         let modules = self.modules.clone();
         tokio::task::spawn_blocking(move || {
-            let sha256: ModuleHash = Sha256::digest(&module[..]).into();
-            if expected.is_some_and(|expected| expected != sha256) {
+            if verify && Sha256::digest(&module[..])[..] != sha256[..] {
                 return Err(Status::invalid_argument(
                     "the module's bytes do not hash to its sha256",
                 ));
             }
             (modules.put_hashed(sha256, module))
-                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-            Ok(sha256)
+                .map_err(|e| Status::resource_exhausted(e.to_string()))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -250,17 +249,19 @@ impl NodeService {
                     hex::encode(sha256)
                 ))
             })?;
-        self.store_module(Some(sha256), Arc::new(module)).await?;
+        self.store_module(sha256, true, Arc::new(module)).await?;
         Ok(())
     }
 
     /// Pushes `module` to the other voters, and returns once a majority of the voters (this
     /// node among them, which stores it already) has stored it; the rest go on in the
-    /// background, and any voter that misses it fetches it later.
+    /// background, and any voter that misses it fetches it later. Calls `stored(count,
+    /// voters)` each time one more voter has it.
     pub(super) async fn replicate_module(
         &self,
         sha256: ModuleHash,
         module: Arc<Vec<u8>>,
+        stored_on: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<(), Status> {
         let status = self
             .node
@@ -271,7 +272,8 @@ impl NodeService {
             .filter(|(id, _)| !status.learners.contains_key(id))
             .map(|(id, address)| (*id, address.clone()))
             .collect();
-        let needed = voters.len() / 2 + 1;
+        let voter_count = voters.len();
+        let needed = voter_count / 2 + 1;
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(voters.len().max(1));
         for (id, address) in voters.into_iter().filter(|(id, _)| *id != status.id) {
             let (tls, module, done) = (self.tls.clone(), module.clone(), done_tx.clone());
@@ -295,9 +297,13 @@ impl NodeService {
         }
         drop(done_tx);
         let mut stored = 1;
+        stored_on(stored, voter_count);
         while stored < needed {
             match done_rx.recv().await {
-                Some(true) => stored += 1,
+                Some(true) => {
+                    stored += 1;
+                    stored_on(stored, voter_count);
+                }
                 Some(false) => {}
                 None => {
                     return Err(Status::unavailable(format!(

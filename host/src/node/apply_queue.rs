@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use raft::prelude::{Entry, EntryType};
 
 use super::{Node, NodeFatal, Outbox};
+use crate::module_store::HashedModule;
 use crate::replicated::{EntryPayload, decode};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
@@ -34,8 +35,8 @@ const FETCH_RETRY: Duration = Duration::from_secs(1);
 /// A deploy's module being got ready: fetched if this node lacks it, then compiled.
 #[derive(Debug)]
 enum Preparing {
-    Working(JoinHandle<Result<Arc<Vec<u8>>, String>>),
-    Ready(Arc<Vec<u8>>),
+    Working(JoinHandle<Result<HashedModule, String>>),
+    Ready(HashedModule),
     /// The module could not be had (no member that has it answered): tried again then.
     Failed {
         retry_at: Instant,
@@ -114,18 +115,29 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         if !retry {
             tracing::info!(index = entry.index, "getting a deployed module ready");
         }
+        let prepare_on_thread = self.options.prepare_on_thread;
         let work = move || {
+            if prepare_on_thread {
+                // Compiling must not slow the consensus loop (see `plugin::compile_priority`).
+                crate::plugin::lower_this_thread();
+            }
             let module = match source {
                 ModuleSource::Inline(bytes) => {
-                    let bytes = Arc::new(bytes);
-                    if let Err(e) = modules.put(bytes.clone()) {
+                    let module = HashedModule::new(Arc::new(bytes));
+                    if let Err(e) = modules.put_hashed(module.sha256, module.bytes.clone()) {
                         tracing::warn!("{e}");
                     }
-                    bytes
+                    module
                 }
-                ModuleSource::ByHash { sha256, bytes } => {
-                    modules.get_or_fetch(&sha256, Some(bytes), fetcher.as_deref(), &addresses)?
-                }
+                ModuleSource::ByHash { sha256, bytes } => HashedModule {
+                    sha256,
+                    bytes: (modules.get_or_fetch(
+                        &sha256,
+                        Some(bytes),
+                        fetcher.as_deref(),
+                        &addresses,
+                    ))?,
+                },
             };
             if let Some(compile) = compiler {
                 compile(&module);
@@ -173,7 +185,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     }
 
     /// The module of the deploy `key` once it is ready (it stays until applied or dropped).
-    fn prepared(&mut self, key: (u64, u64)) -> Option<Arc<Vec<u8>>> {
+    fn prepared(&mut self, key: (u64, u64)) -> Option<HashedModule> {
         let preparing = self.apply_queue.preparing.get_mut(&key)?;
         if let Preparing::Working(thread) = preparing {
             if !thread.is_finished() {

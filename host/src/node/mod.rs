@@ -9,7 +9,6 @@
 //! - [`snapshots`]: taking, saving and installing them; [`safety`]: the rules around raft-rs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use raft::prelude::{ConfChange, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::log_limit::LogLimiter;
+use crate::module_store::HashedModule;
 use crate::replicated::ClusterState;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
@@ -550,7 +550,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
 
     /// Applies one committed entry (in log order; see [`Node::apply`]); `module` is a deploy's
     /// module, made ready by the apply queue.
-    fn apply_entry(&mut self, entry: Entry, module: Option<Arc<Vec<u8>>>) -> Result<(), NodeFatal> {
+    fn apply_entry(&mut self, entry: Entry, module: Option<HashedModule>) -> Result<(), NodeFatal> {
         {
             let index = entry.index;
             match entry.get_entry_type() {

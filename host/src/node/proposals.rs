@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::mailbox::{Applied, DeployOutcome, Deployed, NodeError, NodeFatal, Reply};
 use super::{Node, Outbox};
 use crate::metrics::NodeMetrics;
+use crate::module_store::HashedModule;
 use crate::replicated::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
 use crate::state_machine::{ApplyContext, Rejection, StateMachine};
 use crate::storage::{LogStore, StorageError};
@@ -194,7 +195,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         index: u64,
         term: u64,
         data: &[u8],
-        module: Option<Arc<Vec<u8>>>,
+        module: Option<HashedModule>,
     ) -> Result<(), NodeFatal> {
         let payload: EntryPayload = match crate::replicated::decode("log entry", data) {
             Ok(payload) => payload,
@@ -275,7 +276,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         &mut self,
         index: u64,
         timestamp_ms: u64,
-        module: &[u8],
+        module: &HashedModule,
     ) -> Result<DeployOutcome, NodeFatal> {
         let before = self.state_machine.module_info();
         let info = match self.state_machine.upgrade(module)? {

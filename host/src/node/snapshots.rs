@@ -10,7 +10,7 @@ use raft::prelude::{Snapshot, SnapshotMetadata};
 
 use super::mailbox::NodeFatal;
 use super::{Node, Outbox};
-use crate::module_store::ModuleStore;
+use crate::module_store::{HashedModule, ModuleStore};
 use crate::replicated::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, SavedSnapshot, StorageError};
@@ -82,17 +82,22 @@ pub fn restore_snapshot_data(
         "the cluster runs different store code than --plugin: switching to the cluster's"
     );
     if !data.module.is_empty() {
-        if let Err(e) = modules.put(Arc::new(data.module.clone())) {
+        let module = HashedModule::new(Arc::new(data.module.clone()));
+        if let Err(e) = modules.put_hashed(module.sha256, module.bytes.clone()) {
             tracing::warn!("{e}");
         }
-        return state_machine.restore_with_module(&data.module, &data.store);
+        return state_machine.restore_with_module(&module, &data.store);
     }
-    let module = modules.get(&data.plugin_sha256).ok_or_else(|| {
+    let bytes = modules.get(&data.plugin_sha256).ok_or_else(|| {
         StateMachineError::Restore(format!(
             "the snapshot's module {} is not in this node's module store",
             hex::encode(data.plugin_sha256)
         ))
     })?;
+    let module = HashedModule {
+        sha256: data.plugin_sha256,
+        bytes,
+    };
     state_machine.restore_with_module(&module, &data.store)
 }
 

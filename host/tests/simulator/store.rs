@@ -11,7 +11,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use riteraft_host::module_store::{ModuleFetcher, ModuleHash, ModuleStore};
+use riteraft_host::module_store::{HashedModule, ModuleFetcher, ModuleHash, ModuleStore};
 use riteraft_host::state_machine::{
     ApplyContext, ModuleInfo, Outcome, StateMachine, StateMachineError,
 };
@@ -95,7 +95,11 @@ impl StateMachine for SimStore {
         }
     }
 
-    fn upgrade(&mut self, module: &[u8]) -> Result<Result<ModuleInfo, String>, StateMachineError> {
+    fn upgrade(
+        &mut self,
+        module: &HashedModule,
+    ) -> Result<Result<ModuleInfo, String>, StateMachineError> {
+        let module = &module.bytes[..];
         if version_of(module).is_none() {
             return Ok(Err(format!(
                 "not a simulated store: {:?}",
@@ -109,9 +113,10 @@ impl StateMachine for SimStore {
 
     fn restore_with_module(
         &mut self,
-        module: &[u8],
+        module: &HashedModule,
         snapshot: &[u8],
     ) -> Result<(), StateMachineError> {
+        let module = &module.bytes[..];
         if version_of(module).is_none() {
             return Err(StateMachineError::Restore(format!(
                 "the snapshot's module is not a simulated store: {:?}",

@@ -242,6 +242,16 @@ impl ClientService for Fake {
             ..Default::default()
         }))
     }
+
+    type DeployWatchStream = tonic::codegen::BoxStream<riteraft_proto::DeployEvent>;
+
+    /// A node from before `DeployWatch`: clients fall back to `Deploy`.
+    async fn deploy_watch(
+        &self,
+        _request: Request<tonic::Streaming<riteraft_proto::DeployChunk>>,
+    ) -> Result<Response<Self::DeployWatchStream>, Status> {
+        Err(Status::unimplemented("DeployWatch"))
+    }
 }
 
 /// Serves `fake` on 127.0.0.1 with a port the OS picks; returns `127.0.0.1:PORT`. The server
