@@ -1,10 +1,12 @@
 //! Measures what one `apply` costs through the plugin runtime, against the same `kv` logic
 //! compiled natively. A benchmark program, not a test: run it in release,
 //!
-//!     cargo run --release -p riteraft-host --example apply_cost
+//!     cargo run --release -p riteraft-host --example apply_cost [-- STORE.wasm ...]
 //!
 //! It prints the median over several rounds of the per-call time for small `put` commands,
-//! and what folding each answer into the divergence check's digest adds to it.
+//! and what folding each answer into the divergence check's digest adds to it; then the same
+//! per-call time for each STORE given, a kv-compatible store in any language (e.g.
+//! `target/plugins/py/kv_py.wasm` and `target/plugins/js/kv_js.wasm`, which the tests build).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -108,6 +110,22 @@ fn main() {
         100.0 * f / w,
         rounded(&fold_ns)
     );
+    for path in std::env::args_os().skip(1) {
+        let path = std::path::PathBuf::from(path);
+        let runtime = Arc::new(PluginRuntime::new(PluginLimits::default()).unwrap());
+        let module = runtime.load_file(&path).unwrap();
+        let mut store = WasmStateMachine::new(runtime, module, ReplayLimits::default()).unwrap();
+        let samples: Vec<f64> = (0..ROUNDS)
+            .map(|round| per_call_ns(&mut store, round))
+            .collect();
+        println!(
+            "  {}: {:.2} µs per call ({:.1}x the kv plugin)   (rounds: {:?})",
+            path.display(),
+            median(samples.clone()) / 1e3,
+            median(samples.clone()) / w,
+            rounded(&samples)
+        );
+    }
 }
 
 fn rounded(samples: &[f64]) -> Vec<f64> {

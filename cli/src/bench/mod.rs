@@ -32,6 +32,7 @@
 //! The run happens on a runtime of its own on a dedicated thread (see [`LOAD_THREADS`]): the
 //! CLI's runtime is single-threaded, which suits one call but not a load generator.
 
+mod deploy_during;
 mod load;
 mod local;
 mod report;
@@ -50,6 +51,7 @@ use riteraft_client::tls::ClientTls;
 use riteraft_client::{Client, Consistency, NodeStatus};
 use tokio::time::Instant;
 
+use deploy_during::{DeployModule, DeployRun};
 use load::{Mix, Progress, Window, Worker};
 use local::{LocalCluster, LocalOptions};
 pub use report::{BenchOutcome, Config, NodeFigures, RunReport, Setup};
@@ -189,6 +191,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub tls: bool,
 
+    /// Deploy this module (a store plugin that reads the running store's snapshots, e.g. the
+    /// kv store in another language) when the measured window starts, and report how long it
+    /// took, whether it cost an election, and the latencies the clients saw meanwhile.
+    #[arg(long, value_name = "MODULE")]
+    pub deploy: Option<PathBuf>,
+
     /// Local cluster only: where to put its temporary data dirs (default: the system's
     /// temporary directory, or the current one if that is in memory). Must be on disk:
     /// fsync is part of what is measured.
@@ -276,6 +284,8 @@ struct Plan {
     local: Option<LocalOptions>,
     compare: bool,
     native: bool,
+    /// `--deploy`'s module.
+    deploy: Option<DeployModule>,
 }
 
 impl Plan {
@@ -335,7 +345,9 @@ impl Plan {
                 plugin: local.as_ref().map(|local| local.plugin.clone()),
                 node_args: args.node_arg.clone(),
                 tls: args.tls,
+                deploy: args.deploy.clone(),
             },
+            deploy: args.deploy.as_deref().map(DeployModule::read).transpose()?,
             target,
             timeout,
             local,
@@ -470,12 +482,26 @@ impl Plan {
                 (Instant::now(), cpu_sample(&pids))
             })
         };
+        let deploy = match &self.deploy {
+            Some(module) => Some(DeployRun::start(
+                module.clone(),
+                clients.builder(),
+                &routing.order,
+                routing.term,
+                window.measure_from,
+            )?),
+            None => None,
+        };
         let bar = load_bar(window, progress.clone());
         let tally = load::run(workers, mix, window, progress).await;
         let cpu_at_end = (Instant::now(), cpu_sample(&pids));
         if let Some(bar) = bar {
             bar.abort();
         }
+        let deploy = match deploy {
+            Some(run) => Some(run.finish().await),
+            None => None,
+        };
         let cpu_at_start = cpu_at_start.await.context("the CPU sampler failed")?;
         if tally.ops == 0 {
             // Figures of nothing would only mislead (and a smoke run must fail here).
@@ -530,6 +556,7 @@ impl Plan {
             nodes,
             bench_cpu: cpu_used(0),
             cpu_window,
+            deploy,
         })
     }
 }
@@ -541,6 +568,8 @@ struct Routing {
     /// The leader's raft id and the address the bench reaches it at.
     leader: Option<(u64, String)>,
     plugin_sha256: String,
+    /// The highest term any node knew when the load started.
+    term: u64,
     /// A client for `Status` calls.
     client: Client,
 }
@@ -557,12 +586,15 @@ struct Clients {
 
 impl Clients {
     fn connect(&self, addresses: &[String]) -> Result<Client, riteraft_client::ClientError> {
+        self.builder().connect(addresses)
+    }
+
+    fn builder(&self) -> riteraft_client::ClientBuilder {
         let builder = Client::builder().timeout(self.timeout);
         match &self.tls {
             Some(tls) => builder.tls(tls.clone()),
             None => builder,
         }
-        .connect(addresses)
     }
 }
 
@@ -584,6 +616,7 @@ async fn route(addresses: &[String], clients: &Clients) -> anyhow::Result<Routin
         );
     };
     let plugin_sha256 = first.plugin_sha256.clone();
+    let term = (statuses.iter().map(|(_, status)| status.term).max()).unwrap_or(0);
     let leader_id = statuses.iter().find_map(|(_, status)| status.leader_id);
     let mut leader = leader_id.and_then(|id| {
         statuses
@@ -612,6 +645,7 @@ async fn route(addresses: &[String], clients: &Clients) -> anyhow::Result<Routin
         order,
         leader,
         plugin_sha256,
+        term,
         client,
     })
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::deploy_during::DeployFigures;
 use super::load::Tally;
 
 /// The load, as asked for (the same for every run of a `--compare`).
@@ -29,6 +30,8 @@ pub struct Config {
     pub node_args: Vec<String>,
     /// Whether the local cluster and the clients ran mutual TLS (`--tls`).
     pub tls: bool,
+    /// The module deployed when the measured window started (`--deploy`).
+    pub deploy: Option<PathBuf>,
 }
 
 /// Which cluster a run loaded.
@@ -80,6 +83,8 @@ pub struct RunReport {
     pub bench_cpu: Option<Duration>,
     /// The wall-clock time the CPU figures cover (about `measured`).
     pub cpu_window: Duration,
+    /// What `--deploy` did.
+    pub deploy: Option<DeployFigures>,
 }
 
 /// What a bench produced.
@@ -194,6 +199,10 @@ impl RunReport {
             .collect();
         object.insert("nodes".into(), json!(nodes));
         object.insert(
+            "deploy".into(),
+            (self.deploy.as_ref()).map_or(Value::Null, DeployFigures::json),
+        );
+        object.insert(
             "bench_cpu_s".into(),
             json!(self.bench_cpu.map(|cpu| round(cpu.as_secs_f64(), 3))),
         );
@@ -268,6 +277,9 @@ impl RunReport {
         for sample in &tally.error_samples {
             let _ = writeln!(out, "  e.g. {sample}");
         }
+        if let Some(deploy) = &self.deploy {
+            let _ = writeln!(out, "{}", deploy.text());
+        }
         for node in &self.nodes {
             let memory = match (node.rss_kib, node.rss_peak_kib) {
                 (Some(rss), Some(peak)) => {
@@ -320,6 +332,10 @@ impl Config {
         );
         object.insert("node_args".into(), json!(self.node_args));
         object.insert("tls".into(), json!(self.tls));
+        object.insert(
+            "deploy".into(),
+            json!(self.deploy.as_ref().map(|path| path.display().to_string())),
+        );
     }
 
     /// `writes only`, `reads only (linearizable)`, `90% reads (stale), 10% writes`.
@@ -474,6 +490,7 @@ mod tests {
             plugin: Some(PathBuf::from("kv.wasm")),
             node_args: vec!["--read-lease".into()],
             tls: false,
+            deploy: None,
         }
     }
 
@@ -513,6 +530,7 @@ mod tests {
             }],
             bench_cpu: Some(Duration::from_secs(3)),
             cpu_window: Duration::from_secs(10),
+            deploy: None,
         }
     }
 
