@@ -12,7 +12,7 @@ use riteraft_client::tls::{ClientTls, Role, TlsFiles};
 use riteraft_client::{Client, Consistency, DeployStep, NodeStatus};
 
 use crate::render::Report;
-use crate::{bench, render};
+use crate::{bench, new_project, render};
 
 /// Talk to a RiteRaft cluster: replicate commands, run queries, inspect and manage its nodes.
 #[derive(Debug, Parser)]
@@ -109,6 +109,18 @@ enum Command {
     /// Make TLS certificates for a cluster: a CA (unless DIR has one already, which is then
     /// used), a certificate per node and per client. Contacts no node.
     Certs(CertsArgs),
+    /// Start a store: write a project in Rust, Python or JavaScript that builds a plugin, with
+    /// a test and a README that says how to build, run and deploy it. Contacts no node.
+    New {
+        /// The store's name: lowercase letters, digits, - and _.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value_t = new_project::Lang::Rust)]
+        lang: new_project::Lang,
+        /// Where to write it (must be missing or empty). Default: ./NAME.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The arguments of `riteraft certs`.
@@ -223,6 +235,9 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
     if let Command::Certs(args) = &cli.command {
         return make_certs(args);
     }
+    if let Command::New { name, lang, dir } = &cli.command {
+        return new_store(name, *lang, dir.as_deref());
+    }
     let tls = tls_files(&cli)?;
     let timeout = cli.timeout();
     let mut builder = Client::builder().timeout(timeout);
@@ -313,7 +328,9 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
                 json: outcome.json(),
             }
         }
-        Command::Certs(_) => unreachable!("handled above: it contacts no node"),
+        Command::Certs(_) | Command::New { .. } => {
+            unreachable!("handled above: it contacts no node")
+        }
     })
 }
 
@@ -361,6 +378,23 @@ async fn status_with_lag(client: &Client) -> anyhow::Result<NodeStatus> {
 }
 
 /// `riteraft certs`: writes the certificates and says what was written and how to use them.
+fn new_store(name: &str, lang: new_project::Lang, dir: Option<&Path>) -> anyhow::Result<Report> {
+    let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
+    let project = new_project::write(name, lang, &dir)?;
+    let files: Vec<String> = (project.files.iter())
+        .map(|file| file.display().to_string())
+        .collect();
+    Ok(Report::Done {
+        text: format!(
+            "wrote {} ({} files); next, in it: {}",
+            project.dir.display(),
+            files.len(),
+            project.next
+        ),
+        json: serde_json::json!({ "ok": true, "dir": project.dir.display().to_string(), "files": files }),
+    })
+}
+
 fn make_certs(args: &CertsArgs) -> anyhow::Result<Report> {
     let dir = args.dir.as_path();
     let default_client = ("admin".to_string(), Role::Admin);

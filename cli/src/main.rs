@@ -1,8 +1,10 @@
 //! `riteraft`: the command-line client of a RiteRaft cluster. The commands and their arguments
-//! are in [`commands`], how answers look in [`render`], the load generator in [`bench`].
+//! are in [`commands`], how answers look in [`render`], the load generator in [`bench`],
+//! `riteraft new` in [`new_project`].
 
 mod bench;
 mod commands;
+mod new_project;
 mod render;
 
 /// mimalloc rather than glibc malloc: the bench's gRPC calls allocate many small buffers on

@@ -3,27 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{riteraft, stderr, stdout};
+use common::{host_binary, riteraft, stderr, stdout};
 use riteraft_client::certs::client_files;
 use riteraft_test_support::cluster::{Cluster, ClusterOptions};
 use riteraft_test_support::plugin;
 use riteraft_test_support::wait::within;
-
-/// The `riteraft-host` next to `riteraft` (`cargo test --workspace` builds both).
-fn host_binary() -> PathBuf {
-    let host = Path::new(env!("CARGO_BIN_EXE_riteraft"))
-        .with_file_name(format!("riteraft-host{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        host.is_file(),
-        "no riteraft-host at {}: build it first (`cargo build -p riteraft-host`, or run the whole \
-         suite with scripts/test)",
-        host.display()
-    );
-    host
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_through_a_follower_shows_each_step() {

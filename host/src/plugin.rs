@@ -58,7 +58,8 @@ pub struct PluginLimits {
     /// Cap on a plugin instance's linear memory. 1 GiB: room for a large in-memory store and
     /// its snapshot copy, well inside wasm32's 4 GiB.
     pub memory_bytes: usize,
-    /// Largest plugin file accepted: 64 MiB (a Rust store is typically a few MiB).
+    /// Largest plugin file accepted: [`crate::node::MAX_MODULE_BYTES`], the deploy limit too,
+    /// so that a module a deploy accepts also loads.
     pub module_bytes: usize,
     /// Guest output kept per call before the rest is dropped (still counted): 64 KiB.
     pub output_bytes_per_call: usize,
@@ -70,7 +71,7 @@ impl Default for PluginLimits {
             fuel_per_call: 1_000_000_000,
             fuel_per_snapshot: 100_000_000_000,
             memory_bytes: 1 << 30,
-            module_bytes: 64 << 20,
+            module_bytes: crate::node::MAX_MODULE_BYTES,
             output_bytes_per_call: 64 << 10,
         }
     }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -34,4 +35,17 @@ pub fn stderr(output: &Output) -> String {
 /// What the run printed, as JSON (`--json`).
 pub fn json_out(output: &Output) -> Value {
     serde_json::from_str(&stdout(output)).unwrap_or_else(|e| panic!("{e}: {output:?}"))
+}
+
+/// The `riteraft-host` next to `riteraft` (`cargo test --workspace` builds both).
+pub fn host_binary() -> PathBuf {
+    let host = Path::new(env!("CARGO_BIN_EXE_riteraft"))
+        .with_file_name(format!("riteraft-host{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        host.is_file(),
+        "no riteraft-host at {}: build it first (`cargo build -p riteraft-host`, or run the whole \
+         suite with scripts/test)",
+        host.display()
+    );
+    host
 }

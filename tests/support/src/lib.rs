@@ -169,6 +169,45 @@ fn build_into(out: &Path, build: impl FnOnce(&Path)) {
     std::fs::rename(&partial, out).unwrap();
 }
 
+/// The componentize-js that `plugins/kv-js` pins (installed with `npm ci` the first time),
+/// for building JavaScript stores outside the repo, as `riteraft new` writes them.
+pub fn componentize_js() -> PathBuf {
+    let dir = workspace_root().join("plugins/kv-js");
+    install_js_toolchain(&dir, "plugins/kv-js (Node.js and npm)");
+    dir.join("node_modules/.bin/componentize-js")
+}
+
+/// The componentize-py that `plugins/kv-py` pins, in `target/plugins/py-venv` (made the
+/// first time), for building Python stores outside the repo.
+pub fn componentize_py() -> PathBuf {
+    let dir = workspace_root().join("plugins/kv-py");
+    install_py_toolchain(&dir, "plugins/kv-py (Python 3 with venv)")
+}
+
+/// Installs the pinned JavaScript toolchain of the plugin in `dir` unless it is there.
+/// Concurrent tests each make sure before they build; npm's own cache makes a second
+/// install cheap, and `plugin` builds are serialised by their `OnceLock`.
+fn install_js_toolchain(dir: &Path, what: &str) {
+    if !dir.join("node_modules").is_dir() {
+        let args = ["ci", "--no-audit", "--no-fund"].map(std::ffi::OsStr::new);
+        run_in(dir, Path::new("npm"), &args, what);
+    }
+}
+
+/// Makes `target/plugins/py-venv` with the Python toolchain the plugin in `dir` pins, unless
+/// it is there; returns its componentize-py.
+fn install_py_toolchain(dir: &Path, what: &str) -> PathBuf {
+    let venv = workspace_root().join("target/plugins/py-venv");
+    let componentize = venv.join("bin/componentize-py");
+    if !componentize.exists() {
+        let args = ["-m".as_ref(), "venv".as_ref(), venv.as_os_str()];
+        run_in(dir, Path::new("python3"), &args, what);
+        let args = ["install", "--quiet", "-r", "requirements.txt"].map(std::ffi::OsStr::new);
+        run_in(dir, &venv.join("bin/pip"), &args, what);
+    }
+    componentize
+}
+
 /// Builds the JavaScript plugin in `plugins/NAME` unless it is fresh: installs its pinned
 /// toolchain (`npm ci`) the first time, then runs componentize-js.
 fn build_js_plugin(name: &str) -> PathBuf {
@@ -180,10 +219,7 @@ fn build_js_plugin(name: &str) -> PathBuf {
     let dir = root.join("plugins").join(name);
     let what = format!("plugins/{name} (Node.js and npm)");
     let npm = Path::new("npm");
-    if !dir.join("node_modules").is_dir() {
-        let args = ["ci", "--no-audit", "--no-fund"].map(std::ffi::OsStr::new);
-        run_in(&dir, npm, &args, &what);
-    }
+    install_js_toolchain(&dir, &what);
     build_into(&out, |partial| {
         let wit = root.join("proto/store.wit");
         let args: [&std::ffi::OsStr; 11] = [
@@ -215,14 +251,7 @@ fn build_py_plugin(name: &str) -> PathBuf {
     let root = workspace_root();
     let dir = root.join("plugins").join(name);
     let what = format!("plugins/{name} (Python 3 with venv)");
-    let venv = root.join("target/plugins/py-venv");
-    let componentize = venv.join("bin/componentize-py");
-    if !componentize.exists() {
-        let args = ["-m".as_ref(), "venv".as_ref(), venv.as_os_str()];
-        run_in(&dir, Path::new("python3"), &args, &what);
-        let args = ["install", "--quiet", "-r", "requirements.txt"].map(std::ffi::OsStr::new);
-        run_in(&dir, &venv.join("bin/pip"), &args, &what);
-    }
+    let componentize = install_py_toolchain(&dir, &what);
     build_into(&out, |partial| {
         let wit = root.join("proto/store.wit");
         let args: [&std::ffi::OsStr; 8] = [
