@@ -3,13 +3,34 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{host_binary, riteraft, stderr, stdout};
 use riteraft_client::certs::client_files;
+use riteraft_client::tls::TlsFiles;
 use riteraft_test_support::cluster::{Cluster, ClusterOptions};
 use riteraft_test_support::plugin;
 use riteraft_test_support::wait::within;
+
+/// `riteraft [FLAGS] --cluster ADDRESS deploy MODULE` with the admin's certificate.
+async fn deploy(
+    admin: &TlsFiles,
+    address: &str,
+    module: &Path,
+    flags: &[&str],
+) -> std::process::Output {
+    let tls = [
+        "--tls-cert",
+        admin.cert.to_str().unwrap(),
+        "--tls-key",
+        admin.key.to_str().unwrap(),
+        "--tls-ca",
+        admin.ca.to_str().unwrap(),
+    ];
+    let rest = ["--cluster", address, "deploy", module.to_str().unwrap()];
+    riteraft(&[flags, &tls[..], &rest[..]].concat(), None).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_through_a_follower_shows_each_step() {
@@ -25,22 +46,7 @@ async fn a_deploy_through_a_follower_shows_each_step() {
             cluster.addr(follower).to_string(),
             cluster.addr(leader).to_string(),
         );
-        let output = riteraft(
-            &[
-                "--cluster",
-                &follower_address,
-                "--tls-cert",
-                admin.cert.to_str().unwrap(),
-                "--tls-key",
-                admin.key.to_str().unwrap(),
-                "--tls-ca",
-                admin.ca.to_str().unwrap(),
-                "deploy",
-                module.to_str().unwrap(),
-            ],
-            None,
-        )
-        .await;
+        let output = deploy(&admin, &follower_address, &module, &[]).await;
         let (out, err) = (stdout(&output), stderr(&output));
         println!("stdout:\n{out}\nstderr:\n{err}");
         assert!(output.status.success(), "{output:?}");
@@ -77,23 +83,7 @@ async fn a_deploy_through_a_follower_shows_each_step() {
         assert!(lines[7].contains("stored on 2 of 3 voters"), "{err}");
 
         // `--json` keeps stderr quiet and prints the answer alone.
-        let output = riteraft(
-            &[
-                "--json",
-                "--cluster",
-                &leader_address,
-                "--tls-cert",
-                admin.cert.to_str().unwrap(),
-                "--tls-key",
-                admin.key.to_str().unwrap(),
-                "--tls-ca",
-                admin.ca.to_str().unwrap(),
-                "deploy",
-                module.to_str().unwrap(),
-            ],
-            None,
-        )
-        .await;
+        let output = deploy(&admin, &leader_address, &module, &["--json"]).await;
         assert!(output.status.success(), "{output:?}");
         assert_eq!(stderr(&output), "");
         let json = common::json_out(&output);
