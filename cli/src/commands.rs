@@ -377,7 +377,7 @@ async fn status_with_lag(client: &Client) -> anyhow::Result<NodeStatus> {
     })
 }
 
-/// `riteraft certs`: writes the certificates and says what was written and how to use them.
+/// `riteraft new`: writes the project and says what to run in it next.
 fn new_store(name: &str, lang: new_project::Lang, dir: Option<&Path>) -> anyhow::Result<Report> {
     let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
     let project = new_project::write(name, lang, &dir)?;
@@ -395,6 +395,7 @@ fn new_store(name: &str, lang: new_project::Lang, dir: Option<&Path>) -> anyhow:
     })
 }
 
+/// `riteraft certs`: writes the certificates and says what was written and how to use them.
 fn make_certs(args: &CertsArgs) -> anyhow::Result<Report> {
     let dir = args.dir.as_path();
     let default_client = ("admin".to_string(), Role::Admin);

@@ -369,12 +369,13 @@ impl Client {
                     let _ = upload_steps.send(DeployStep::Upload { sent, total });
                     chunk
                 });
-                let plain = chunks().collect::<Vec<_>>();
                 let steps = steps.clone();
                 async move {
                     let mut events = match grpc.deploy_watch(watched).await {
                         Ok(events) => events.into_inner(),
                         Err(status) if status.code() == tonic::Code::Unimplemented => {
+                            // Copied again only for a node without `DeployWatch`.
+                            let plain: Vec<_> = chunks().collect();
                             return grpc.deploy(tokio_stream::iter(plain)).await;
                         }
                         Err(status) => return Err(status),

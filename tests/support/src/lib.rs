@@ -185,8 +185,6 @@ pub fn componentize_py() -> PathBuf {
 }
 
 /// Installs the pinned JavaScript toolchain of the plugin in `dir` unless it is there.
-/// Concurrent tests each make sure before they build; npm's own cache makes a second
-/// install cheap, and `plugin` builds are serialised by their `OnceLock`.
 fn install_js_toolchain(dir: &Path, what: &str) {
     if !dir.join("node_modules").is_dir() {
         let args = ["ci", "--no-audit", "--no-fund"].map(std::ffi::OsStr::new);
