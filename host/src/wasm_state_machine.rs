@@ -312,10 +312,18 @@ impl StateMachine for WasmStateMachine {
         if new.sha256() == self.module.sha256() {
             return Ok(Ok(self.module_info()));
         }
+        let started = std::time::Instant::now();
         let snapshot = self.checkpoint_now()?;
+        let snapshot_ms = started.elapsed().as_millis() as u64;
         match self.instance_from(&new, &snapshot) {
             Ok(instance) => {
-                tracing::info!(sha256 = %new.sha256_hex(), "switched to new store code");
+                tracing::info!(
+                    sha256 = %new.sha256_hex(),
+                    state_bytes = snapshot.len(),
+                    snapshot_ms,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "switched to new store code"
+                );
                 self.switch_to(new, instance, Checkpoint::InMemory(snapshot));
                 Ok(Ok(self.module_info()))
             }

@@ -32,6 +32,18 @@ const PREPARING_MAX: usize = 4;
 /// be down or busy, and the entry cannot apply without it.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 
+/// Most entries applied in one slice. A node far behind (its entries held while a deploy's
+/// module compiled, a follower catching up) applies its backlog in slices, and between two the
+/// loop steps raft: it answers heartbeats and persists appends. Applying 150,000 held entries
+/// in one go kept a follower's loop busy for seconds, two followers at once cost the leader its
+/// quorum ("quorum is not active"), and the cluster its leader.
+const APPLY_SLICE_ENTRIES: usize = 4096;
+
+/// Most plugin fuel used by one slice: about 20 ms of wasm (a fuel unit is roughly a
+/// nanosecond), so a slow store's slice is short too. Fuel, not the clock, so that where a
+/// slice ends is the same in every run of the simulator.
+const APPLY_SLICE_FUEL: u64 = 20_000_000;
+
 /// A deploy's module being got ready: fetched if this node lacks it, then compiled.
 #[derive(Debug)]
 enum Preparing {
@@ -49,12 +61,36 @@ pub(super) struct ApplyQueue {
     committed: VecDeque<Entry>,
     /// By the (index, term) of their entry: an entry a new leader overwrote is another one.
     preparing: BTreeMap<(u64, u64), Preparing>,
+    /// Entries applied in the current slice (one per round of the loop), and the fuel their
+    /// commands used.
+    slice_entries: usize,
+    slice_fuel: u64,
+    /// The last slice ended at its bounds with entries ready to apply: the loop should come
+    /// back at once rather than wait for its next tick.
+    cut_short: bool,
 }
 
 impl ApplyQueue {
     /// Whether committed entries are waiting.
     pub(super) fn is_empty(&self) -> bool {
         self.committed.is_empty()
+    }
+
+    /// Whether entries wait that could be applied now (the last slice ended at its bounds).
+    pub(super) fn cut_short(&self) -> bool {
+        self.cut_short
+    }
+
+    /// A round of the loop begins: a new slice.
+    pub(super) fn new_slice(&mut self) {
+        self.slice_entries = 0;
+        self.slice_fuel = 0;
+        self.cut_short = false;
+    }
+
+    /// Counts the fuel of a command just applied against the slice's bound.
+    pub(super) fn note_fuel(&mut self, fuel: Option<u64>) {
+        self.slice_fuel = self.slice_fuel.saturating_add(fuel.unwrap_or(0));
     }
 }
 
@@ -223,9 +259,16 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.apply_ready()
     }
 
-    /// Applies the waiting entries up to the first deploy whose module is not ready yet.
+    /// Applies the waiting entries up to the first deploy whose module is not ready yet, within
+    /// the round's slice (see [`APPLY_SLICE_ENTRIES`]).
     pub(super) fn apply_ready(&mut self) -> Result<(), NodeFatal> {
-        while let Some(entry) = self.apply_queue.committed.front() {
+        while !self.apply_queue.committed.is_empty() {
+            let queue = &mut self.apply_queue;
+            if queue.slice_entries >= APPLY_SLICE_ENTRIES || queue.slice_fuel >= APPLY_SLICE_FUEL {
+                queue.cut_short = true;
+                break;
+            }
+            let entry = queue.committed.front().expect("not empty");
             let key = (entry.index, entry.term);
             let mut module = None;
             if is_deploy(entry) {
@@ -244,6 +287,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 .committed
                 .pop_front()
                 .expect("front exists");
+            self.apply_queue.slice_entries += 1;
             self.apply_entry(entry, module)?;
         }
         let applied = self.applied;

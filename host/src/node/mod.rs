@@ -197,11 +197,11 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     }
 
     /// Runs the loop on this thread until shutdown, removal or a fatal error: waits for
-    /// requests until the next tick is due, then runs a [`Node::round`] with every request that
+    /// requests until the next round is due, then runs a [`Node::round`] with every request that
     /// queued up meanwhile (a burst shares one round, and so one fsync), on the real clock.
     pub fn run(mut self, requests: Receiver<Request>) -> Result<NodeExit, NodeFatal> {
         loop {
-            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            let wait = self.next_round().saturating_duration_since(Instant::now());
             let mut batch = Vec::new();
             match requests.recv_timeout(wait) {
                 Ok(request) => {
@@ -225,7 +225,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// write is retried on an idle node too). `Some` when the node is done (removed).
     ///
     /// A driver other than [`Node::run`] (a simulator) calls this with its own clock, and
-    /// should call again no later than [`Node::next_tick`].
+    /// should call again no later than [`Node::next_round`].
     pub fn round(
         &mut self,
         now: Instant,
@@ -234,6 +234,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     ) -> Result<Option<NodeExit>, NodeFatal> {
         self.now = now.max(self.now);
         self.now_ms = now_ms;
+        self.apply_queue.new_slice();
         for request in requests {
             self.handle(request)?;
         }
@@ -276,9 +277,23 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.raw.store()
     }
 
+    /// The index of the last entry applied to the store.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
     /// When the next round is due at the latest (raft's next tick).
     pub fn next_tick(&self) -> Instant {
         self.next_tick
+    }
+
+    /// When the next round is due: at once if the last one left committed entries it could
+    /// have applied (see `apply_queue`), else at the next tick.
+    pub fn next_round(&self) -> Instant {
+        match self.apply_queue.cut_short() {
+            true => self.now,
+            false => self.next_tick,
+        }
     }
 
     /// Stops the node: waits for a snapshot being written, so none is left half-written.

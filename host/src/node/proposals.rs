@@ -186,10 +186,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         }
     }
 
-    /// Applies a client's entry (a command or a deploy) and answers whoever waits for it here.
-    /// An entry that cannot be decoded is skipped: every replica holds the same bytes, so every
-    /// replica skips it alike; a rejection, not a reason to stop.
-    /// Applies a normal entry; `module` is a deploy's module, made ready by the apply queue.
+    /// Applies a client's entry (a command or a deploy) and answers whoever waits for it here;
+    /// `module` is a deploy's module, made ready by the apply queue. An entry that cannot be
+    /// decoded is skipped: every replica holds the same bytes, so every replica skips it alike;
+    /// a rejection, not a reason to stop.
     pub(super) fn apply_payload(
         &mut self,
         index: u64,
@@ -221,6 +221,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 let outcome = self.state_machine.apply(ctx, &command)?;
                 self.fold_answer(index, &outcome);
                 let fuel = self.state_machine.fuel_used();
+                self.apply_queue.note_fuel(fuel);
                 self.options.metrics.applied_entry(started, fuel, &outcome);
                 (proposer, request_id, Outcome::Command(outcome))
             }

@@ -37,6 +37,11 @@ struct MemCluster {
 impl MemCluster {
     /// Three voters, each starting from the same snapshot at index 1 (as if bootstrapped).
     fn three_nodes() -> MemCluster {
+        Self::three_nodes_with(NodeOptions::default())
+    }
+
+    /// [`MemCluster::three_nodes`], each node run with `options`.
+    fn three_nodes_with(options: NodeOptions) -> MemCluster {
         let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("mem-{id}"))).collect();
         let now = Instant::now();
         let mut sim = MemCluster {
@@ -64,7 +69,7 @@ impl MemCluster {
                 state_machine,
                 cluster,
                 wire,
-                NodeOptions::default(),
+                options.clone(),
                 now,
             )
             .unwrap();
@@ -215,4 +220,62 @@ fn a_cut_off_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     sim.wait("the old leader to catch up", |sim| {
         (sim.query(old, "get after", true) == Ok("cut".into())).then_some(())
     });
+}
+
+#[test]
+fn a_follower_far_behind_applies_its_backlog_in_slices_between_rounds() {
+    // No snapshot on the way: the follower gets every entry it missed through appends.
+    let options = NodeOptions {
+        snapshot_entries: 1_000_000,
+        ..NodeOptions::default()
+    };
+    let mut sim = MemCluster::three_nodes_with(options);
+    sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
+    let leader = sim.wait("a leader", |sim| sim.leader());
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    sim.cut.push(behind);
+    const WRITES: usize = 12_000;
+    let mut answers: Vec<_> = (0..WRITES)
+        .map(|i| {
+            let (reply, answer) = oneshot::channel();
+            let command = format!("put k{i} v{i}").into_bytes();
+            let inbox = sim.inbox.get_mut(&leader).unwrap();
+            inbox.push_back(Request::Propose { command, reply });
+            answer
+        })
+        .collect();
+    sim.wait("every write's answer", |_| {
+        answers.retain_mut(|answer| answer.try_recv().is_err());
+        answers.is_empty().then_some(())
+    });
+    // Healed, it receives the 12,000 entries at once and applies them a slice per round:
+    // between two slices its loop steps raft (answers heartbeats), and asks to come back at
+    // once while entries wait.
+    sim.cut.clear();
+    let target = sim.nodes[&leader].applied_index();
+    let mut largest_slice = 0;
+    let mut came_back_at_once = false;
+    for _ in 0..MAX_STEPS {
+        let before = sim.nodes[&behind].applied_index();
+        if before >= target {
+            break;
+        }
+        sim.step();
+        let node = &sim.nodes[&behind];
+        largest_slice = largest_slice.max(node.applied_index() - before);
+        came_back_at_once |= node.next_round() < node.next_tick();
+    }
+    assert!(
+        sim.nodes[&behind].applied_index() >= target,
+        "the follower did not catch up in {MAX_STEPS} steps"
+    );
+    assert!(
+        largest_slice <= 4096,
+        "a round applied {largest_slice} entries"
+    );
+    assert!(
+        came_back_at_once,
+        "the loop never asked for an immediate round"
+    );
+    assert_eq!(sim.query(behind, "get k11999", true), Ok("v11999".into()));
 }
