@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use riteraft_proto::tls::TlsFiles;
 
-use crate::plugin::PluginLimits;
+use crate::plugin::{COMPILED_DIR, PluginLimits};
 
 mod file;
 pub mod sources;
@@ -66,6 +66,12 @@ pub struct NodeConfig {
     /// PORT being --listen's, so several local nodes never share one by accident].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Where compiled plugins are kept, by the sha256 of their module [default: DATA_DIR/compiled].
+    /// Nodes on one machine may share a directory: each module is then compiled once for all
+    /// of them. The node runs the code in it unchecked: keep it as private as the data dir.
+    #[arg(long, value_name = "DIR")]
+    pub compiled_dir: Option<PathBuf>,
 
     /// Take a snapshot of the store and compact the raft log after this many entries.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -151,6 +157,11 @@ impl NodeConfig {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("riteraft-data-{}", self.listen.port())))
+    }
+
+    /// Where compiled plugins are kept: --compiled-dir, or `compiled` in the data dir.
+    pub fn compiled_dir(&self) -> PathBuf {
+        (self.compiled_dir.clone()).unwrap_or_else(|| self.data_dir().join(COMPILED_DIR))
     }
 
     /// The TLS files, if configured.

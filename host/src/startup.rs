@@ -18,7 +18,7 @@ use crate::listener::{ServerTls, incoming, watch_certificates};
 use crate::metrics::{self, Metrics};
 use crate::module_store::{MODULES_DIR, ModuleStore, ModuleStoreError};
 use crate::node::{self, Node, NodeExit, NodeFatal, NodeHandle, NodeOptions};
-use crate::plugin::{COMPILED_DIR, LoadError, PluginModule, PluginRuntime, RuntimeError};
+use crate::plugin::{LoadError, PluginModule, PluginRuntime, RuntimeError};
 use crate::replicated::{ClusterState, LearnerPlan, SnapshotData};
 use crate::state_machine::{NativeStateMachine, StateMachine, StateMachineError};
 use crate::storage::{DiskLogStore, LogStore, StorageError};
@@ -106,10 +106,10 @@ pub fn run(config: NodeConfig, release_memory: fn()) -> Result<NodeExit, RunErro
         .build()?;
     let plugins = Arc::new(PluginRuntime::new(config.plugin_limits())?);
     // A restart loads the plugin compiled (see `plugin::CompiledCache`). A first start keeps
-    // it there only once the data dir is this node's (`run_with`): a start refused before
-    // that leaves no data dir behind.
-    let compiled = config.data_dir().join(COMPILED_DIR);
-    if compiled.is_dir() {
+    // it in the data dir only once the data dir is this node's (`run_with`): a start refused
+    // before that leaves no data dir behind. A directory of its own is used at once.
+    let compiled = config.compiled_dir();
+    if config.compiled_dir.is_some() || compiled.is_dir() {
         plugins.use_compiled_cache(compiled);
     }
     let module = plugins
@@ -190,7 +190,7 @@ fn run_with<S: StateMachine + 'static>(
     };
     let (id, store, cluster) = open_data_dir(&config, &joiner, &mut state_machine, &modules)?;
     if let (Some(plugins), Some(loaded)) = (&plugins, &loaded) {
-        plugins.use_compiled_cache(config.data_dir().join(COMPILED_DIR));
+        plugins.use_compiled_cache(config.compiled_dir());
         plugins.keep_compiled(loaded);
         // Snapshots name the module by hash: this node's must be here for them to be read.
         modules.put_hashed(loaded.sha256(), loaded.bytes().clone())?;

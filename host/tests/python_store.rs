@@ -13,8 +13,10 @@ async fn kv_in_python_runs_replicated_and_survives_a_killed_follower() {
     within(Duration::from_secs(400), async {
         let mut options = ClusterOptions::new(env!("CARGO_BIN_EXE_riteraft-host"))
             .plugin(plugin("kv-py"))
-            .proposal_timeout_ms(5000);
-        // Each node compiles the 18 MB module once: tens of seconds on a debug build.
+            .proposal_timeout_ms(5000)
+            .share_compiled_plugins();
+        // The 18 MB module takes tens of seconds to compile on a debug build: once for the
+        // three nodes, and not again if another test compiled it already.
         options.ready_timeout = Duration::from_secs(150);
         let started = Instant::now();
         let mut cluster = Cluster::start(3, options).await;

@@ -327,7 +327,8 @@ async fn a_module_slow_to_compile_is_deployed_under_load_without_an_election() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_swaps_to_python_javascript_and_back_under_writes() {
     within(Duration::from_secs(700), async {
-        let cluster = Arc::new(Cluster::start(3, options()).await);
+        let options = options().share_compiled_plugins();
+        let cluster = Arc::new(Cluster::start(3, options).await);
         let ids = cluster.ids();
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
         let stop = Arc::new(AtomicBool::new(false));

@@ -10,12 +10,14 @@
 //! intact (a sha256 of its contents heads it: a torn write or a flipped bit is a miss, never
 //! undefined behaviour) and wasmtime accepts it (its own check that the file was made by this
 //! wasmtime version with this engine configuration). Whoever can write into the data dir
-//! controls the node anyway. Determinism is untouched: the compiled code is the compilation of
+//! controls the node anyway; a directory given with `--compiled-dir` (several nodes on one
+//! machine may share one) must be kept as private. Determinism is untouched: the compiled code is the compilation of
 //! the same bytes, and a miss just compiles them again. Every failure here is logged and
 //! treated as a miss; none stops a node.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -108,8 +110,11 @@ impl CompiledCache {
     fn write(&self, path: &Path, component: &Component) -> Result<(), Box<dyn std::error::Error>> {
         let body = component.serialize()?;
         std::fs::create_dir_all(&self.dir)?;
-        // Written aside and renamed into place, so that no reader sees half a file.
-        let partial = path.with_extension("partial");
+        // Written aside and renamed into place, so that no reader sees half a file; named for
+        // the writer, so that nodes sharing the directory never write into one another's.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let writer = WRITES.fetch_add(1, Ordering::Relaxed);
+        let partial = path.with_extension(format!("{}-{writer}.partial", std::process::id()));
         let written = (|| {
             let mut file = std::fs::File::create(&partial)?;
             file.write_all(MAGIC)?;

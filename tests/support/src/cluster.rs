@@ -140,6 +140,15 @@ impl ClusterOptions {
         self
     }
 
+    /// Keeps every node's compiled plugins in one directory shared by the whole test run
+    /// (`--compiled-dir target/plugins/compiled`): a large Python or JavaScript module takes a
+    /// debug-build node tens of seconds to compile, and is then compiled once for all the
+    /// nodes and tests that run it. Only for tests that do not measure compiling.
+    pub fn share_compiled_plugins(self) -> Self {
+        let dir = crate::workspace_root().join("target/plugins/compiled");
+        self.arg("--compiled-dir").arg(dir)
+    }
+
     /// Puts each node's `--data-dir` under `root` (as `root/nodeN`) instead of the cluster's
     /// temporary directory. The harness does not remove them: `root` is the caller's.
     pub fn data_root(mut self, root: impl Into<PathBuf>) -> Self {
