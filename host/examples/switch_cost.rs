@@ -24,7 +24,9 @@ fn median(mut samples: Vec<f64>) -> f64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let path = std::path::PathBuf::from(args.next().expect("usage: switch_cost MODULE [KEYS]"));
-    let keys: u64 = args.next().map_or(10_000, |keys| keys.parse().expect("KEYS"));
+    let keys: u64 = args
+        .next()
+        .map_or(10_000, |keys| keys.parse().expect("KEYS"));
     let runtime = PluginRuntime::new(PluginLimits::default()).unwrap();
     let kv = runtime
         .load_file(&riteraft_test_support::plugin("kv"))
