@@ -84,9 +84,17 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 next.get_or_insert(Step::Drop(id));
                 continue;
             }
+            // Probe too, once the learner confirmed it holds everything: one that caught up by
+            // a snapshot reaching the leader's last index stays in Probe until a new entry is
+            // appended (raft-rs sends it nothing, the heartbeats find it up to date), so on an
+            // idle cluster it was never promoted (a join hung in 1 of 6 test runs).
             let caught_up = self.raw.raft.prs().get(id).is_some_and(|progress| {
-                progress.state == ProgressState::Replicate
-                    && progress.matched + self.options.promote_max_lag >= committed
+                let matched = progress.matched;
+                match progress.state {
+                    ProgressState::Replicate => matched + self.options.promote_max_lag >= committed,
+                    ProgressState::Probe => matched >= committed,
+                    ProgressState::Snapshot => false,
+                }
             });
             if !caught_up {
                 watch.caught_up_since.remove(&id);
