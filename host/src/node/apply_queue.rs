@@ -65,9 +65,6 @@ pub(super) struct ApplyQueue {
     /// commands used.
     slice_entries: usize,
     slice_fuel: u64,
-    /// The last slice ended at its bounds with entries ready to apply: the loop should come
-    /// back at once rather than wait for its next tick.
-    cut_short: bool,
 }
 
 impl ApplyQueue {
@@ -76,16 +73,21 @@ impl ApplyQueue {
         self.committed.is_empty()
     }
 
-    /// Whether entries wait that could be applied now (the last slice ended at its bounds).
+    /// Whether the round's slice is used up.
+    fn slice_spent(&self) -> bool {
+        self.slice_entries >= APPLY_SLICE_ENTRIES || self.slice_fuel >= APPLY_SLICE_FUEL
+    }
+
+    /// Whether the last slice ended at its bounds with entries still waiting: the loop should
+    /// come back at once rather than wait for its next tick.
     pub(super) fn cut_short(&self) -> bool {
-        self.cut_short
+        self.slice_spent() && !self.committed.is_empty()
     }
 
     /// A round of the loop begins: a new slice.
     pub(super) fn new_slice(&mut self) {
         self.slice_entries = 0;
         self.slice_fuel = 0;
-        self.cut_short = false;
     }
 
     /// Counts the fuel of a command just applied against the slice's bound.
@@ -262,13 +264,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Applies the waiting entries up to the first deploy whose module is not ready yet, within
     /// the round's slice (see [`APPLY_SLICE_ENTRIES`]).
     pub(super) fn apply_ready(&mut self) -> Result<(), NodeFatal> {
-        while !self.apply_queue.committed.is_empty() {
-            let queue = &mut self.apply_queue;
-            if queue.slice_entries >= APPLY_SLICE_ENTRIES || queue.slice_fuel >= APPLY_SLICE_FUEL {
-                queue.cut_short = true;
+        while !self.apply_queue.slice_spent() {
+            let Some(entry) = self.apply_queue.committed.front() else {
                 break;
-            }
-            let entry = queue.committed.front().expect("not empty");
+            };
             let key = (entry.index, entry.term);
             let mut module = None;
             if is_deploy(entry) {

@@ -11,9 +11,9 @@
 //! undefined behaviour) and wasmtime accepts it (its own check that the file was made by this
 //! wasmtime version with this engine configuration). Whoever can write into the data dir
 //! controls the node anyway; a directory given with `--compiled-dir` (several nodes on one
-//! machine may share one) must be kept as private. Determinism is untouched: the compiled code is the compilation of
-//! the same bytes, and a miss just compiles them again. Every failure here is logged and
-//! treated as a miss; none stops a node.
+//! machine may share one) must be kept as private. Determinism is untouched: the compiled code
+//! is the compilation of the same bytes, and a miss just compiles them again. Every failure
+//! here is logged and treated as a miss; none stops a node.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
