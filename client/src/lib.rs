@@ -48,6 +48,7 @@
 mod client;
 mod error;
 mod failover;
+mod pipeline;
 mod types;
 
 pub use client::{Client, ClientBuilder, DEFAULT_READ_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT};

@@ -412,3 +412,54 @@ async fn a_read_moves_on_from_a_node_that_does_not_answer_in_time() {
     let applied = client.propose("put a 1").await.unwrap();
     assert_eq!(applied.result, Ok(b"ok put a 1".to_vec()));
 }
+
+#[tokio::test]
+async fn concurrent_requests_share_one_stream_and_each_gets_its_own_answer() {
+    let node = Fake::new(1);
+    let client = Client::connect([serve(node.clone()).await]).unwrap();
+    let calls = (0..200).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let applied = client.propose(format!("put k{i} {i}")).await.unwrap();
+            assert_eq!(applied.result, Ok(format!("ok put k{i} {i}").into_bytes()));
+            let answer = client
+                .query(format!("get k{i}"), Consistency::Linearizable)
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.result,
+                Ok(format!("get k{i} from node 1").into_bytes())
+            );
+        })
+    });
+    for call in calls.collect::<Vec<_>>() {
+        call.await.unwrap();
+    }
+    assert_eq!(node.pipelines(), 1, "every call went on one stream");
+    assert_eq!(node.log().len(), 400);
+}
+
+#[tokio::test]
+async fn a_node_without_pipeline_is_sent_unary_calls() {
+    let node = Fake::new(1);
+    node.without_pipeline();
+    let client = Client::connect([serve(node.clone()).await]).unwrap();
+    for i in 0..3 {
+        let applied = client.propose(format!("put a {i}")).await.unwrap();
+        assert_eq!(applied.result, Ok(format!("ok put a {i}").into_bytes()));
+    }
+    assert_eq!(node.pipelines(), 0);
+    assert_eq!(node.log().len(), 3);
+}
+
+#[tokio::test]
+async fn unary_calls_when_the_pipeline_is_turned_off() {
+    let node = Fake::new(1);
+    let client = Client::builder()
+        .pipelined(false)
+        .connect([serve(node.clone()).await])
+        .unwrap();
+    client.propose("put a 1").await.unwrap();
+    client.query("get a", Consistency::Stale).await.unwrap();
+    assert_eq!(node.pipelines(), 0);
+}

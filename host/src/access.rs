@@ -49,7 +49,14 @@ pub fn caller<T>(request: &Request<T>) -> Arc<Caller> {
 /// `PERMISSION_DENIED` with what was missing, and logs the refusal.
 pub fn authorize<T>(request: &Request<T>, need: Need, name: &str) -> Result<Arc<Caller>, Status> {
     let caller = caller(request);
-    let refusal = match (&*caller, need) {
+    check(&caller, need, name)?;
+    Ok(caller)
+}
+
+/// [`authorize`] for a caller already known: one request of a stream (see `Client.Pipeline`),
+/// whose connection was authenticated when the stream opened.
+pub fn check(caller: &Caller, need: Need, name: &str) -> Result<(), Status> {
+    let refusal = match (caller, need) {
         (Caller::Anyone | Caller::Node { .. }, _) => None,
         (Caller::Client { role, .. }, Need::Role(needed)) if *role >= needed => None,
         (Caller::Client { name: who, role }, Need::Role(needed)) => {
@@ -65,7 +72,7 @@ pub fn authorize<T>(request: &Request<T>, need: Need, name: &str) -> Result<Arc<
         ))),
     };
     match refusal {
-        None => Ok(caller),
+        None => Ok(()),
         Some(status) => {
             if let Some(held_back) = REFUSAL_LOG.admit() {
                 tracing::warn!(

@@ -15,8 +15,9 @@ use riteraft_proto::client_client::ClientClient;
 use riteraft_proto::raft_client::RaftClient;
 use riteraft_proto::tls::{ClientTls, Role, TlsFiles, crypto_provider, load_pem};
 use riteraft_proto::{
-    DeployChunk, JoinRequest, LeaveRequest, ProposeRequest, QueryRequest, RaftBatch, SnapshotChunk,
-    StatusRequest, TransferLeaderRequest,
+    DeployChunk, JoinRequest, LeaveRequest, PipelineRequest, ProposeRequest, QueryRequest,
+    RaftBatch, SnapshotChunk, StatusRequest, TransferLeaderRequest, pipeline_request,
+    pipeline_response,
 };
 use riteraft_proto::{DialOptions, dial_lazy};
 use riteraft_test_support::{Cluster, ClusterOptions, within};
@@ -55,6 +56,33 @@ fn client_as(cluster: &Cluster, name: &str, to: u64) -> ClientClient<Channel> {
         cluster.addr(to),
         Some(client_files(&cluster.certs_dir(), name)),
     ))
+}
+
+/// Sends `requests` on one `Pipeline` stream and returns each answer by id, a failure carried
+/// in an answer as its status.
+async fn pipelined(
+    client: &mut ClientClient<Channel>,
+    requests: Vec<PipelineRequest>,
+) -> Result<Vec<(u64, Result<pipeline_response::Result, tonic::Status>)>, tonic::Status> {
+    let count = requests.len();
+    let mut answers = client
+        .pipeline(tokio_stream::iter(requests))
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(answer) = answers.message().await? {
+        let result = match answer.result.expect("every answer carries a result") {
+            pipeline_response::Result::Failure(failure) => Err(tonic::Status::new(
+                Code::from(failure.code),
+                failure.message,
+            )),
+            result => Ok(result),
+        };
+        got.push((answer.id, result));
+    }
+    assert_eq!(got.len(), count, "one answer per request: {got:?}");
+    got.sort_by_key(|(id, _)| *id);
+    Ok(got)
 }
 
 fn raft_message(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
@@ -303,6 +331,32 @@ async fn each_role_may_make_its_calls_and_no_others() {
                 .await
                 .map(drop);
             allowed(Role::Write, propose, "Propose");
+            // The same two, on one pipeline: each request is checked for its own role.
+            let answers = pipelined(
+                &mut client,
+                vec![
+                    PipelineRequest {
+                        id: 1,
+                        request: Some(pipeline_request::Request::Query(QueryRequest {
+                            request: b"get k0".to_vec(),
+                            stale: false,
+                        })),
+                    },
+                    PipelineRequest {
+                        id: 2,
+                        request: Some(pipeline_request::Request::Propose(ProposeRequest {
+                            command: format!("put p-{name} v-p-{name}").into_bytes(),
+                        })),
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+            let [(1, query), (2, propose)] = &answers[..] else {
+                panic!("{answers:?}");
+            };
+            allowed(Role::Read, query.clone().map(drop), "Pipeline (query)");
+            allowed(Role::Write, propose.clone().map(drop), "Pipeline (propose)");
             // Leadership stays where it is: a transfer to the leader itself is a no-op.
             let transfer = client
                 .transfer_leader(TransferLeaderRequest { to: leader })
@@ -345,8 +399,37 @@ async fn each_role_may_make_its_calls_and_no_others() {
             .await
             .unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied);
+        // A pipelined request with nothing in it is refused on its own; the stream goes on and
+        // answers the next.
+        let answers = pipelined(
+            &mut client_as(&cluster, "writer", follower),
+            vec![
+                PipelineRequest {
+                    id: 7,
+                    request: None,
+                },
+                PipelineRequest {
+                    id: 8,
+                    request: Some(pipeline_request::Request::Propose(ProposeRequest {
+                        command: b"put p-forwarded v-p-forwarded".to_vec(),
+                    })),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            answers[0].1.as_ref().unwrap_err().code(),
+            Code::InvalidArgument,
+            "{answers:?}"
+        );
+        assert!(
+            matches!(&answers[1].1, Ok(pipeline_response::Result::Propose(_))),
+            "a follower forwards a pipelined write: {answers:?}"
+        );
         let mut keys = keys;
         keys.extend(["writer".to_string(), "admin".to_string()]);
+        keys.extend(["p-writer", "p-admin", "p-forwarded"].map(String::from));
         assert_intact(&cluster, &keys).await;
     })
     .await;

@@ -153,6 +153,11 @@ pub struct BenchArgs {
     )]
     pub connections: u32,
 
+    /// Send each request as a unary gRPC call of its own instead of on each connection's
+    /// pipelined stream (`Client.Pipeline`, the default): for comparing the two.
+    #[arg(long)]
+    pub unary: bool,
+
     /// Worker threads of the load generator's own runtime.
     #[arg(
         long,
@@ -346,6 +351,7 @@ impl Plan {
                 node_args: args.node_arg.clone(),
                 tls: args.tls,
                 deploy: args.deploy.clone(),
+                unary: args.unary,
             },
             deploy: args.deploy.as_deref().map(DeployModule::read).transpose()?,
             target,
@@ -431,6 +437,7 @@ impl Plan {
         let clients = Clients {
             timeout: self.timeout,
             tls: local.and_then(LocalCluster::client_tls),
+            pipelined: !config.unary,
         };
         let routing = route(addresses, &clients).await?;
         let workers = workers(config, &routing, &clients)?;
@@ -582,6 +589,8 @@ struct Routing {
 struct Clients {
     timeout: Duration,
     tls: Option<Arc<ClientTls>>,
+    /// Requests on each connection's pipelined stream (else unary calls; `--unary`).
+    pipelined: bool,
 }
 
 impl Clients {
@@ -590,7 +599,9 @@ impl Clients {
     }
 
     fn builder(&self) -> riteraft_client::ClientBuilder {
-        let builder = Client::builder().timeout(self.timeout);
+        let builder = Client::builder()
+            .timeout(self.timeout)
+            .pipelined(self.pipelined);
         match &self.tls {
             Some(tls) => builder.tls(tls.clone()),
             None => builder,

@@ -32,6 +32,8 @@ pub struct Config {
     pub tls: bool,
     /// The module deployed when the measured window started (`--deploy`).
     pub deploy: Option<PathBuf>,
+    /// Each request a unary call of its own, not on a pipelined stream (`--unary`).
+    pub unary: bool,
 }
 
 /// Which cluster a run loaded.
@@ -313,6 +315,7 @@ impl Config {
     fn json_into(&self, object: &mut Map<String, Value>) {
         object.insert("clients".into(), json!(self.clients));
         object.insert("connections".into(), json!(self.connections));
+        object.insert("unary".into(), json!(self.unary));
         object.insert("threads".into(), json!(self.threads));
         object.insert("value_size".into(), json!(self.value_size));
         object.insert(
@@ -351,9 +354,14 @@ impl Config {
     fn text(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "load:        {} clients over {} connections, {}, {}-byte values, {} keys",
+            "load:        {} clients over {} connections ({}), {}, {}-byte values, {} keys",
             self.clients,
             self.connections,
+            if self.unary {
+                "unary calls"
+            } else {
+                "pipelined"
+            },
             self.mix(),
             self.value_size,
             self.keys
@@ -491,6 +499,7 @@ mod tests {
             node_args: vec!["--read-lease".into()],
             tls: false,
             deploy: None,
+            unary: false,
         }
     }
 
@@ -590,7 +599,7 @@ mod tests {
     fn text_names_the_setup_and_the_figures() {
         let text = BenchOutcome::Single(config(), Box::new(run(1, true))).text();
         for expected in [
-            "64 clients over 8 connections, writes only, 256-byte values, 10000 keys",
+            "64 clients over 8 connections (pipelined), writes only, 256-byte values, 10000 keys",
             "1 s warmup, 10 s measured",
             "node flags:  --read-lease",
             "compiled into the nodes",

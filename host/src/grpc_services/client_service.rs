@@ -3,6 +3,66 @@
 use super::*;
 
 impl NodeService {
+    /// Replicates `command` and answers with the store's answer; a follower forwards it to the
+    /// leader, unless it was `forwarded` to this node already. `Propose`, and each proposal of
+    /// a `Pipeline`.
+    pub(super) async fn propose_command(
+        &self,
+        command: Vec<u8>,
+        forwarded: bool,
+    ) -> Result<ProposeResponse, Status> {
+        // Kept for a forward: the node takes the command it is given.
+        let copy = command.clone();
+        let result = self
+            .node
+            .call(|reply| NodeRequest::Propose { command, reply })
+            .await;
+        match result {
+            Ok(applied) => {
+                let result = match applied.outcome {
+                    Ok(output) => propose_response::Result::Output(output),
+                    Err(rejection) => propose_response::Result::Rejection(rejection.to_string()),
+                };
+                Ok(ProposeResponse {
+                    result: Some(result),
+                    index: applied.index,
+                })
+            }
+            Err(NodeError::NotLeader { address, .. }) if !forwarded => {
+                let mut client = self.leader_client(&address)?;
+                client
+                    .propose(mark_forwarded(ProposeRequest { command: copy }))
+                    .await
+                    .map(Response::into_inner)
+                    .map_err(|status| unreached_leader(status, &address))
+            }
+            Err(error) => Err(status_of(error)),
+        }
+    }
+
+    /// Runs a query on this node (linearizable ones confirm the read index with the leader).
+    /// `Query`, and each query of a `Pipeline`.
+    pub(super) async fn answer_query(&self, query: QueryRequest) -> Result<QueryResponse, Status> {
+        let QueryRequest { request, stale } = query;
+        let answered = self
+            .node
+            .call(|reply| NodeRequest::Query {
+                request,
+                stale,
+                reply,
+            })
+            .await
+            .map_err(status_of)?;
+        let result = match answered.outcome {
+            Ok(output) => query_response::Result::Output(output),
+            Err(rejection) => query_response::Result::Rejection(rejection.to_string()),
+        };
+        Ok(QueryResponse {
+            result: Some(result),
+            applied_index: answered.applied_index,
+        })
+    }
+
     /// Calls the node at `address` back to check that it is the one asking to join.
     async fn confirm_joiner(&self, address: &str, join_token: Vec<u8>) -> Result<(), Status> {
         let refuse = |why: String| {
@@ -31,23 +91,10 @@ impl Client for NodeService {
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
         access::authorize(&request, Need::Role(Role::Write), "Propose")?;
-        let command = request.get_ref().command.clone();
-        let result = self
-            .node
-            .call(|reply| NodeRequest::Propose { command, reply })
+        let forwarded = forwarded(&request);
+        self.propose_command(request.into_inner().command, forwarded)
             .await
-            .map(|applied| {
-                let result = match applied.outcome {
-                    Ok(output) => propose_response::Result::Output(output),
-                    Err(rejection) => propose_response::Result::Rejection(rejection.to_string()),
-                };
-                Response::new(ProposeResponse {
-                    result: Some(result),
-                    index: applied.index,
-                })
-            });
-        or_forward!(self, request, result, |client, forwarded| client
-            .propose(forwarded))
+            .map(Response::new)
     }
 
     async fn query(
@@ -55,24 +102,9 @@ impl Client for NodeService {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         access::authorize(&request, Need::Role(Role::Read), "Query")?;
-        let QueryRequest { request, stale } = request.into_inner();
-        let answered = self
-            .node
-            .call(|reply| NodeRequest::Query {
-                request,
-                stale,
-                reply,
-            })
+        self.answer_query(request.into_inner())
             .await
-            .map_err(status_of)?;
-        let result = match answered.outcome {
-            Ok(output) => query_response::Result::Output(output),
-            Err(rejection) => query_response::Result::Rejection(rejection.to_string()),
-        };
-        Ok(Response::new(QueryResponse {
-            result: Some(result),
-            applied_index: answered.applied_index,
-        }))
+            .map(Response::new)
     }
 
     async fn status(
@@ -197,6 +229,17 @@ impl Client for NodeService {
     ) -> Result<Response<DeployResponse>, Status> {
         let upload = self.receive_deploy(request, "Deploy").await?;
         self.deploy_unwatched(upload).await.map(Response::new)
+    }
+
+    type PipelineStream = pipeline::PipelineAnswers;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        // Any role may open one; each request is then checked for what it needs.
+        access::authorize(&request, Need::Role(Role::Read), "Pipeline")?;
+        Ok(Response::new(self.serve_pipeline(request)))
     }
 
     type DeployWatchStream = deploys::DeployEvents;

@@ -24,10 +24,10 @@ use riteraft_proto::tls::ClientTls;
 use riteraft_proto::tls::Role;
 use riteraft_proto::{
     DeployChunk, DeployResponse, IdentifyRequest, IdentifyResponse, JoinRequest, JoinResponse,
-    LeaveRequest, LeaveResponse, Member, ModuleChunk, ModuleRequest, ProposeRequest,
-    ProposeResponse, QueryRequest, QueryResponse, RaftBatch, SendAck, SnapshotChunk, StatusRequest,
-    StatusResponse, TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response,
-    query_response,
+    LeaveRequest, LeaveResponse, Member, ModuleChunk, ModuleRequest, PipelineRequest,
+    ProposeRequest, ProposeResponse, QueryRequest, QueryResponse, RaftBatch, SendAck,
+    SnapshotChunk, StatusRequest, StatusResponse, TransferLeaderRequest, TransferLeaderResponse,
+    Upgrade, propose_response, query_response,
 };
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
@@ -245,6 +245,7 @@ async fn next_chunk<T>(chunks: &mut Streaming<T>) -> Result<Option<T>, Status> {
 mod client_service;
 mod deploys;
 mod module_transfer;
+mod pipeline;
 mod raft_service;
 
 pub use module_transfer::GrpcModuleFetcher;

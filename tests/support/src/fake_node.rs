@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,9 +16,10 @@ use riteraft_proto::MAX_MESSAGE_BYTES;
 use riteraft_proto::client_server::{Client as ClientService, ClientServer};
 use riteraft_proto::tls::{TlsFiles, node_server_config};
 use riteraft_proto::{
-    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Member, ProposeRequest,
-    ProposeResponse, QueryRequest, QueryResponse, StatusRequest, StatusResponse,
-    TransferLeaderRequest, TransferLeaderResponse, Upgrade, propose_response, query_response,
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Member, PipelineFailure,
+    PipelineRequest, PipelineResponse, ProposeRequest, ProposeResponse, QueryRequest,
+    QueryResponse, StatusRequest, StatusResponse, TransferLeaderRequest, TransferLeaderResponse,
+    Upgrade, pipeline_request, pipeline_response, propose_response, query_response,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,6 +43,12 @@ pub struct Fake {
     /// Wait this long before answering a query.
     query_delay: Mutex<Option<Duration>>,
     calls: AtomicUsize,
+    /// Itself, for the tasks of its pipelines.
+    me: std::sync::Weak<Fake>,
+    /// Answer `Pipeline` with UNIMPLEMENTED, as a node from before it would.
+    no_pipeline: AtomicBool,
+    /// Pipeline streams opened.
+    pipelines: AtomicUsize,
     /// What was asked, e.g. `propose put a 1`, `leave 3`.
     log: Mutex<Vec<String>>,
     index: AtomicU64,
@@ -49,13 +56,16 @@ pub struct Fake {
 
 impl Fake {
     pub fn new(id: u64) -> Arc<Fake> {
-        Arc::new(Fake {
+        Arc::new_cyclic(|me| Fake {
+            me: me.clone(),
             id,
             next_failures: Mutex::default(),
             always: Mutex::default(),
             propose_delay: Mutex::default(),
             query_delay: Mutex::default(),
             calls: AtomicUsize::new(0),
+            no_pipeline: AtomicBool::new(false),
+            pipelines: AtomicUsize::new(0),
             log: Mutex::default(),
             index: AtomicU64::new(0),
         })
@@ -76,6 +86,16 @@ impl Fake {
     /// Waits `delay` before answering each query (a node alive but stuck).
     pub fn delay_queries(&self, delay: Duration) {
         *self.query_delay.lock().unwrap() = Some(delay);
+    }
+
+    /// Answer `Pipeline` with UNIMPLEMENTED from now on, as a node from before it.
+    pub fn without_pipeline(&self) {
+        self.no_pipeline.store(true, Ordering::SeqCst);
+    }
+
+    /// `Pipeline` streams opened so far.
+    pub fn pipelines(&self) -> usize {
+        self.pipelines.load(Ordering::SeqCst)
     }
 
     /// Calls received, failed ones included.
@@ -241,6 +261,56 @@ impl ClientService for Fake {
             message: format!("received {bytes} bytes"),
             ..Default::default()
         }))
+    }
+
+    type PipelineStream = tonic::codegen::BoxStream<PipelineResponse>;
+
+    /// Each request answered concurrently by the unary call's code, its failure carried in
+    /// the answer, as a node does.
+    async fn pipeline(
+        &self,
+        request: Request<tonic::Streaming<PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        if self.no_pipeline.load(Ordering::SeqCst) {
+            return Err(Status::unimplemented("Pipeline"));
+        }
+        self.pipelines.fetch_add(1, Ordering::SeqCst);
+        let fake = self.me.upgrade().expect("a fake node serving is alive");
+        let mut requests = request.into_inner();
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            while let Ok(Some(PipelineRequest { id, request })) = requests.message().await {
+                let (fake, sender) = (fake.clone(), sender.clone());
+                tokio::spawn(async move {
+                    let result = match request {
+                        Some(pipeline_request::Request::Propose(propose)) => fake
+                            .propose(Request::new(propose))
+                            .await
+                            .map(|r| pipeline_response::Result::Propose(r.into_inner())),
+                        Some(pipeline_request::Request::Query(query)) => fake
+                            .query(Request::new(query))
+                            .await
+                            .map(|r| pipeline_response::Result::Query(r.into_inner())),
+                        None => Err(Status::invalid_argument("empty")),
+                    };
+                    let result = result.unwrap_or_else(|status| {
+                        pipeline_response::Result::Failure(PipelineFailure {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    });
+                    let _ = sender
+                        .send(Ok(PipelineResponse {
+                            id,
+                            result: Some(result),
+                        }))
+                        .await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     type DeployWatchStream = tonic::codegen::BoxStream<riteraft_proto::DeployEvent>;
