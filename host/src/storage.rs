@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod disk;
+mod entry_cache;
 
 pub use disk::DiskLogStore;
 

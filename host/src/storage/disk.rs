@@ -26,6 +26,7 @@ use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use raft_engine::{Command, Engine, LogBatch, MessageExt, ReadableSize};
 use sha2::{Digest, Sha256};
 
+use super::entry_cache::EntryCache;
 use super::{LogStore, StorageError};
 
 /// raft-engine keeps logs for many raft groups; we have one.
@@ -62,6 +63,8 @@ pub struct DiskLogStore {
     /// Bytes of entries appended since the log was last truncated (an estimate of its size).
     log_bytes: u64,
     snapshot_requested: AtomicBool,
+    /// The newest entries, as written (see [`EntryCache`]).
+    recent: EntryCache,
 }
 
 fn io_error(e: impl std::fmt::Display) -> StorageError {
@@ -122,6 +125,7 @@ impl DiskLogStore {
             snapshot_bytes,
             log_bytes: 0,
             snapshot_requested: AtomicBool::new(false),
+            recent: EntryCache::default(),
         };
         store.recover()?;
         Ok(store)
@@ -181,6 +185,7 @@ impl DiskLogStore {
         self.conf_state = meta.get_conf_state().clone();
         self.truncated = (meta.index, meta.term);
         self.log_bytes = 0;
+        self.recent.clear();
         Ok(())
     }
 
@@ -339,8 +344,13 @@ impl raft::Storage for DiskLogStore {
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         super::check_range(low, high, self.truncated.0, self.last())?;
+        let max_size = max_size.into();
+        if let Some(mut entries) = self.recent.get(low, high) {
+            raft::util::limit_size(&mut entries, max_size);
+            return Ok(entries);
+        }
         let mut entries = Vec::with_capacity((high - low) as usize);
-        let max_size = max_size.into().map(|size| size as usize);
+        let max_size = max_size.map(|size| size as usize);
         self.engine
             .fetch_entries_to::<EntryExt>(GROUP, low, high, max_size, &mut entries)
             .map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))))?;
@@ -350,6 +360,9 @@ impl raft::Storage for DiskLogStore {
     fn term(&self, index: u64) -> raft::Result<u64> {
         if let Some(known) = super::term_at_or_before(index, self.truncated) {
             return known;
+        }
+        if let Some(term) = self.recent.term(index) {
+            return Ok(term);
         }
         match self.engine.get_entry::<EntryExt>(GROUP, index) {
             Ok(Some(entry)) => Ok(entry.term),
@@ -407,6 +420,7 @@ impl LogStore for DiskLogStore {
         }
         let sync = super::persist_syncs(entries, &self.hard_state, hard_state);
         self.engine.write(&mut batch, sync).map_err(io_error)?;
+        self.recent.append(entries);
         self.log_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
         if let Some(hard_state) = hard_state {
             self.hard_state = hard_state.clone();
@@ -490,6 +504,7 @@ impl LogStore for DiskLogStore {
                 .map_err(io_error)?;
             self.engine.write(&mut batch, true).map_err(io_error)?;
             self.engine.compact_to(GROUP, compact_index + 1);
+            self.recent.compact_to(compact_index);
             self.truncated = (compact_index, term);
             self.log_bytes = 0;
             self.engine.purge_expired_files().map_err(io_error)?;
