@@ -32,6 +32,7 @@
 //! The run happens on a runtime of its own on a dedicated thread (see [`LOAD_THREADS`]): the
 //! CLI's runtime is single-threaded, which suits one call but not a load generator.
 
+mod alternating;
 mod deploy_during;
 mod load;
 mod local;
@@ -186,6 +187,21 @@ pub struct BenchArgs {
     #[arg(long)]
     pub compare: bool,
 
+    /// Local clusters only: also run the load on a cluster of this riteraft-host binary (B),
+    /// alternating with the default one or `--host`'s (A) for `--rounds` rounds, each on a
+    /// fresh cluster, and print the medians and the ratios B / A.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["compare", "deploy"])]
+    pub against: Option<PathBuf>,
+
+    /// With `--against`: rounds of A then B.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(1..=alternating::MAX_ROUNDS as i64)
+    )]
+    pub rounds: u32,
+
     /// Local clusters only: one more flag for every node, e.g. `--node-arg=--read-lease` or
     /// `--node-arg=--snapshot-entries=100000` (repeat for several).
     #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
@@ -289,6 +305,9 @@ struct Plan {
     local: Option<LocalOptions>,
     compare: bool,
     native: bool,
+    /// `--against`'s binary, and the rounds to alternate.
+    against: Option<PathBuf>,
+    rounds: u32,
     /// `--deploy`'s module.
     deploy: Option<DeployModule>,
 }
@@ -305,6 +324,7 @@ impl Plan {
                     ("--host", args.host.is_some()),
                     ("--native", args.native),
                     ("--compare", args.compare),
+                    ("--against", args.against.is_some()),
                     ("--data-root", args.data_root.is_some()),
                     ("--node-arg", !args.node_arg.is_empty()),
                     ("--tls", args.tls),
@@ -336,6 +356,14 @@ impl Plan {
                     .unwrap_or_else(local::default_data_root),
             }),
         };
+        if let Some(against) = &args.against
+            && !against.is_file()
+        {
+            bail!(
+                "--against {}: no such file; give the path of a riteraft-host binary",
+                against.display()
+            );
+        }
         Ok(Plan {
             config: Config {
                 clients: args.clients,
@@ -359,6 +387,8 @@ impl Plan {
             local,
             compare: args.compare,
             native: args.native,
+            against: args.against.clone(),
+            rounds: args.rounds,
         })
     }
 
@@ -370,6 +400,31 @@ impl Plan {
                 };
                 let run = self.load(setup, addresses, None).await?;
                 Ok(BenchOutcome::Single(self.config.clone(), Box::new(run)))
+            }
+            (Target::Local, Some(options)) if self.against.is_some() => {
+                let b_host = self.against.clone().expect("checked above");
+                let b_options = LocalOptions {
+                    host: b_host.clone(),
+                    ..options.clone()
+                };
+                let mut rounds = Vec::new();
+                for round in 1..=self.rounds {
+                    let a = self
+                        .load_local(options, self.native, Some(&format!("round {round}, A")))
+                        .await?;
+                    let b = self
+                        .load_local(&b_options, self.native, Some(&format!("round {round}, B")))
+                        .await?;
+                    rounds.push((a, b));
+                }
+                Ok(BenchOutcome::Alternating(
+                    self.config.clone(),
+                    Box::new(alternating::Alternating {
+                        a_host: options.host.clone(),
+                        b_host,
+                        rounds,
+                    }),
+                ))
             }
             (Target::Local, Some(options)) if self.compare => {
                 let wasm = self.load_local(options, false, Some("wasm")).await?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::alternating::Alternating;
 use super::deploy_during::DeployFigures;
 use super::load::Tally;
 
@@ -98,6 +99,8 @@ pub enum BenchOutcome {
         wasm: Box<RunReport>,
         native: Box<RunReport>,
     },
+    /// `--against`: runs of two host binaries, alternating.
+    Alternating(Config, Box<Alternating>),
 }
 
 impl RunReport {
@@ -121,6 +124,15 @@ impl RunReport {
         (self.tally.ops > 0).then(|| total.as_secs_f64() * 1e6 / self.tally.ops as f64)
     }
 
+    /// `cpu` per answered request, as the text shows it (empty if nothing was answered).
+    fn per_request(&self, cpu: Duration) -> String {
+        if self.tally.ops == 0 {
+            return String::new();
+        }
+        let us = cpu.as_secs_f64() * 1e6 / self.tally.ops as f64;
+        format!(" ({us:.1} µs per request)")
+    }
+
     /// Share of a core used over the window.
     fn cores(&self, cpu: Duration) -> f64 {
         let window = self.cpu_window.as_secs_f64();
@@ -131,7 +143,7 @@ impl RunReport {
         }
     }
 
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         let tally = &self.tally;
         let mut object = Map::new();
         let (kind, addresses, data_dir, state_machine) = match &self.setup {
@@ -291,7 +303,13 @@ impl RunReport {
             };
             let cpu = node
                 .cpu
-                .map(|cpu| format!(", CPU {:.2} cores", self.cores(cpu)))
+                .map(|cpu| {
+                    format!(
+                        ", CPU {:.2} cores{}",
+                        self.cores(cpu),
+                        self.per_request(cpu)
+                    )
+                })
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
@@ -300,10 +318,15 @@ impl RunReport {
             );
         }
         if let Some(cpu) = self.bench_cpu {
-            let _ = write!(out, "bench:       CPU {:.2} cores", self.cores(cpu));
+            let _ = write!(
+                out,
+                "bench:       CPU {:.2} cores{}",
+                self.cores(cpu),
+                self.per_request(cpu)
+            );
             match self.cpu_us_per_op() {
                 Some(us) => {
-                    let _ = writeln!(out, "; {us:.1} µs of CPU per request, nodes and bench");
+                    let _ = writeln!(out, "; all together {us:.1} µs of CPU per request");
                 }
                 None => out.push('\n'),
             }
@@ -427,6 +450,10 @@ impl BenchOutcome {
                 object.insert("native".into(), native.json());
                 object.insert("ratio".into(), json!(self.ratio().map(|r| round(r, 3))));
             }
+            BenchOutcome::Alternating(config, runs) => {
+                config.json_into(&mut object);
+                runs.json_into(&mut object);
+            }
         }
         Value::Object(object)
     }
@@ -463,6 +490,10 @@ impl BenchOutcome {
                         out.push_str("wasm / native throughput: unknown (native did nothing)\n")
                     }
                 }
+            }
+            BenchOutcome::Alternating(config, runs) => {
+                config.text(&mut out);
+                runs.text(&mut out);
             }
         }
         // The caller adds the final newline.
@@ -609,7 +640,7 @@ mod tests {
             "latency:     p50 0.999 ms, p99 1.489 ms",
             "errors:      0",
             "node 1:      leader pid 42: resident 2.0 MiB (peak 4.0 MiB), CPU 0.50 cores",
-            "800.0 µs of CPU per request",
+            "all together 800.0 µs of CPU per request",
         ] {
             assert!(
                 text.contains(expected),
