@@ -279,3 +279,114 @@ fn a_follower_far_behind_applies_its_backlog_in_slices_between_rounds() {
     );
     assert_eq!(sim.query(behind, "get k11999", true), Ok("v11999".into()));
 }
+
+#[test]
+fn a_leader_of_a_large_store_snapshots_as_a_follower_after_handing_over() {
+    // "Large" is made small here: a 16 KiB store, a 256 KiB log.
+    let options = NodeOptions {
+        snapshot_entries: 200,
+        snapshot_log_bytes: 256 << 10,
+        large_state_bytes: 16 << 10,
+        // The memory store counts the entries kept behind a snapshot as log; the disk store
+        // counts from the snapshot on. None kept: both the same.
+        log_entries_kept: 0,
+        snapshot_on_thread: false,
+        prepare_on_thread: false,
+        ..NodeOptions::default()
+    };
+    let mut sim = MemCluster::three_nodes_with(options.clone());
+    sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
+    let leader = sim.wait("a leader", |sim| sim.leader());
+    let term = sim.status(leader).term;
+    let snapshot_of =
+        |sim: &MemCluster, id: u64| sim.nodes[&id].log_store().snapshot_metadata().index;
+    let value = "v".repeat(64);
+    let mut leader_snapshots_while_large = Vec::new();
+    // The leader's log and store sizes as last seen: what a new snapshot of it was taken at.
+    let mut leader_seen = (0, 0, 0);
+    let mut follower_snapshots = BTreeMap::<u64, Vec<(u64, u64)>>::new();
+    let mut handed_over = None;
+    for batch in 0..400 {
+        let target = sim.wait("a leader", |sim| sim.leader());
+        if target != leader {
+            handed_over = Some(batch);
+            break;
+        }
+        let mut answers: Vec<_> = (0..20)
+            .map(|i| {
+                let (reply, answer) = oneshot::channel();
+                let command = format!("put k{batch}-{i} {value}").into_bytes();
+                sim.inbox
+                    .get_mut(&target)
+                    .unwrap()
+                    .push_back(Request::Propose { command, reply });
+                answer
+            })
+            .collect();
+        sim.wait("the batch's answers", |sim| {
+            for id in 1..=3 {
+                let store = sim.nodes[&id].log_store();
+                let index = snapshot_of(sim, id);
+                if id == leader {
+                    let (seen_index, seen_state, seen_log) = leader_seen;
+                    if index != seen_index
+                        && seen_state >= options.large_state_bytes
+                        && seen_log < options.snapshot_log_bytes
+                    {
+                        leader_snapshots_while_large.push((index, seen_state, seen_log));
+                    }
+                    leader_seen = (index, store.snapshot_bytes(), store.log_bytes());
+                } else {
+                    // (index, size of the store's previous snapshot)
+                    let taken = follower_snapshots.entry(id).or_default();
+                    if taken.last().map(|(i, _)| *i) != Some(index) {
+                        taken.push((index, store.snapshot_bytes()));
+                    }
+                }
+            }
+            answers.retain_mut(|answer| answer.try_recv().is_err());
+            answers.is_empty().then_some(())
+        });
+    }
+    // Once its store was large, the leader took no snapshot while its log had room: the
+    // followers took theirs (at different points, so never both at once).
+    assert!(
+        leader_snapshots_while_large.is_empty(),
+        "the leader snapshotted a large store: {leader_snapshots_while_large:?}"
+    );
+    for (id, taken) in &follower_snapshots {
+        assert!(taken.len() >= 3, "follower {id} took {taken:?}");
+    }
+    // Their first snapshots were of a small store (a count of entries, the same for both);
+    // once the store is large each waits for its own share of log, so that they rarely gather
+    // at once (equal shares had them snapshot at the very same index every time).
+    let later: Vec<Vec<u64>> = follower_snapshots
+        .values()
+        .map(|taken| {
+            (taken.windows(2))
+                .filter(|pair| pair[0].1 >= options.large_state_bytes)
+                .map(|pair| pair[1].0)
+                .collect()
+        })
+        .collect();
+    assert!(later.iter().all(|l| l.len() >= 3), "{follower_snapshots:?}");
+    let together = later[0].iter().filter(|i| later[1].contains(i)).count();
+    assert!(
+        together * 2 < later[0].len(),
+        "the followers mostly snapshotted at the same index: {follower_snapshots:?}"
+    );
+    // With its log full it handed leadership over (one term, no election timeout), and took
+    // its snapshot as a follower.
+    assert!(handed_over.is_some(), "the leader never handed over");
+    let new_leader = sim.wait("the new leader", |sim| sim.leader());
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        sim.status(new_leader).term,
+        term + 1,
+        "a transfer, not elections"
+    );
+    let before = leader_seen.0;
+    sim.wait("the old leader's snapshot", |sim| {
+        (snapshot_of(sim, leader) > before).then_some(())
+    });
+}
