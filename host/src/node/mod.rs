@@ -93,9 +93,6 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     /// After a snapshot could not be written (e.g. the disk is full), none is started before
     /// this.
     snapshot_retry_at: Option<Instant>,
-    /// When this leader handed leadership over so as to take a large snapshot as a follower
-    /// (see `snapshots`).
-    handed_over_at: Option<Instant>,
     /// Peers' messages refused at the door, logged at most once a second.
     refusals: LogLimiter,
     /// The time of the current round, and the wall clock then (ms since the Unix epoch, for
@@ -183,7 +180,6 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             disk_full: None,
             saving: None,
             snapshot_retry_at: None,
-            handed_over_at: None,
             refusals: LogLimiter::new(),
             now,
             now_ms: 0,

@@ -25,10 +25,6 @@ pub struct NodeOptions {
     pub snapshot_entries: u64,
     /// ... or once the log holds this many bytes of entries.
     pub snapshot_log_bytes: u64,
-    /// A store whose snapshot is at least this large is gathered on the leader only when it
-    /// must be (see `node::snapshots`): gathering it stops the consensus loop for longer than
-    /// followers wait for a heartbeat.
-    pub large_state_bytes: u64,
     /// Entries kept in the log behind a snapshot, for followers that are only a little behind.
     pub log_entries_kept: u64,
     /// How long a client waits for its proposal (or linearizable read) before an error.
@@ -93,9 +89,6 @@ impl Default for NodeOptions {
             heartbeat_ticks: 2,
             snapshot_entries: 10_000,
             snapshot_log_bytes: 256 << 20,
-            // Gathered at about 150 MB/s on a loaded 2-core machine: 0.2 s, a fifth of the
-            // shortest election timeout (1 s).
-            large_state_bytes: 32 << 20,
             log_entries_kept: 1_000,
             request_timeout: Duration::from_secs(5),
             max_command_bytes: 4 << 20,

@@ -19,12 +19,6 @@ use crate::storage::{LogStore, SavedSnapshot, StorageError};
 /// asked to take the whole store again every round, and ten seconds add little to the log.
 pub(super) const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
 
-/// How long a leader that handed leadership over before a large snapshot waits for the
-/// transfer to happen before it gathers the snapshot as the leader anyway: a transfer takes
-/// one round trip when the successor is caught up, and raft gives up on one after an election
-/// timeout (1-2 s).
-const HANDOVER_WAIT: Duration = Duration::from_secs(3);
-
 /// A snapshot of this node's state on its way to disk (see [`Node::maybe_snapshot`]).
 pub(super) struct SnapshotSave {
     /// Encodes and writes it; the log store records the result.
@@ -128,28 +122,15 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         // A snapshot rewrites the whole store, so a large one waits until the log since the
         // last snapshot is a quarter of the store's size: snapshots then cost at most about
         // four times what is written, instead of a 300 MiB rewrite every 10,000 writes.
-        //
-        // Each node waits a little longer than the one before it (a sixteenth of the store more
-        // per node id, cycling over four): their logs are the same, and two followers gathering
-        // a large store at the same moment would leave the leader without its quorum.
         let log_bytes = store.log_bytes();
         let state_bytes = store.snapshot_bytes();
-        let stagger = state_bytes / 16 * ((self.id.saturating_sub(1)) % 4);
-        let log_full = log_bytes >= self.options.snapshot_log_bytes;
-        let needed = store.snapshot_requested() || self.state_machine.wants_snapshot();
-        let due = (since >= self.options.snapshot_entries
-            && log_bytes >= state_bytes / 4 + stagger)
-            || log_full
-            || needed;
+        let due = (since >= self.options.snapshot_entries && log_bytes >= state_bytes / 4)
+            || log_bytes >= self.options.snapshot_log_bytes
+            || store.snapshot_requested()
+            || self.state_machine.wants_snapshot();
         if since == 0 || !due {
-            self.handed_over_at = None;
             return Ok(());
         }
-        if !needed && self.must_hand_over_first(state_bytes, log_full) {
-            return Ok(());
-        }
-        self.handed_over_at = None;
-        let store = self.raw.store();
         let started = Instant::now();
         let mut metadata = SnapshotMetadata {
             index: self.applied,
@@ -192,40 +173,6 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.finish_snapshot(true)?;
         }
         Ok(())
-    }
-
-    /// Whether a due snapshot waits because this node leads and its store is large: gathering
-    /// it stops this loop for seconds (1.4-2.2 s for 255 MiB under load), longer than followers
-    /// wait for a heartbeat (1-2 s), and cost the cluster its leader in most 1M-key runs. So a
-    /// leader of a large store leaves its snapshot until its log is full (followers take theirs
-    /// meanwhile, so a lagging follower still finds one), then hands leadership to the most
-    /// up-to-date voter and takes it as a follower, whose pause costs no election. If no
-    /// transfer happens within [`HANDOVER_WAIT`] (no voter is there to take over), it gathers
-    /// as the leader after all.
-    fn must_hand_over_first(&mut self, state_bytes: u64, log_full: bool) -> bool {
-        let voters = self.raw.raft.prs().conf().voters().ids().len();
-        if !self.is_leader() || state_bytes < self.options.large_state_bytes || voters < 2 {
-            return false;
-        }
-        if !log_full {
-            return true;
-        }
-        match self.handed_over_at {
-            Some(at) => self.now < at + HANDOVER_WAIT,
-            None => {
-                let Some(successor) = self.successor(0) else {
-                    return false;
-                };
-                tracing::info!(
-                    to = successor,
-                    state_bytes,
-                    "handing leadership over before taking a large snapshot"
-                );
-                self.raw.transfer_leader(successor);
-                self.handed_over_at = Some(self.now);
-                true
-            }
-        }
     }
 
     /// Records the snapshot being written once its file is durable (with `wait`, waits for it:
