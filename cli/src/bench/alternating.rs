@@ -106,13 +106,22 @@ impl Alternating {
                     .cpu_us_per_op()
                     .map(|us| format!(", {us:.1} µs CPU/request"))
                     .unwrap_or_default();
+                let terms = match run.terms {
+                    (before, Some(after)) => format!(", {} leader changes", after - before),
+                    (_, None) => String::new(),
+                };
+                let peak = (run.nodes.iter().filter_map(|node| node.rss_peak_kib).max())
+                    .map(|kib| format!(", largest node peak {:.0} MiB", kib as f64 / 1024.0))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "round {} {name}:   {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms, {} errors{cpu}",
+                    "round {} {name}:   {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms, max {:.0} ms, \
+                     {} errors{terms}{cpu}{peak}",
                     round + 1,
                     run.ops_per_sec(),
                     run.tally.percentile_ms(0.5),
                     run.tally.percentile_ms(0.99),
+                    run.tally.max_ms(),
                     run.tally.errors
                 );
             }

@@ -589,10 +589,14 @@ impl Plan {
             )
         };
         let mut nodes = Vec::new();
+        let mut term_after = None;
         if let Some(cluster) = local {
             for (index, node) in cluster.nodes.iter().enumerate() {
                 let role = match routing.client.status_of(&node.address).await {
-                    Ok(status) => status.role,
+                    Ok(status) => {
+                        term_after = term_after.max(Some(status.term));
+                        status.role
+                    }
                     Err(_) => "unknown (no answer)".into(),
                 };
                 let memory = local::resident_kib(node.pid());
@@ -607,8 +611,12 @@ impl Plan {
                 });
             }
         }
+        if local.is_none() {
+            term_after = routing.client.status().await.ok().map(|status| status.term);
+        }
         Ok(RunReport {
             label: None,
+            terms: (routing.term, term_after),
             setup,
             leader: routing.leader.clone(),
             plugin_sha256: routing.plugin_sha256.clone(),

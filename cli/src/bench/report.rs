@@ -74,6 +74,9 @@ pub struct RunReport {
     pub setup: Setup,
     /// The leader's raft id and address, if known when the load started.
     pub leader: Option<(u64, String)>,
+    /// The highest raft term known when the load started and after it ended (`None`: no node
+    /// answered): a difference is a change of leader during the run.
+    pub terms: (u64, Option<u64>),
     pub plugin_sha256: String,
     /// The measured window's length: throughput is `tally.ops / measured`.
     pub measured: Duration,
@@ -216,6 +219,8 @@ impl RunReport {
             "deploy".into(),
             (self.deploy.as_ref()).map_or(Value::Null, DeployFigures::json),
         );
+        object.insert("term_before".into(), json!(self.terms.0));
+        object.insert("term_after".into(), json!(self.terms.1));
         object.insert(
             "bench_cpu_s".into(),
             json!(self.bench_cpu.map(|cpu| round(cpu.as_secs_f64(), 3))),
@@ -257,6 +262,18 @@ impl RunReport {
             None => "not among the addresses: writes go through a follower".into(),
         };
         let _ = writeln!(out, "leader:      {leader}");
+        let _ = match self.terms {
+            (before, Some(after)) if after == before => {
+                writeln!(out, "term:        {before} throughout: no change of leader")
+            }
+            (before, Some(after)) => writeln!(
+                out,
+                "term:        {before} at the start, {after} at the end: the leader changed \
+                 (by election or transfer) {} time(s) at most",
+                after - before
+            ),
+            (before, None) => writeln!(out, "term:        {before} at the start; unknown after"),
+        };
         let _ = writeln!(out, "plugin:      sha256 {}", self.plugin_sha256);
         if let Some((took, prefill)) = &self.prefill {
             let _ = writeln!(
@@ -548,6 +565,7 @@ mod tests {
         }
         tally.merge(&other);
         RunReport {
+            terms: (2, Some(2)),
             label: None,
             setup: Setup::Local {
                 addresses: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
