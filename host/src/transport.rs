@@ -20,7 +20,7 @@ use riteraft_proto::{RaftBatch, SnapshotChunk};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::node::{NodeHandle, Outbox, Request};
+use crate::node::{NodeHandle, Outbox, Request, SideSender};
 
 /// Messages queued for one peer before new ones are dropped (and the peer reported
 /// unreachable): enough for a few seconds of full-speed replication.
@@ -94,6 +94,17 @@ impl Outbox for Transport {
             Some(peer) => peer.queue.try_send(message).is_ok(),
             None => false,
         }
+    }
+
+    /// The peers' queues as they are now: a peer that joins meanwhile is not among them,
+    /// which costs it nothing but these messages.
+    fn side_sender(&self) -> Option<SideSender> {
+        let queues: HashMap<u64, mpsc::Sender<Message>> = (self.peers.iter())
+            .map(|(id, peer)| (*id, peer.queue.clone()))
+            .collect();
+        Some(Box::new(move |message: Message| {
+            (queues.get(&message.to)).is_some_and(|queue| queue.try_send(message).is_ok())
+        }))
     }
 
     /// Makes the set of peers match the membership: starts tasks for new members, stops those

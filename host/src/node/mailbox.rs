@@ -209,7 +209,17 @@ pub trait Outbox {
     /// Tells node `id`, at `address`, that it was removed at log index `index` (it may never
     /// see its removal commit, since the leader stops replicating to it). Best effort.
     fn notify_removed(&mut self, id: u64, address: String, index: u64);
+    /// A way to queue messages from another thread, for the moments the consensus thread is
+    /// busy with one long call (a large store's snapshot; see `snapshots`): it queues exactly
+    /// as [`Outbox::send`] does. `None` (the default) if this outbox has none, as a simulated
+    /// network, which runs every node on one thread.
+    fn side_sender(&self) -> Option<SideSender> {
+        None
+    }
 }
+
+/// See [`Outbox::side_sender`]: `false` if the message could not be queued.
+pub type SideSender = Box<dyn Fn(Message) -> bool + Send + Sync>;
 
 /// A cloneable way to reach the consensus loop from async code.
 #[derive(Clone)]

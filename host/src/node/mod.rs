@@ -38,7 +38,7 @@ mod snapshots;
 pub use divergence::{ALARM_FILE, Divergence, fold as fold_answer};
 pub use mailbox::{
     Answered, Applied, DeployOutcome, Deployed, Joined, NodeError, NodeExit, NodeFatal, NodeHandle,
-    NodeStatus, Outbox, Request, channel, counted_channel,
+    NodeStatus, Outbox, Request, SideSender, channel, counted_channel,
 };
 pub use options::{MAX_MODULE_BYTES, NodeOptions};
 pub use snapshots::{bootstrap_snapshot, restore_snapshot_data, snapshot_module};

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft::prelude::{Snapshot, SnapshotMetadata};
+use raft::StateRole;
+use raft::prelude::{Message, MessageType, Snapshot, SnapshotMetadata};
 
 use super::mailbox::NodeFatal;
 use super::{Node, Outbox};
@@ -143,10 +144,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             cluster: self.cluster.clone(),
             plugin_sha256: self.state_machine.module_info().sha256,
             module: Vec::new(),
-            store: self.state_machine.snapshot()?,
+            store: self.gather_store()?,
         };
         let module = data.plugin_sha256;
-        let save = store.snapshot_saver();
+        let save = self.raw.store().snapshot_saver();
         let thread = std::thread::Builder::new()
             .name("snapshot-save".into())
             .spawn(move || {
@@ -173,6 +174,74 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.finish_snapshot(true)?;
         }
         Ok(())
+    }
+
+    /// The store's snapshot, gathered on this thread (the store lives here). On a leader, a
+    /// thread of its own meanwhile sends the followers a heartbeat every heartbeat interval on
+    /// the leader's behalf: gathering a large store stops this loop for seconds (1.4-2.2 s for
+    /// 255 MiB with 64 clients writing), longer than followers wait for a heartbeat (1-2 s),
+    /// and cost the cluster its leader in most 1M-key runs.
+    ///
+    /// The heartbeats are the ones raft would send, made from its state as the gathering
+    /// starts: this term, and a commit index no higher than each follower is known to hold
+    /// (`min(matched, committed)`, raft's own rule), so repeating them is harmless. Their
+    /// answers wait in the mailbox until the loop is back, and are handled then. A simulated
+    /// network has no way in from another thread, and gets none.
+    fn gather_store(&mut self) -> Result<bytes::Bytes, StateMachineError> {
+        let heartbeats = self.stand_in_heartbeats();
+        let sender = match heartbeats.is_empty() {
+            true => None,
+            false => self.outbox.side_sender(),
+        };
+        let Some(sender) = sender else {
+            return self.state_machine.snapshot();
+        };
+        let interval = self.options.tick * self.options.heartbeat_ticks as u32;
+        let done = (std::sync::Mutex::new(false), std::sync::Condvar::new());
+        let state_machine = &mut self.state_machine;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let (lock, wake) = &done;
+                let mut finished = lock.lock().expect("heartbeat pump lock");
+                loop {
+                    let waited = wake.wait_timeout(finished, interval);
+                    let (guard, timeout) = waited.expect("heartbeat pump lock");
+                    finished = guard;
+                    if *finished {
+                        return;
+                    }
+                    if timeout.timed_out() {
+                        for heartbeat in &heartbeats {
+                            sender(heartbeat.clone());
+                        }
+                    }
+                }
+            });
+            let gathered = state_machine.snapshot();
+            *done.0.lock().expect("heartbeat pump lock") = true;
+            done.1.notify_all();
+            gathered
+        })
+    }
+
+    /// The heartbeats raft would send now, if this node leads: one per other member.
+    fn stand_in_heartbeats(&self) -> Vec<Message> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        (raft.prs().iter())
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, progress)| {
+                let mut heartbeat = Message::default();
+                heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+                heartbeat.to = *id;
+                heartbeat.from = self.id;
+                heartbeat.term = raft.term;
+                heartbeat.commit = progress.matched.min(raft.raft_log.committed);
+                heartbeat
+            })
+            .collect()
     }
 
     /// Records the snapshot being written once its file is durable (with `wait`, waits for it:

@@ -5,9 +5,10 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use riteraft_host::node::{Node, NodeOptions, Request};
 use riteraft_host::replicated::ClusterState;
 use riteraft_host::storage::{LogStore, MemLogStore};
@@ -30,6 +31,8 @@ struct MemCluster {
     inbox: BTreeMap<u64, VecDeque<Request>>,
     /// Nodes cut off: nothing they send or are sent is delivered.
     cut: Vec<u64>,
+    /// What each node sent from another thread (see [`MemCluster::build`]).
+    side: BTreeMap<u64, Arc<Mutex<Vec<Message>>>>,
     now: Instant,
     now_ms: u64,
 }
@@ -42,6 +45,12 @@ impl MemCluster {
 
     /// [`MemCluster::three_nodes`], each node run with `options`.
     fn three_nodes_with(options: NodeOptions) -> MemCluster {
+        Self::build(options, false)
+    }
+
+    /// With `side`, each node's wire also takes messages sent from another thread, kept in
+    /// [`MemCluster::side`] (never delivered).
+    fn build(options: NodeOptions, side: bool) -> MemCluster {
         let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("mem-{id}"))).collect();
         let now = Instant::now();
         let mut sim = MemCluster {
@@ -49,6 +58,7 @@ impl MemCluster {
             sent: BTreeMap::new(),
             inbox: BTreeMap::new(),
             cut: Vec::new(),
+            side: BTreeMap::new(),
             now,
             now_ms: 1_700_000_000_000,
         };
@@ -61,7 +71,12 @@ impl MemCluster {
             };
             let mut store = MemLogStore::new();
             store.install_snapshot(initial_snapshot(&members)).unwrap();
-            let wire = Wire::default();
+            let mut wire = Wire::default();
+            if side {
+                let messages = Arc::new(Mutex::new(Vec::new()));
+                sim.side.insert(id, messages.clone());
+                wire.side = Some(messages);
+            }
             let sent = wire.sent.clone();
             let node = Node::new(
                 id,
@@ -278,4 +293,64 @@ fn a_follower_far_behind_applies_its_backlog_in_slices_between_rounds() {
         "the loop never asked for an immediate round"
     );
     assert_eq!(sim.query(behind, "get k11999", true), Ok("v11999".into()));
+}
+
+#[test]
+fn a_leader_gathering_its_snapshot_keeps_sending_heartbeats() {
+    // A 1 ms tick: heartbeats are due every 2 ms, so gathering a store of 12 MiB (tens of ms
+    // in a debug build) spans several. No snapshot until 3,000 entries.
+    let options = NodeOptions {
+        tick: Duration::from_millis(1),
+        snapshot_entries: 3_000,
+        snapshot_on_thread: false,
+        prepare_on_thread: false,
+        ..NodeOptions::default()
+    };
+    let mut sim = MemCluster::build(options, true);
+    sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
+    let leader = sim.wait("a leader", |sim| sim.leader());
+    let term = sim.status(leader).term;
+    let value = "v".repeat(4096);
+    for batch in 0..30 {
+        let mut answers: Vec<_> = (0..100)
+            .map(|i| {
+                let (reply, answer) = oneshot::channel();
+                let command = format!("put k{batch}-{i} {value}").into_bytes();
+                (sim.inbox.get_mut(&leader).unwrap())
+                    .push_back(Request::Propose { command, reply });
+                answer
+            })
+            .collect();
+        sim.wait("the batch's answers", |_| {
+            answers.retain_mut(|answer| answer.try_recv().is_err());
+            answers.is_empty().then_some(())
+        });
+    }
+    sim.wait("the leader's snapshot", |sim| {
+        (sim.nodes[&leader].log_store().snapshot_metadata().index > 1).then_some(())
+    });
+    assert_eq!(sim.status(leader).role, "leader");
+    let sent = sim.side[&leader].lock().unwrap().clone();
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for follower in &followers {
+        let to_it: Vec<&Message> = sent.iter().filter(|m| m.to == *follower).collect();
+        assert!(
+            !to_it.is_empty(),
+            "no heartbeat to {follower} while gathering"
+        );
+        for heartbeat in to_it {
+            assert_eq!(heartbeat.get_msg_type(), MessageType::MsgHeartbeat);
+            assert_eq!((heartbeat.from, heartbeat.term), (leader, term));
+            let applied = sim.nodes[follower].applied_index();
+            assert!(
+                heartbeat.commit <= sim.nodes[&leader].applied_index() && heartbeat.commit > 0,
+                "commit {} (follower applied {applied})",
+                heartbeat.commit
+            );
+        }
+    }
+    // Followers, which gather without a leader's duty, send none.
+    for follower in &followers {
+        assert!(sim.side[follower].lock().unwrap().is_empty());
+    }
 }

@@ -5,11 +5,12 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use raft::prelude::{Message, MessageType};
 use rand::Rng;
 use rand::rngs::StdRng;
-use riteraft_host::node::Outbox;
+use riteraft_host::node::{Outbox, SideSender};
 
 /// What a node sent during its round, for the network to take.
 #[derive(Clone, Default)]
@@ -18,6 +19,9 @@ pub struct Wire {
     /// Nodes this one told they were removed, with the index (delivered as the real node's
     /// service does once the leader confirms it).
     pub removed: Rc<RefCell<Vec<(u64, u64)>>>,
+    /// Where messages sent from another thread go (see `Outbox::side_sender`), if the test
+    /// gives the node a way to send them: a seeded run gives none, so that it replays.
+    pub side: Option<Arc<Mutex<Vec<Message>>>>,
 }
 
 impl Outbox for Wire {
@@ -28,6 +32,13 @@ impl Outbox for Wire {
     fn set_members(&mut self, _members: &BTreeMap<u64, String>) {}
     fn notify_removed(&mut self, id: u64, _address: String, index: u64) {
         self.removed.borrow_mut().push((id, index));
+    }
+    fn side_sender(&self) -> Option<SideSender> {
+        let side = self.side.clone()?;
+        Some(Box::new(move |message| {
+            side.lock().unwrap().push(message);
+            true
+        }))
     }
 }
 
