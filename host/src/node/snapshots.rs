@@ -123,9 +123,16 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         // A snapshot rewrites the whole store, so a large one waits until the log since the
         // last snapshot is a quarter of the store's size: snapshots then cost at most about
         // four times what is written, instead of a 300 MiB rewrite every 10,000 writes.
+        //
+        // Each node waits a little longer than the one before it (a sixteenth of the store more
+        // per node id, cycling over four): their logs are the same, and with equal shares the
+        // followers gathered a large store at the very same index, which left the leader
+        // without a quorum for seconds.
         let log_bytes = store.log_bytes();
         let state_bytes = store.snapshot_bytes();
-        let due = (since >= self.options.snapshot_entries && log_bytes >= state_bytes / 4)
+        let stagger = state_bytes / 16 * (self.id.saturating_sub(1) % 4);
+        let due = (since >= self.options.snapshot_entries
+            && log_bytes >= state_bytes / 4 + stagger)
             || log_bytes >= self.options.snapshot_log_bytes
             || store.snapshot_requested()
             || self.state_machine.wants_snapshot();
