@@ -114,7 +114,7 @@ async fn reads_prefill_the_keys_and_text_shows_the_figures() {
     assert!(output.status.success(), "{output:?}");
     let text = stdout(&output);
     for expected in [
-        "3 clients over 3 connections, reads only (stale), 256-byte values, 10 keys",
+        "3 clients over 3 connections (pipelined), reads only (stale), 256-byte values, 10 keys",
         "(given)",
         "prefill:     10 keys written once",
         "throughput:",
