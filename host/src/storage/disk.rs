@@ -289,6 +289,34 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Times an append refused for want of space is tried again, and the pause between tries:
+/// a snapshot being written beside the log takes space for a moment and gives it back when it
+/// fails on a full disk (its temp file is removed), so the append fits a moment later. Two
+/// seconds in all; after that the node stops with its data intact, as before.
+const FULL_DISK_RETRIES: u32 = 20;
+const FULL_DISK_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes the batch `batch` makes, trying again for a while when raft-engine finds no space
+/// to allocate. Each try writes a new batch: a batch once written (or refused) is sealed.
+fn write_retrying_when_full(
+    engine: &Engine,
+    batch: impl Fn() -> Result<LogBatch, StorageError>,
+    sync: bool,
+) -> Result<(), StorageError> {
+    let mut tries = 0;
+    loop {
+        match engine.write(&mut batch()?, sync) {
+            Ok(_) => return Ok(()),
+            Err(raft_engine::Error::TryAgain(why)) if tries < FULL_DISK_RETRIES => {
+                tries += 1;
+                tracing::warn!(tries, "the log could not be appended ({why}); trying again");
+                std::thread::sleep(FULL_DISK_PAUSE);
+            }
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+}
+
 /// Deletes `path`; one already gone is no error.
 fn remove_file_if_present(path: &Path) -> Result<(), StorageError> {
     match fs::remove_file(path) {
@@ -409,17 +437,20 @@ impl LogStore for DiskLogStore {
                 self.last() + 1
             )));
         }
-        let mut batch = LogBatch::default();
-        batch
-            .add_entries::<EntryExt>(GROUP, entries)
-            .map_err(io_error)?;
-        if let Some(hard_state) = hard_state {
+        let batch = || -> Result<LogBatch, StorageError> {
+            let mut batch = LogBatch::default();
             batch
-                .put_message(GROUP, HARD_STATE.to_vec(), hard_state)
+                .add_entries::<EntryExt>(GROUP, entries)
                 .map_err(io_error)?;
-        }
+            if let Some(hard_state) = hard_state {
+                batch
+                    .put_message(GROUP, HARD_STATE.to_vec(), hard_state)
+                    .map_err(io_error)?;
+            }
+            Ok(batch)
+        };
         let sync = super::persist_syncs(entries, &self.hard_state, hard_state);
-        self.engine.write(&mut batch, sync).map_err(io_error)?;
+        write_retrying_when_full(&self.engine, batch, sync)?;
         self.recent.append(entries);
         self.log_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
         if let Some(hard_state) = hard_state {
