@@ -41,6 +41,12 @@ fn module(name: &str, padding: usize) -> Vec<u8> {
     bytes
 }
 
+/// Each test here keeps both cores of a small machine busy for seconds at a time (three nodes
+/// compiling a module of several MiB, the Python one 18 MB). Two at once made their deadlines
+/// measure the machine rather than the code (a 60 s wait for `kv-big` ran out in CI), so they
+/// take turns; the wait for a turn is outside each test's own time bound.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// v2 as deployed here: padded to several MiB, so the upload takes many chunks and the log
 /// entry and snapshots carry a realistic module.
 const V2_PADDING: usize = 5 << 20;
@@ -125,6 +131,7 @@ async fn writer(cluster: Arc<Cluster>, writer: u64, via: u64, stop: Arc<AtomicBo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_upgrades_to_v2_under_load_and_a_broken_v3_is_refused() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     within(Duration::from_secs(240), async {
         let cluster = Arc::new(Cluster::start(3, options()).await);
         let v1 = sha256_of("kv");
@@ -245,6 +252,7 @@ async fn kv_upgrades_to_v2_under_load_and_a_broken_v3_is_refused() {
 /// deploy costs no election, and writes go on through the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_slow_to_compile_is_deployed_under_load_without_an_election() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     within(Duration::from_secs(240), async {
         let cluster = Arc::new(Cluster::start(3, options()).await);
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
@@ -326,6 +334,7 @@ async fn a_module_slow_to_compile_is_deployed_under_load_without_an_election() {
 /// may be: it reaches the followers in chunks, by hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_swaps_to_python_javascript_and_back_under_writes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     within(Duration::from_secs(700), async {
         let options = options().share_compiled_plugins();
         let cluster = Arc::new(Cluster::start(3, options).await);
