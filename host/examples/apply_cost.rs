@@ -28,6 +28,7 @@ fn per_call_ns(machine: &mut impl StateMachine, round: usize) -> f64 {
         let index = round as u64 * CALLS + i + 1;
         let ctx = ApplyContext {
             index,
+            position: 0,
             term: 1,
             timestamp_ms: index,
         };
@@ -43,6 +44,7 @@ fn answers(machine: &mut impl StateMachine) -> Vec<Outcome> {
         .map(|i| {
             let ctx = ApplyContext {
                 index: i + 1,
+                position: 0,
                 term: 1,
                 timestamp_ms: i,
             };

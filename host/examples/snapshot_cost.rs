@@ -25,6 +25,7 @@ fn fill(machine: &mut impl StateMachine, keys: u64) {
     for i in 0..keys {
         let ctx = ApplyContext {
             index: i + 1,
+            position: 0,
             term: 1,
             timestamp_ms: i,
         };

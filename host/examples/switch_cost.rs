@@ -36,6 +36,7 @@ fn main() {
     for i in 0..keys {
         let ctx = ApplyContext {
             index: i + 1,
+            position: 0,
             term: 1,
             timestamp_ms: i,
         };

@@ -24,21 +24,17 @@ use wasmtime::{Config, Engine};
 
 use crate::state_machine::Rejection;
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../proto/store.wit",
-        world: "store",
-    });
-}
-
 mod compile_priority;
 mod compiled_cache;
+mod contract;
 mod instance;
 mod sandbox;
 mod stand_ins;
 
 pub use compile_priority::lower_this_thread;
 pub use compiled_cache::{COMPILED_DIR, CompiledCache};
+pub use contract::Contract;
+use contract::ContractPre;
 
 pub use instance::PluginInstance;
 use instance::{Sandbox, add_snapshot_streams};
@@ -181,7 +177,7 @@ impl std::fmt::Debug for PluginRuntime {
 /// A validated, compiled plugin, ready to instantiate cheaply (`InstancePre`).
 #[derive(Clone)]
 pub struct PluginModule {
-    pre: bindings::StorePre<Sandbox>,
+    pre: ContractPre,
     /// sha256 of the module's bytes: its identity across the cluster.
     sha256: [u8; 32],
     /// The module's bytes, kept so snapshots can carry the code that wrote them.
@@ -212,6 +208,11 @@ impl PluginModule {
     /// The module's bytes.
     pub fn bytes(&self) -> &Arc<Vec<u8>> {
         &self.bytes
+    }
+
+    /// The version of the store contract it was built for.
+    pub fn contract(&self) -> Contract {
+        self.pre.contract()
     }
 }
 
@@ -352,7 +353,7 @@ impl PluginRuntime {
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
-        let pre = bindings::StorePre::new(instance_pre).map_err(|e| {
+        let pre = ContractPre::new(instance_pre).map_err(|e| {
             let detail = format!("{e:#}");
             let name = REQUIRED_EXPORTS
                 .into_iter()

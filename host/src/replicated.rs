@@ -58,6 +58,19 @@ pub enum EntryPayload {
         /// Their length, to refuse a fetched module that is not it before hashing it.
         bytes: u64,
     },
+    /// Several clients' commands, packed into one entry by their leader (see
+    /// `node::proposals`): applied one after the other, each with its position in the entry
+    /// and an answer of its own, as if each had an entry to itself.
+    Commands {
+        /// As for a command: the node whose clients wait for the answers.
+        proposer: u64,
+        /// The proposer's request id of the first command; the others follow on by one.
+        first_request_id: u64,
+        /// The leader's clock when it proposed the entry: the same for every command in it.
+        timestamp_ms: u64,
+        /// The commands, in the order they apply.
+        commands: Vec<serde_bytes::ByteBuf>,
+    },
 }
 
 impl EntryPayload {
@@ -330,7 +343,13 @@ mod tests {
             index: 1,
             digest: [1; 32],
         };
-        for other in [command, report] {
+        let packed = EntryPayload::Commands {
+            proposer: 1,
+            first_request_id: 1,
+            timestamp_ms: 1,
+            commands: vec![vec![1; 10].into(), vec![2; 3].into()],
+        };
+        for other in [command, report, packed] {
             assert!(!EntryPayload::is_deploy(&encode(&other)), "{other:?}");
         }
         assert!(!EntryPayload::is_deploy(&[]));

@@ -96,6 +96,13 @@ pub trait StateMachine: Send {
         ModuleInfo::default()
     }
 
+    /// Whether the code it runs tells apart the commands of one entry by their
+    /// [`ApplyContext::position`]: while it does not, the leader packs no commands together.
+    /// The default, for stores built into the host with the SDK: it does.
+    fn packs_commands(&self) -> bool {
+        true
+    }
+
     /// What gets new code ready for [`StateMachine::upgrade`] (compiling a large module takes
     /// seconds), so that the upgrade itself is quick: the node calls it on a thread of its own
     /// with a deployed module's bytes when the deploy entry reaches its log, and applies the

@@ -291,6 +291,10 @@ impl StateMachine for WasmStateMachine {
         }
     }
 
+    fn packs_commands(&self) -> bool {
+        self.module.contract().packs_commands()
+    }
+
     fn compiler(&self) -> Option<ModuleCompiler> {
         // Compiled into the runtime's cache, where `upgrade` finds it.
         let runtime = self.runtime.clone();

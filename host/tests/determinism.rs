@@ -32,6 +32,7 @@ fn log(seed: u64, mut entry: impl FnMut(&mut StdRng) -> Vec<u8>) -> Vec<(ApplyCo
             timestamp_ms += rng.random_range(0..50);
             let ctx = ApplyContext {
                 index,
+                position: 0,
                 term: 1 + index / 1000,
                 timestamp_ms,
             };
@@ -105,6 +106,41 @@ fn clock_and_random_reading_replicas_agree() {
             || contains_varint(&seen, ctx.timestamp_ms),
         "the plugin's wall clock did not read the entry's timestamp"
     );
+}
+
+#[test]
+fn packed_commands_see_random_numbers_of_their_own_and_the_first_keeps_the_old_seed() {
+    let mut sm = replica("clock-random");
+    let command = [0u8]; // bincode of an empty Vec<u8>
+    let at = |position| ApplyContext {
+        index: 7,
+        position,
+        term: 2,
+        timestamp_ms: 1_700_000_000_000,
+    };
+    let answers: Vec<Vec<u8>> = (0..3)
+        .map(|position| sm.apply(at(position), &command).unwrap().unwrap())
+        .collect();
+    assert_ne!(answers[0], answers[1]);
+    assert_ne!(answers[1], answers[2]);
+    // The seed of position 0 is the one every entry had before commands were packed (sha256
+    // of a label, the index and the term; the stream is sha256 of seed, name and counter), so
+    // a log written then replays to the same state.
+    use sha2::{Digest, Sha256};
+    let seed = Sha256::new()
+        .chain_update(b"riteraft random seed v1")
+        .chain_update(7u64.to_le_bytes())
+        .chain_update(2u64.to_le_bytes())
+        .finalize();
+    let block = Sha256::new()
+        .chain_update(seed)
+        .chain_update(b"secure")
+        .chain_update(0u64.to_le_bytes())
+        .finalize();
+    // The answer is the u64 as bincode writes it: a tag for "8 bytes follow", then them.
+    let mut expected = vec![253u8];
+    expected.extend_from_slice(&block[..8]);
+    assert_eq!(answers[0], expected);
 }
 
 /// bincode's standard config writes integers as varints: 251 tag for u128 > u64 range etc.

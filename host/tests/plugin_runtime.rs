@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use riteraft_host::module_store::HashedModule;
-use riteraft_host::plugin::{LoadError, PluginLimits, PluginRuntime};
+use riteraft_host::plugin::{Contract, LoadError, PluginLimits, PluginRuntime};
 use riteraft_host::state_machine::{ApplyContext, Rejection, StateMachine};
 use riteraft_host::wasm_state_machine::{ReplayLimits, WasmStateMachine};
 use riteraft_test_support::plugin;
@@ -30,6 +30,7 @@ fn machine(runtime: &Arc<PluginRuntime>, name: &str) -> WasmStateMachine {
 fn ctx(index: u64) -> ApplyContext {
     ApplyContext {
         index,
+        position: 0,
         term: 1,
         timestamp_ms: 1_700_000_000_000 + index,
     }
@@ -167,6 +168,18 @@ fn a_plugin_written_without_the_sdk_runs() {
     let mut copy = machine(&runtime, "bare-wit");
     copy.restore(&snapshot).unwrap();
     assert_eq!(copy.query(b"").unwrap().unwrap(), 42u64.to_le_bytes());
+}
+
+#[test]
+fn a_plugin_built_for_the_first_contract_loads_and_is_given_no_packed_commands() {
+    let runtime = runtime();
+    // bare-wit is built against proto/store-0.1.0.wit; the SDK's plugins against store.wit.
+    let bare = runtime.load_file(&plugin("bare-wit")).unwrap();
+    assert_eq!(bare.contract(), Contract::V0_1);
+    assert!(!machine(&runtime, "bare-wit").packs_commands());
+    let kv = runtime.load_file(&plugin("kv")).unwrap();
+    assert_eq!(kv.contract(), Contract::V0_2);
+    assert!(machine(&runtime, "kv").packs_commands());
 }
 
 #[test]

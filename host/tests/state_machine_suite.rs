@@ -32,6 +32,7 @@ fn suite<M: StateMachine>(make: impl Fn() -> M) {
 fn ctx(index: u64) -> ApplyContext {
     ApplyContext {
         index,
+        position: 0,
         term: 1,
         timestamp_ms: index * 10,
     }

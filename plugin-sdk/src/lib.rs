@@ -57,6 +57,7 @@ pub mod __bindings {
         fn from(ctx: ApplyContext) -> Self {
             crate::ApplyContext {
                 index: ctx.index,
+                position: ctx.position,
                 term: ctx.term,
                 timestamp_ms: ctx.timestamp_ms,
             }

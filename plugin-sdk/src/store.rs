@@ -10,11 +10,15 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{Bincode, Codec};
 
-/// Where an entry sits in the replicated log, and when the leader proposed it.
+/// Where a command sits in the replicated log, and when the leader proposed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ApplyContext {
-    /// The entry's raft log index; strictly increasing from one `apply` to the next.
+    /// The raft log index of the command's entry. A leader may pack several commands into one
+    /// entry: they share it.
     pub index: u64,
+    /// The command's place within its entry, from 0: `(index, position)` is strictly increasing
+    /// from one `apply` to the next, and names the command.
+    pub position: u32,
     /// The raft term in which the entry was proposed.
     pub term: u64,
     /// Milliseconds since the Unix epoch, stamped by the leader at proposal time. The same on

@@ -38,6 +38,7 @@ impl<S: Store> StoreHarness<S> {
             slot: RefCell::new(None),
             next: ApplyContext {
                 index: 1,
+                position: 0,
                 term: 1,
                 timestamp_ms: 0,
             },

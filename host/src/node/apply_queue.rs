@@ -32,7 +32,7 @@ const PREPARING_MAX: usize = 4;
 /// be down or busy, and the entry cannot apply without it.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 
-/// Most entries applied in one slice. A node far behind (its entries held while a deploy's
+/// Most entries applied in one slice (a packed entry counts once per command). A node far behind (its entries held while a deploy's
 /// module compiled, a follower catching up) applies its backlog in slices, and between two the
 /// loop steps raft: it answers heartbeats and persists appends. Applying 150,000 held entries
 /// in one go kept a follower's loop busy for seconds, two followers at once cost the leader its
@@ -61,8 +61,8 @@ pub(super) struct ApplyQueue {
     committed: VecDeque<Entry>,
     /// By the (index, term) of their entry: an entry a new leader overwrote is another one.
     preparing: BTreeMap<(u64, u64), Preparing>,
-    /// Entries applied in the current slice (one per round of the loop), and the fuel their
-    /// commands used.
+    /// Entries applied in the current slice (one per round of the loop), each packed command
+    /// counting as one, and the fuel their commands used.
     slice_entries: usize,
     slice_fuel: u64,
 }
@@ -90,8 +90,13 @@ impl ApplyQueue {
         self.slice_fuel = 0;
     }
 
-    /// Counts the fuel of a command just applied against the slice's bound.
-    pub(super) fn note_fuel(&mut self, fuel: Option<u64>) {
+    /// Counts a command just applied against the slice's bounds: its fuel, and, past the first
+    /// command of a packed entry (which its entry counts for), the command itself. A slice
+    /// of packed entries is as long as one of single commands.
+    pub(super) fn note_command(&mut self, position: u32, fuel: Option<u64>) {
+        if position > 0 {
+            self.slice_entries += 1;
+        }
         self.slice_fuel = self.slice_fuel.saturating_add(fuel.unwrap_or(0));
     }
 }
@@ -128,6 +133,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Entries just appended to this node's log: starts getting the modules of deploys ready.
     pub(super) fn prepare_deploys(&mut self, entries: &[Entry]) {
         for entry in entries {
+            if is_deploy(entry) {
+                self.newest_deploy_at = self.newest_deploy_at.max(entry.index);
+            }
             if self.apply_queue.preparing.len() < PREPARING_MAX {
                 self.prepare_deploy(entry);
             }

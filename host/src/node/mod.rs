@@ -70,6 +70,13 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     last_stamp_ms: u64,
     /// Proposals by the log index they were appended at.
     proposals: BTreeMap<u64, PendingProposal>,
+    /// Clients' commands of the current round, proposed (packed) at its end (see
+    /// [`proposals`]).
+    queued_commands: Vec<(Vec<u8>, Reply<Applied>)>,
+    /// The index of the newest deploy seen in this node's log (or, at start, the last index:
+    /// any entry of a former life may be one). Commands are packed only once it has applied:
+    /// till then the code that will apply them may be a plugin that cannot tell them apart.
+    newest_deploy_at: u64,
     /// The conf change in flight, by log index (raft allows one at a time).
     conf_change: Option<(u64, Instant, PendingConf)>,
     transfer: Option<(u64, Instant, Reply<()>)>,
@@ -148,6 +155,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         };
         config.validate()?;
         let raw = RawNode::new(&config, store, &raft_logger())?;
+        let newest_deploy_at = raw.raft.raft_log.last_index();
         outbox.set_members(&cluster.members);
         let tick = options.tick;
         let read_rules = ReadRules {
@@ -169,6 +177,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             next_request_id: 1,
             last_stamp_ms: 0,
             proposals: BTreeMap::new(),
+            queued_commands: Vec::new(),
+            newest_deploy_at,
             conf_change: None,
             transfer: None,
             learner_watch: LearnerWatch::default(),
@@ -238,6 +248,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         for request in requests {
             self.handle(request)?;
         }
+        self.propose_queued();
         self.ask_read_index();
         if self.now >= self.next_tick {
             self.raw.tick();
@@ -319,6 +330,11 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     }
 
     fn handle(&mut self, request: Request) -> Result<(), NodeFatal> {
+        if !matches!(request, Request::Propose { .. } | Request::Raft(..)) {
+            // Whatever else a request does (a deploy, a membership change) comes after the
+            // commands that arrived before it.
+            self.propose_queued();
+        }
         match request {
             Request::Raft(mut message, sender) => {
                 if let Err(refused) = self.admit(&message, sender.as_deref()) {
@@ -341,7 +357,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     tracing::debug!("dropped a raft message: {e}");
                 }
             }
-            Request::Propose { command, reply } => self.propose(command, Waiter::Command(reply)),
+            Request::Propose { command, reply } => self.queue_command(command, reply),
             Request::Deploy {
                 sha256,
                 module,

@@ -1,6 +1,13 @@
 //! Proposals: a client's command or a new module appended to the log, the client waiting for
 //! it remembered by log index, and answered (or told it lost to a leader change) when it
 //! applies.
+//!
+//! Commands that queue up during one round of the loop are packed into as few entries as their
+//! bounds allow ([`MAX_PACKED_COMMANDS`], [`MAX_PACKED_BYTES`]): one entry, one bookkeeping in
+//! raft, storage and replication, for many clients. Nothing waits to be packed: a command
+//! alone in its round gets an entry to itself, as before, so one client's latency is
+//! unchanged. Each packed command still applies on its own, with its position in the entry
+//! ([`ApplyContext::position`]), and gets its own answer, rejection or trap.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +19,15 @@ use crate::module_store::HashedModule;
 use crate::replicated::{EntryPayload, MAX_UPGRADES_KEPT, UpgradeRecord, encode};
 use crate::state_machine::{ApplyContext, Rejection, StateMachine};
 use crate::storage::{LogStore, StorageError};
+
+/// Most commands packed into one entry: bounds the answers that ride on one log index, and
+/// how long one entry's apply holds the loop (the apply slice counts entries).
+pub(super) const MAX_PACKED_COMMANDS: usize = 256;
+
+/// Most bytes of commands packed into one entry: 1 MiB, a quarter of the largest single
+/// command, so a packed entry is never what makes a raft message or an apply large. A command
+/// larger than this gets an entry to itself.
+pub(super) const MAX_PACKED_BYTES: usize = 1 << 20;
 
 pub(super) struct PendingProposal {
     pub(super) request_id: u64,
@@ -30,17 +46,34 @@ pub(super) struct PendingProposal {
 /// Who waits for a proposal's answer, by kind of proposal.
 pub(super) enum Waiter {
     Command(Reply<Applied>),
+    /// The clients of packed commands, in the order of the commands.
+    Commands(Vec<Reply<Applied>>),
     Deploy(Reply<Deployed>),
 }
 
 impl Waiter {
+    /// How many requests wait (each has a request id of its own).
+    fn requests(&self) -> usize {
+        match self {
+            Waiter::Commands(replies) => replies.len(),
+            Waiter::Command(_) | Waiter::Deploy(_) => 1,
+        }
+    }
+
     pub(super) fn fail(self, error: NodeError, metrics: &NodeMetrics) {
-        metrics.failed(&error);
         match self {
             Waiter::Command(reply) => {
+                metrics.failed(&error);
                 let _ = reply.send(Err(error));
             }
+            Waiter::Commands(replies) => {
+                for reply in replies {
+                    metrics.failed(&error);
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
             Waiter::Deploy(reply) => {
+                metrics.failed(&error);
                 let _ = reply.send(Err(error));
             }
         }
@@ -50,13 +83,17 @@ impl Waiter {
 /// What applying a proposal's entry gave, by kind of entry.
 pub(super) enum Outcome {
     Command(Result<Vec<u8>, Rejection>),
+    /// Packed commands' outcomes, in order.
+    Commands(Vec<Result<Vec<u8>, Rejection>>),
     Deploy(DeployOutcome),
 }
 
 impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
-    pub(super) fn propose(&mut self, command: Vec<u8>, reply: Waiter) {
+    /// A client's command: proposed with the others of this round by
+    /// [`Node::propose_queued`].
+    pub(super) fn queue_command(&mut self, command: Vec<u8>, reply: Reply<Applied>) {
         if command.len() > self.options.max_command_bytes {
-            reply.fail(
+            Waiter::Command(reply).fail(
                 NodeError::Invalid(format!(
                     "the command is {} bytes; the limit is {} bytes",
                     command.len(),
@@ -66,14 +103,62 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             );
             return;
         }
-        self.propose_payload(reply, |proposer, request_id, timestamp_ms| {
-            EntryPayload::Command {
-                proposer,
-                request_id,
-                timestamp_ms,
-                command,
+        self.queued_commands.push((command, reply));
+    }
+
+    /// Proposes the queued commands, packed into as few entries as the bounds allow when the
+    /// store can tell packed commands apart (see [`Node::may_pack`]), else one entry each.
+    pub(super) fn propose_queued(&mut self) {
+        if self.queued_commands.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut self.queued_commands);
+        let pack = self.may_pack();
+        let mut queued = queued.into_iter().peekable();
+        while let Some((command, reply)) = queued.next() {
+            let mut bytes = command.len();
+            let mut packed = Vec::new();
+            while pack && packed.len() + 1 < MAX_PACKED_COMMANDS {
+                match queued.next_if(|(next, _)| bytes + next.len() <= MAX_PACKED_BYTES) {
+                    Some(next) => {
+                        bytes += next.0.len();
+                        packed.push(next);
+                    }
+                    None => break,
+                }
             }
-        });
+            if packed.is_empty() {
+                self.propose_payload(Waiter::Command(reply), |proposer, request_id, stamp| {
+                    EntryPayload::Command {
+                        proposer,
+                        request_id,
+                        timestamp_ms: stamp,
+                        command,
+                    }
+                });
+                continue;
+            }
+            let (mut commands, mut replies) = (vec![command.into()], vec![reply]);
+            for (command, reply) in packed {
+                commands.push(command.into());
+                replies.push(reply);
+            }
+            self.propose_payload(Waiter::Commands(replies), |proposer, first, stamp| {
+                EntryPayload::Commands {
+                    proposer,
+                    first_request_id: first,
+                    timestamp_ms: stamp,
+                    commands,
+                }
+            });
+        }
+    }
+
+    /// Whether the next entry may pack several commands: only when the code that will apply
+    /// it tells them apart by position. That code is what runs now unless a deploy not applied
+    /// yet is in the log ahead of the entry; then nothing is packed until it has applied.
+    fn may_pack(&self) -> bool {
+        self.applied >= self.newest_deploy_at && self.state_machine.packs_commands()
     }
 
     /// Proposes a deploy of the module `sha256`, which the caller stored in this node's module
@@ -110,7 +195,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     }
 
     /// Appends an entry made by `payload` (given proposer, request id and timestamp) to the
-    /// log, and remembers who waits for its answer.
+    /// log, and remembers who waits for its answer. Packed commands take a request id each,
+    /// from the one given on.
     pub(super) fn propose_payload(
         &mut self,
         reply: Waiter,
@@ -129,10 +215,12 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             return;
         }
         let request_id = self.next_request_id;
-        self.next_request_id += 1;
+        self.next_request_id += reply.requests() as u64;
         self.last_stamp_ms = self.now_ms.max(self.last_stamp_ms);
         let payload = payload(self.id, request_id, self.last_stamp_ms);
-        if let Err(e) = self.raw.propose(vec![], encode(&payload)) {
+        let data = encode(&payload);
+        let deploy = EntryPayload::is_deploy(&data);
+        if let Err(e) = self.raw.propose(vec![], data) {
             reply.fail(
                 NodeError::Busy(format!(
                     "the leader cannot take proposals right now ({e}); retry shortly"
@@ -142,7 +230,14 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
-        self.options.metrics.proposed();
+        if deploy {
+            // Commands proposed after it, in this round too, must not be packed until it has
+            // applied (see `may_pack`): it may switch to code built for contract 0.1.0.
+            self.newest_deploy_at = index;
+        }
+        for _ in 0..reply.requests() {
+            self.options.metrics.proposed();
+        }
         self.proposals.insert(
             index,
             PendingProposal {
@@ -175,6 +270,18 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     .metrics
                     .answered(pending.proposed, Some(&outcome));
                 let _ = reply.send(Ok(Applied { index, outcome }));
+            }
+            (Waiter::Commands(replies), Some((id, term, Outcome::Commands(outcomes))))
+                if id == pending.request_id
+                    && term == pending.term
+                    && replies.len() == outcomes.len() =>
+            {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    self.options
+                        .metrics
+                        .answered(pending.proposed, Some(&outcome));
+                    let _ = reply.send(Ok(Applied { index, outcome }));
+                }
             }
             (Waiter::Deploy(reply), Some((id, term, Outcome::Deploy(outcome))))
                 if id == pending.request_id && term == pending.term =>
@@ -214,16 +321,33 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             } => {
                 let ctx = ApplyContext {
                     index,
+                    position: 0,
                     term,
                     timestamp_ms: self.stamp(timestamp_ms),
                 };
-                let started = Instant::now();
-                let outcome = self.state_machine.apply(ctx, &command)?;
-                self.fold_answer(index, &outcome);
-                let fuel = self.state_machine.fuel_used();
-                self.apply_queue.note_fuel(fuel);
-                self.options.metrics.applied_entry(started, fuel, &outcome);
+                let outcome = self.apply_command(ctx, &command)?;
                 (proposer, request_id, Outcome::Command(outcome))
+            }
+            EntryPayload::Commands {
+                proposer,
+                first_request_id,
+                timestamp_ms,
+                commands,
+            } => {
+                let timestamp_ms = self.stamp(timestamp_ms);
+                let mut outcomes = Vec::with_capacity(commands.len());
+                for (position, command) in commands.iter().enumerate() {
+                    let ctx = ApplyContext {
+                        index,
+                        // At most MAX_PACKED_COMMANDS in an entry this node packed; a
+                        // position past u32 would take a 16 GiB entry.
+                        position: u32::try_from(position).unwrap_or(u32::MAX),
+                        term,
+                        timestamp_ms,
+                    };
+                    outcomes.push(self.apply_command(ctx, command)?);
+                }
+                (proposer, first_request_id, Outcome::Commands(outcomes))
             }
             EntryPayload::Deploy {
                 proposer,
@@ -262,6 +386,21 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         let mine = (proposer == self.id).then_some((request_id, term, outcome));
         self.resolve_proposal(index, mine);
         Ok(())
+    }
+
+    /// Applies one command and folds its answer into the digest (see `node::divergence`).
+    fn apply_command(
+        &mut self,
+        ctx: ApplyContext,
+        command: &[u8],
+    ) -> Result<Result<Vec<u8>, Rejection>, NodeFatal> {
+        let started = Instant::now();
+        let outcome = self.state_machine.apply(ctx, command)?;
+        self.fold_answer(ctx.index, &outcome);
+        let fuel = self.state_machine.fuel_used();
+        self.apply_queue.note_command(ctx.position, fuel);
+        self.options.metrics.applied_entry(started, fuel, &outcome);
+        Ok(outcome)
     }
 
     /// The timestamp the store sees for an entry stamped `timestamp_ms` by its leader: never

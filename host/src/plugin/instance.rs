@@ -9,11 +9,12 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::contract::Exports;
 use super::sandbox::{
     CallEnvironment, EntryRandom, GuestOutput, INSECURE_RANDOM_SEED, LeaderMonotonicClock,
     LeaderWallClock,
 };
-use super::{CallError, PluginLimits, PluginModule, bindings};
+use super::{CallError, PluginLimits, PluginModule};
 use crate::state_machine::{ApplyContext, Rejection};
 
 /// What a plugin instance's wasmtime store holds.
@@ -124,7 +125,7 @@ const MAX_VERSION_LEN: usize = 200;
 pub struct PluginInstance {
     store: Store<Sandbox>,
     /// Set once instantiation succeeded.
-    exports: Option<Arc<bindings::Store>>,
+    exports: Option<Arc<Exports>>,
     limits: PluginLimits,
     /// The last applied entry's context: queries see its time.
     last: ApplyContext,
@@ -195,7 +196,7 @@ impl PluginInstance {
         let pre = module.pre.clone();
         let (exports, version) = instance.call(fuel, ApplyContext::default(), |store| {
             let raw = pre.instance_pre().instantiate(&mut *store)?;
-            let exports = bindings::Store::new(&mut *store, &raw)?;
+            let exports = Exports::new(&pre, &mut *store, &raw)?;
             // `version` is optional (world `versioned-store`): absent or mistyped means none.
             let version = match raw.get_typed_func::<(), (String,)>(&mut *store, "version") {
                 Ok(func) => {
@@ -231,13 +232,8 @@ impl PluginInstance {
     /// Applies one entry.
     pub fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Vec<u8>, CallError> {
         let exports = self.exports();
-        let wit_ctx = bindings::ApplyContext {
-            index: ctx.index,
-            term: ctx.term,
-            timestamp_ms: ctx.timestamp_ms,
-        };
         let result = self.call(self.limits.fuel_per_call, ctx, |store| {
-            exports.call_apply(store, wit_ctx, entry)
+            exports.call_apply(store, ctx, entry)
         })?;
         self.last = ctx;
         result.map_err(CallError::Rejected)
@@ -297,7 +293,7 @@ impl PluginInstance {
         result?.map_err(CallError::Rejected)
     }
 
-    fn exports(&self) -> Arc<bindings::Store> {
+    fn exports(&self) -> Arc<Exports> {
         self.exports
             .clone()
             .expect("a PluginInstance exists only once instantiated")

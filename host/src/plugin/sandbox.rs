@@ -29,27 +29,33 @@ pub const INSECURE_RANDOM_SEED: u128 = 0x5249_5445_5241_4654_5345_4544_0000_0001
 pub struct CallEnvironment {
     /// The leader's timestamp of the entry being applied (of the last applied, for a query).
     timestamp_ms: AtomicU64,
-    /// The entry whose random stream this call reads: its index and term. The seed itself is
-    /// derived only when the plugin asks for randomness (most calls never do).
-    entry: Mutex<(u64, u64)>,
+    /// The command whose random stream this call reads: its index, term and position in its
+    /// entry. The seed itself is derived only when the plugin asks for randomness (most calls
+    /// never do).
+    entry: Mutex<(u64, u64, u32)>,
 }
 
 impl CallEnvironment {
     /// Sets the time and random seed for a call made in the context of `ctx`.
     pub fn enter(&self, ctx: ApplyContext) {
         self.timestamp_ms.store(ctx.timestamp_ms, Ordering::Relaxed);
-        *self.entry.lock().expect("entry lock is never poisoned") = (ctx.index, ctx.term);
+        *self.entry.lock().expect("entry lock is never poisoned") =
+            (ctx.index, ctx.term, ctx.position);
     }
 
     /// The seed of the current call's random stream.
     fn seed(&self) -> [u8; 32] {
-        let (index, term) = *self.entry.lock().expect("entry lock is never poisoned");
-        Sha256::new()
+        let (index, term, position) = *self.entry.lock().expect("entry lock is never poisoned");
+        let mut seed = Sha256::new()
             .chain_update(b"riteraft random seed v1")
             .chain_update(index.to_le_bytes())
-            .chain_update(term.to_le_bytes())
-            .finalize()
-            .into()
+            .chain_update(term.to_le_bytes());
+        // The first (or only) command of an entry keeps the seed it had before commands were
+        // packed, so that a log written then replays to the same state.
+        if position > 0 {
+            seed.update(position.to_le_bytes());
+        }
+        seed.finalize().into()
     }
 
     fn now(&self) -> Duration {
@@ -88,8 +94,8 @@ pub struct EntryRandom {
     environment: Arc<CallEnvironment>,
     /// Tells the secure and insecure streams apart.
     stream: &'static [u8],
-    /// The entry the current `counter` belongs to; a new entry restarts the stream.
-    entry: Option<(u64, u64)>,
+    /// The command the current `counter` belongs to; a new command restarts the stream.
+    entry: Option<(u64, u64, u32)>,
     seed: [u8; 32],
     counter: u64,
     block: [u8; 32],

@@ -8,7 +8,8 @@
 //!
 //! One test binary, a module per scenario: `replication` (writes, reads, failover), `membership`
 //! (leaving, removal, transfers), `learners` (joining as a learner, read replicas,
-//! replacements), `divergence` (a replica whose answers differ), `reads` (stale, linearizable, leases), `snapshots` (catch-up,
+//! replacements), `divergence` (a replica whose answers differ), `packing` (commands sharing
+//! log entries), `reads` (stale, linearizable, leases), `snapshots` (catch-up,
 //! large stores, traps after a snapshot), `errors` (what a client gets back), `health` (the
 //! health and reflection services). Shared helpers are here.
 
@@ -114,6 +115,7 @@ mod errors;
 mod health;
 mod learners;
 mod membership;
+mod packing;
 mod reads;
 mod replication;
 mod snapshots;

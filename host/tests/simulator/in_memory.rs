@@ -263,12 +263,17 @@ fn a_follower_far_behind_applies_its_backlog_in_slices_between_rounds() {
         answers.retain_mut(|answer| answer.try_recv().is_err());
         answers.is_empty().then_some(())
     });
-    // Healed, it receives the 12,000 entries at once and applies them a slice per round:
-    // between two slices its loop steps raft (answers heartbeats), and asks to come back at
-    // once while entries wait.
+    // Healed, it receives the 12,000 commands at once (packed 256 to an entry: the leader had
+    // them all in one round) and applies them a slice per round: at most 4,096 commands
+    // (and one entry's worth more), so at least three rounds, between which its loop steps
+    // raft (answers heartbeats); it asks to come back at once while entries wait.
     sim.cut.clear();
     let target = sim.nodes[&leader].applied_index();
-    let mut largest_slice = 0;
+    assert!(
+        target < 100,
+        "{target} entries: the commands were not packed"
+    );
+    let mut rounds_applying = 0;
     let mut came_back_at_once = false;
     for _ in 0..MAX_STEPS {
         let before = sim.nodes[&behind].applied_index();
@@ -277,7 +282,7 @@ fn a_follower_far_behind_applies_its_backlog_in_slices_between_rounds() {
         }
         sim.step();
         let node = &sim.nodes[&behind];
-        largest_slice = largest_slice.max(node.applied_index() - before);
+        rounds_applying += usize::from(node.applied_index() > before);
         came_back_at_once |= node.next_round() < node.next_tick();
     }
     assert!(
@@ -285,8 +290,8 @@ fn a_follower_far_behind_applies_its_backlog_in_slices_between_rounds() {
         "the follower did not catch up in {MAX_STEPS} steps"
     );
     assert!(
-        largest_slice <= 4096,
-        "a round applied {largest_slice} entries"
+        rounds_applying >= WRITES / (4096 + 256),
+        "12,000 commands applied in {rounds_applying} rounds"
     );
     assert!(
         came_back_at_once,
@@ -298,10 +303,11 @@ fn a_follower_far_behind_applies_its_backlog_in_slices_between_rounds() {
 #[test]
 fn a_leader_gathering_its_snapshot_keeps_sending_heartbeats() {
     // A 1 ms tick: heartbeats are due every 2 ms, so gathering a store of 12 MiB (tens of ms
-    // in a debug build) spans several. No snapshot until 3,000 entries.
+    // in a debug build) spans several. No snapshot until the 30 batches of 100 commands are
+    // in: each batch arrives in one round, so it is one packed entry.
     let options = NodeOptions {
         tick: Duration::from_millis(1),
-        snapshot_entries: 3_000,
+        snapshot_entries: 30,
         snapshot_on_thread: false,
         prepare_on_thread: false,
         ..NodeOptions::default()
@@ -352,5 +358,69 @@ fn a_leader_gathering_its_snapshot_keeps_sending_heartbeats() {
     // Followers, which gather without a leader's duty, send none.
     for follower in &followers {
         assert!(sim.side[follower].lock().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn commands_of_one_round_share_entries_and_each_gets_its_own_answer() {
+    let mut sim = MemCluster::three_nodes();
+    sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
+    let leader = sim.wait("a leader", |sim| sim.leader());
+    // 600 commands reach the leader in one round: three entries (256, 256, 88 commands).
+    // Every tenth is a `del` of a key that is not there, which kv refuses.
+    const COMMANDS: usize = 600;
+    let command = |i: usize| match i % 10 {
+        7 => format!("del missing{i}"),
+        _ => format!("put k{i} v{i}"),
+    };
+    let mut waiting: Vec<_> = (0..COMMANDS)
+        .map(|i| {
+            let (reply, answer) = oneshot::channel();
+            let command = command(i).into_bytes();
+            (sim.inbox.get_mut(&leader).unwrap()).push_back(Request::Propose { command, reply });
+            (i, answer)
+        })
+        .collect();
+    let mut answers = BTreeMap::new();
+    sim.wait("every command's answer", |_| {
+        waiting.retain_mut(|(i, answer)| match answer.try_recv() {
+            Ok(applied) => {
+                answers.insert(*i, applied.expect("applied"));
+                false
+            }
+            Err(_) => true,
+        });
+        waiting.is_empty().then_some(())
+    });
+    let mut by_index: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, applied) in &answers {
+        by_index.entry(applied.index).or_default().push(*i);
+        let outcome = (applied.outcome.clone())
+            .map(|bytes| String::from_utf8(bytes).unwrap())
+            .map_err(|rejection| rejection.to_string());
+        match i % 10 {
+            7 => assert_eq!(outcome, Err(format!("no such key: missing{i}"))),
+            _ => assert_eq!(outcome, Ok(format!("ok: k{i} = v{i} (new)")), "command {i}"),
+        }
+    }
+    let sizes: Vec<usize> = by_index.values().map(Vec::len).collect();
+    assert_eq!(sizes, [256, 256, 88], "commands per entry");
+    // In the order they came, a run of consecutive commands per entry.
+    let order: Vec<usize> = by_index.values().flatten().copied().collect();
+    assert_eq!(order, (0..COMMANDS).collect::<Vec<_>>());
+    // Every replica applied each command.
+    let last = *by_index.keys().last().unwrap();
+    for id in 1..=3 {
+        sim.wait("every replica to apply", |sim| {
+            (sim.status(id).applied_index >= last).then_some(())
+        });
+        for i in [0, 255, 256, 599] {
+            assert_eq!(
+                sim.query(id, &format!("get k{i}"), true),
+                Ok(format!("v{i}"))
+            );
+        }
+        let refused = sim.query(id, "get missing7", true);
+        assert_eq!(refused, Err("no such key: missing7".into()), "node {id}");
     }
 }

@@ -148,8 +148,8 @@ struct Sim {
     committed: BTreeMap<u64, (u64, u64)>,
     /// Per node, the commit index checked so far.
     checked: BTreeMap<u64, u64>,
-    /// The digest of the store's state after each index, as first applied.
-    states: BTreeMap<u64, u64>,
+    /// The digest of the store's state after each command (index, position), as first applied.
+    states: BTreeMap<(u64, u32), u64>,
     /// The next store version a deploy asks for.
     next_version: u32,
     /// A joiner whose join was not answered, to ask again.
@@ -749,12 +749,13 @@ impl Sim {
 
     /// Checks the states node `id`'s store reached in its last round against the other
     /// replicas' at the same indexes.
-    fn check_states(&mut self, id: u64, digests: Vec<(u64, u64)>) {
-        for (index, digest) in digests {
-            let first = *self.states.entry(index).or_insert(digest);
+    fn check_states(&mut self, id: u64, digests: Vec<((u64, u32), u64)>) {
+        for ((index, position), digest) in digests {
+            let first = *self.states.entry((index, position)).or_insert(digest);
             assert_eq!(
                 first, digest,
-                "node {id}'s store state after index {index} differs from another replica's"
+                "node {id}'s store state after index {index} (command {position} of its entry) \
+                 differs from another replica's"
             );
         }
     }

@@ -1,10 +1,12 @@
-//! Test-only plugin written straight against `proto/store.wit` with plain wit-bindgen, as a
-//! plugin in another language would be: no SDK. It keeps a sum of little-endian u64 entries.
+//! Test-only plugin written straight against the first store contract,
+//! `proto/store-0.1.0.wit`, with plain wit-bindgen, as a plugin in another language would be:
+//! no SDK. It keeps a sum of little-endian u64 entries. It stays on 0.1.0 so that the tests
+//! prove a plugin built for it still loads and runs.
 
 use std::cell::Cell;
 
 wit_bindgen::generate!({
-    path: "../../../proto/store.wit",
+    path: "../../../proto/store-0.1.0.wit",
     world: "store",
 });
 
