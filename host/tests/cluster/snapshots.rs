@@ -4,7 +4,9 @@ use super::*;
 async fn a_node_joining_after_compaction_catches_up_by_snapshot() {
     const ENTRIES: usize = 10_000;
     within(Duration::from_secs(240), async {
-        let cluster = Cluster::start(3, options().snapshot_entries(1000)).await;
+        // 32 writers at once: the leader packs their commands, several to a log entry, so
+        // the 10,000 writes take fewer entries (about 1,000): a snapshot every 100 of them.
+        let cluster = Cluster::start(3, options().snapshot_entries(100)).await;
         let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
 
         let commands: Vec<String> = (0..ENTRIES).map(|i| format!("put k{i:05} v{i}")).collect();
@@ -25,17 +27,16 @@ async fn a_node_joining_after_compaction_catches_up_by_snapshot() {
         }
 
         let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
-        let status = cluster.status(leader).await.unwrap();
-        assert!(status.commit_index >= ENTRIES as u64, "{status:?}");
-        // Compaction is driven by --snapshot-entries 1000, so by now the leader's last snapshot
-        // covers thousands of entries (a snapshot taken for a join would sit near the start).
+        let written = cluster.status(leader).await.unwrap().commit_index;
+        // Compaction is driven by --snapshot-entries 100, so by now the leader's last snapshot
+        // covers most of the log (a snapshot taken for a join would sit near the start).
         let compacted = cluster
             .wait_for(
                 "the leader to compact its log",
                 CONVERGE_LIMIT,
                 async || {
                     let status = cluster.status(leader).await.ok()?;
-                    (status.snapshot_index >= 1000).then_some(status.snapshot_index)
+                    (status.snapshot_index >= written / 2).then_some(status.snapshot_index)
                 },
             )
             .await;
@@ -84,7 +85,8 @@ async fn a_snapshot_over_64_mib_reaches_a_new_node() {
     const VALUE_BYTES: usize = 64 << 10;
     within(Duration::from_secs(240), async {
         // Big entries on a busy machine: give each write more time than the other tests do.
-        let options = options().snapshot_entries(1000).proposal_timeout_ms(10_000);
+        // Eight writers at once, packed into shared entries: 1,100 writes take far fewer.
+        let options = options().snapshot_entries(50).proposal_timeout_ms(10_000);
         let cluster = Cluster::start(1, options).await;
         let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
         // Values differ (so no layer can shrink the state by deduplication) and are text.
@@ -120,7 +122,7 @@ async fn a_snapshot_over_64_mib_reaches_a_new_node() {
             .await;
         eprintln!("node {newcomer} caught up in {:?}", joined_at.elapsed());
         let status = cluster.status(newcomer).await.unwrap();
-        assert!(status.snapshot_index >= 1000, "{status:?}");
+        assert!(status.snapshot_index >= 50, "{status:?}");
         for i in [0, 555, VALUES - 1] {
             let answer = cluster
                 .query(newcomer, &format!("get big{i}"), true)
