@@ -8,8 +8,9 @@ async fn random_kills_under_load_lose_no_acknowledged_write() {
     within(Duration::from_secs(240), async {
         let started = Instant::now();
         let mut rng = rng("random kills");
-        // Snapshots every 300 entries: restarts rebuild from a snapshot plus the log after it.
-        let mut cluster = Cluster::start(NODES, options().snapshot_entries(300)).await;
+        // Snapshots every 50 entries (each holding several writes, which the leader packs
+        // together): restarts rebuild from a snapshot plus the log after it.
+        let mut cluster = Cluster::start(NODES, options().snapshot_entries(50)).await;
         let ids = cluster.ids();
         let targets = Arc::new(Targets {
             nodes: ids.iter().map(|&id| (id, cluster.addr(id))).collect(),
@@ -138,7 +139,9 @@ async fn random_kills_under_load_lose_no_acknowledged_write() {
 async fn the_whole_cluster_killed_at_once_restarts_with_every_acknowledged_write() {
     within(Duration::from_secs(150), async {
         let started = Instant::now();
-        let mut cluster = Cluster::start(3, options().snapshot_entries(200)).await;
+        // 16 writers: the leader packs their writes several to an entry, so 250 writes take
+        // a few dozen entries; a snapshot every 10.
+        let mut cluster = Cluster::start(3, options().snapshot_entries(10)).await;
         let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
         let mut pairs = put_many(&cluster, leader, "k", 0..250).await;
         // The first writes are in a snapshot by now; the next ones only in the log after it.
@@ -148,7 +151,7 @@ async fn the_whole_cluster_killed_at_once_restarts_with_every_acknowledged_write
                 CONVERGE_LIMIT,
                 async || {
                     for id in cluster.live_ids() {
-                        if cluster.status(id).await.ok()?.snapshot_index < 200 {
+                        if cluster.status(id).await.ok()?.snapshot_index < 10 {
                             return None;
                         }
                     }
