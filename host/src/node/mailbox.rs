@@ -196,6 +196,24 @@ pub enum Request {
     Removed(u64),
 }
 
+impl Request {
+    /// Answers a client's request with `error` without doing it; `Some(request)` back for a
+    /// request that is not a client's (a peer's message, the transport's news), or `Status`.
+    pub(super) fn refuse(self, error: NodeError) -> Option<Request> {
+        match self {
+            Request::Propose { reply, .. } => drop(reply.send(Err(error))),
+            Request::Deploy { reply, .. } => drop(reply.send(Err(error))),
+            Request::Snapshot { reply } => drop(reply.send(Err(error))),
+            Request::Query { reply, .. } => drop(reply.send(Err(error))),
+            Request::AddNode { reply, .. } => drop(reply.send(Err(error))),
+            Request::RemoveNode { reply, .. } => drop(reply.send(Err(error))),
+            Request::TransferLeader { reply, .. } => drop(reply.send(Err(error))),
+            other => return Some(other),
+        }
+        None
+    }
+}
+
 /// Where the node's messages to its peers go: the gRPC transport in a running node (see
 /// `transport.rs`), a simulated network in tests. Only the consensus thread uses it, and no call
 /// may block it: delivery happens elsewhere, and failures come back as requests

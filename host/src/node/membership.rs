@@ -193,6 +193,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.cluster.members.remove(&self.id);
             self.cluster.learners.remove(&self.id);
             self.removed = true;
+            let timeout = self.options.tick * 2 * self.options.election_ticks as u32;
+            self.leaving = Some((index, self.now + timeout));
             return Ok(());
         }
         // Every replica applies the same change to the same membership, so a change raft-rs

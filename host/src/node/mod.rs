@@ -92,6 +92,12 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     /// [`Node::ignores_votes`]).
     started: Instant,
     removed: bool,
+    /// A node that applied its own removal at this index stays (serving no client, still
+    /// voting) until this deadline, or, as leader, until every other member knows the change
+    /// committed: a member that does not may be left in a joint configuration that needs this
+    /// node's vote to elect anyone, for ever (the simulator's soak found two such nodes stuck
+    /// as pre-candidates after the leader that removed itself had stopped at once).
+    leaving: Option<(u64, Instant)>,
     /// Why writes are refused for lack of disk space, checked every tick.
     disk_full: Option<String>,
     /// The snapshot being encoded and written on a thread of its own (one at a time): a large
@@ -187,6 +193,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             reads: Reads::new(read_rules, now),
             started: now,
             removed: false,
+            leaving: None,
             disk_full: None,
             saving: None,
             snapshot_retry_at: None,
@@ -255,7 +262,10 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.next_tick = (self.next_tick + self.options.tick).max(self.now);
             self.expire(self.now);
             self.check_disk();
-            self.check_learners();
+            if !self.removed {
+                // A leader that is leaving proposes nothing more (see `leaving`).
+                self.check_learners();
+            }
             self.step_down_if_diverged();
             let diverged = self.divergence.diverged.is_some();
             (self.options.metrics).sample(&self.raw.raft, self.applied, &self.cluster, diverged);
@@ -266,10 +276,12 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             self.apply_ready()?;
             self.raw.advance_apply_to(self.applied);
         }
-        self.send_digest_reports();
+        if !self.removed {
+            self.send_digest_reports();
+        }
         self.finish_snapshot(false)?;
         self.maybe_snapshot()?;
-        if self.removed {
+        if self.removed && !self.telling_members_of_removal() {
             self.finish_snapshot(true)?;
             // Not "aborted": a node removed while it led may hold proposals that the rest of the
             // cluster still commits (the simulator's seed 462 found one that did).
@@ -330,6 +342,14 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     }
 
     fn handle(&mut self, request: Request) -> Result<(), NodeFatal> {
+        let request = match self.removed {
+            // Removed, it stays only to tell the others (see `leaving`).
+            true => match request.refuse(NodeError::NoLeader) {
+                Some(request) => request,
+                None => return Ok(()),
+            },
+            false => request,
+        };
         if !matches!(request, Request::Propose { .. } | Request::Raft(..)) {
             // Whatever else a request does (a deploy, a membership change) comes after the
             // commands that arrived before it.
@@ -397,6 +417,20 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             }
         }
         Ok(())
+    }
+
+    /// Whether this node, having applied its own removal, still stays for the others (see
+    /// `leaving`). A leader knows when they all have the change committed (raft-rs tracks what
+    /// each peer said it committed, and its heartbeats carry the commit index on to them); a
+    /// follower cannot tell, and stays till the deadline.
+    fn telling_members_of_removal(&self) -> bool {
+        let Some((index, deadline)) = self.leaving else {
+            return false;
+        };
+        let all_know = self.is_leader()
+            && (self.raw.raft.prs().iter())
+                .all(|(id, progress)| *id == self.id || progress.committed_index >= index);
+        self.now < deadline && !all_know
     }
 
     /// This node's view of the cluster, as `Request::Status` answers it.
