@@ -544,6 +544,16 @@ impl Plan {
                 (Instant::now(), cpu_sample(&pids))
             })
         };
+        // The leader's commit index when measuring starts and ends: how many log entries the
+        // window's writes took (the leader packs writes that arrive together into one).
+        let leader_address = routing.leader.as_ref().map(|(_, address)| address.clone());
+        let commit_at_start = {
+            let (client, address) = (routing.client.clone(), leader_address.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(window.measure_from).await;
+                commit_index(&client, address.as_deref()).await
+            })
+        };
         let deploy = match &self.deploy {
             Some(module) => Some(DeployRun::start(
                 module.clone(),
@@ -557,6 +567,12 @@ impl Plan {
         let bar = load_bar(window, progress.clone());
         let tally = load::run(workers, mix, window, progress).await;
         let cpu_at_end = (Instant::now(), cpu_sample(&pids));
+        let commit_at_end = commit_index(&routing.client, leader_address.as_deref()).await;
+        let commit_at_start = commit_at_start.await.unwrap_or(None);
+        let log_entries = match (commit_at_start, commit_at_end) {
+            (Some(start), Some(end)) => end.checked_sub(start),
+            _ => None,
+        };
         if let Some(bar) = bar {
             bar.abort();
         }
@@ -627,8 +643,15 @@ impl Plan {
             bench_cpu: cpu_used(0),
             cpu_window,
             deploy,
+            log_entries,
         })
     }
+}
+
+/// The commit index of the node at `address` (the leader), if it answers.
+async fn commit_index(client: &Client, address: Option<&str>) -> Option<u64> {
+    let status = client.status_of(address?).await.ok()?;
+    Some(status.commit_index)
 }
 
 /// Where requests go: the addresses with the leader first, when it is known.

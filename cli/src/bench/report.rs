@@ -91,6 +91,9 @@ pub struct RunReport {
     pub cpu_window: Duration,
     /// What `--deploy` did.
     pub deploy: Option<DeployFigures>,
+    /// Log entries the leader committed during the measured window (`None`: it did not say,
+    /// or leadership moved).
+    pub log_entries: Option<u64>,
 }
 
 /// What a bench produced.
@@ -221,6 +224,7 @@ impl RunReport {
         );
         object.insert("term_before".into(), json!(self.terms.0));
         object.insert("term_after".into(), json!(self.terms.1));
+        object.insert("log_entries".into(), json!(self.log_entries));
         object.insert(
             "bench_cpu_s".into(),
             json!(self.bench_cpu.map(|cpu| round(cpu.as_secs_f64(), 3))),
@@ -291,6 +295,14 @@ impl RunReport {
             tally.ops,
             self.measured.as_secs_f64()
         );
+        if let Some(entries) = self.log_entries.filter(|entries| *entries > 0) {
+            let _ = writeln!(
+                out,
+                "log:         {entries} entries committed in the window, {:.1} requests per entry \
+                 (reads take none; writes that reach the leader together share one)",
+                tally.ops as f64 / entries as f64
+            );
+        }
         let _ = writeln!(
             out,
             "latency:     p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms (mean {:.3}, max {:.3})",
@@ -577,6 +589,7 @@ mod tests {
             measured: Duration::from_secs(10),
             tally,
             prefill: None,
+            log_entries: Some(ops_per_ms * 1000),
             nodes: vec![NodeFigures {
                 id: 1,
                 address: "127.0.0.1:1".into(),
@@ -656,6 +669,7 @@ mod tests {
             "leader:      node 1 at 127.0.0.1:1",
             "throughput:  1000 ops/s",
             "latency:     p50 0.999 ms, p99 1.489 ms",
+            "log:         1000 entries committed in the window, 10.0 requests per entry",
             "errors:      0",
             "node 1:      leader pid 42: resident 2.0 MiB (peak 4.0 MiB), CPU 0.50 cores",
             "all together 800.0 µs of CPU per request",
