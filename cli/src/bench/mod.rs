@@ -537,21 +537,17 @@ impl Plan {
         let pids: Vec<u32> = local
             .map(|cluster| cluster.nodes.iter().map(|node| node.pid()).collect())
             .unwrap_or_default();
-        let cpu_at_start = {
-            let pids = pids.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(window.measure_from).await;
-                (Instant::now(), cpu_sample(&pids))
-            })
-        };
-        // The leader's commit index when measuring starts and ends: how many log entries the
-        // window's writes took (the leader packs writes that arrive together into one).
+        // When measuring starts: the CPU used so far, and the leader's commit index (with the
+        // one at the end, how many log entries the window's writes took: the leader packs
+        // writes that arrive together into one).
         let leader_address = routing.leader.as_ref().map(|(_, address)| address.clone());
-        let commit_at_start = {
+        let at_start = {
+            let pids = pids.clone();
             let (client, address) = (routing.client.clone(), leader_address.clone());
             tokio::spawn(async move {
                 tokio::time::sleep_until(window.measure_from).await;
-                commit_index(&client, address.as_deref()).await
+                let cpu = (Instant::now(), cpu_sample(&pids));
+                (cpu, commit_index(&client, address.as_deref()).await)
             })
         };
         let deploy = match &self.deploy {
@@ -568,11 +564,6 @@ impl Plan {
         let tally = load::run(workers, mix, window, progress).await;
         let cpu_at_end = (Instant::now(), cpu_sample(&pids));
         let commit_at_end = commit_index(&routing.client, leader_address.as_deref()).await;
-        let commit_at_start = commit_at_start.await.unwrap_or(None);
-        let log_entries = match (commit_at_start, commit_at_end) {
-            (Some(start), Some(end)) => end.checked_sub(start),
-            _ => None,
-        };
         if let Some(bar) = bar {
             bar.abort();
         }
@@ -580,7 +571,11 @@ impl Plan {
             Some(run) => Some(run.finish().await),
             None => None,
         };
-        let cpu_at_start = cpu_at_start.await.context("the CPU sampler failed")?;
+        let (cpu_at_start, commit_at_start) = at_start.await.context("the CPU sampler failed")?;
+        let log_entries = match (commit_at_start, commit_at_end) {
+            (Some(start), Some(end)) => end.checked_sub(start),
+            _ => None,
+        };
         if tally.ops == 0 {
             // Figures of nothing would only mislead (and a smoke run must fail here).
             bail!(

@@ -32,8 +32,9 @@ const PREPARING_MAX: usize = 4;
 /// be down or busy, and the entry cannot apply without it.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 
-/// Most entries applied in one slice (a packed entry counts once per command). A node far behind (its entries held while a deploy's
-/// module compiled, a follower catching up) applies its backlog in slices, and between two the
+/// Most entries applied in one slice, a packed entry counting once per command. A node far
+/// behind (its entries held while a deploy's module compiled, a follower catching up) applies
+/// its backlog in slices, and between two the
 /// loop steps raft: it answers heartbeats and persists appends. Applying 150,000 held entries
 /// in one go kept a follower's loop busy for seconds, two followers at once cost the leader its
 /// quorum ("quorum is not active"), and the cluster its leader.

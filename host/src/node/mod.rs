@@ -342,13 +342,13 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     }
 
     fn handle(&mut self, request: Request) -> Result<(), NodeFatal> {
+        // Removed, it stays only for the others (see `leaving`): it serves no client.
         let request = match self.removed {
-            // Removed, it stays only to tell the others (see `leaving`).
-            true => match request.refuse(NodeError::NoLeader) {
-                Some(request) => request,
-                None => return Ok(()),
-            },
-            false => request,
+            true => request.refuse(NodeError::NoLeader),
+            false => Some(request),
+        };
+        let Some(request) = request else {
+            return Ok(());
         };
         if !matches!(request, Request::Propose { .. } | Request::Raft(..)) {
             // Whatever else a request does (a deploy, a membership change) comes after the

@@ -117,17 +117,18 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         let mut queued = queued.into_iter().peekable();
         while let Some((command, reply)) = queued.next() {
             let mut bytes = command.len();
-            let mut packed = Vec::new();
-            while pack && packed.len() + 1 < MAX_PACKED_COMMANDS {
-                match queued.next_if(|(next, _)| bytes + next.len() <= MAX_PACKED_BYTES) {
-                    Some(next) => {
-                        bytes += next.0.len();
-                        packed.push(next);
-                    }
-                    None => break,
-                }
+            let (mut commands, mut replies) = (vec![command], vec![reply]);
+            while pack && commands.len() < MAX_PACKED_COMMANDS {
+                let fits = |(next, _): &(Vec<u8>, _)| bytes + next.len() <= MAX_PACKED_BYTES;
+                let Some((command, reply)) = queued.next_if(fits) else {
+                    break;
+                };
+                bytes += command.len();
+                commands.push(command);
+                replies.push(reply);
             }
-            if packed.is_empty() {
+            if commands.len() == 1 {
+                let (command, reply) = (commands.remove(0), replies.remove(0));
                 self.propose_payload(Waiter::Command(reply), |proposer, request_id, stamp| {
                     EntryPayload::Command {
                         proposer,
@@ -138,11 +139,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 });
                 continue;
             }
-            let (mut commands, mut replies) = (vec![command.into()], vec![reply]);
-            for (command, reply) in packed {
-                commands.push(command.into());
-                replies.push(reply);
-            }
+            let commands = commands.into_iter().map(Into::into).collect();
             self.propose_payload(Waiter::Commands(replies), |proposer, first, stamp| {
                 EntryPayload::Commands {
                     proposer,
