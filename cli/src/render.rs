@@ -275,6 +275,7 @@ mod tests {
             plugin_sha256: "abc123".into(),
             plugin_version: Some("1.2.0".into()),
             alarm: None,
+            log_format: 2,
             members: vec![
                 Member {
                     id: 1,

@@ -99,6 +99,9 @@ pub struct NodeStatus {
     /// writes until rebuilt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm: Option<String>,
+    /// The newest log entry format the node's host reads: 2 reads entries packing several
+    /// commands, 0 is a host older than that (a leader packs only while every member reads 2).
+    pub log_format: u32,
 }
 
 /// Joining: the id the cluster gave the new node, and the members.
@@ -226,6 +229,7 @@ impl From<proto::StatusResponse> for NodeStatus {
                 .collect(),
             upgrades: status.upgrades.into_iter().map(Upgrade::from).collect(),
             alarm: non_empty(status.alarm),
+            log_format: status.log_format,
         }
     }
 }
@@ -309,6 +313,7 @@ mod tests {
             plugin_version: String::new(),
             snapshot_index: 5,
             alarm: String::new(),
+            log_format: 0,
             upgrades: vec![proto::Upgrade {
                 index: 6,
                 sha256: "cd".into(),

@@ -188,6 +188,12 @@ pub struct SnapshotData {
 /// node too old to fetch modules refuses it instead of taking the store for a built-in one.
 pub const SNAPSHOT_FORMAT: u32 = 4;
 
+/// The newest format of log entries this host reads: 2 added [`EntryPayload::Commands`] (several
+/// commands in one entry). A host that predates the number (it says 0) reads one command per
+/// entry and stops at a packed one, so a leader packs only while every member reads 2 (it asks
+/// them, see `grpc_services::member_formats`), and a joiner that reads less is refused.
+pub const LOG_FORMAT: u32 = 2;
+
 /// Snapshots of format 2, written before learners existed: still read, so that a node
 /// upgraded in place resumes from its data dir.
 mod format2 {

@@ -188,6 +188,7 @@ fn run_with<S: StateMachine + 'static>(
     }
     let node = handle.clone();
     runtime.block_on(async { serve(listener, server_tls, service.clone(), node) })?;
+    service.watch_member_log_formats(runtime.handle());
 
     let joiner = Joiner {
         runtime: &runtime,
@@ -213,6 +214,7 @@ fn run_with<S: StateMachine + 'static>(
         data_dir: Some(config.data_dir()),
         min_free_disk_bytes: config.min_free_disk_mib << 20,
         read_lease: config.read_lease,
+        check_member_log_formats: true,
         joiner_timeout: Duration::from_secs(config.joiner_timeout_secs),
         digest_interval: config.divergence_check_entries,
         metrics: metrics.node().clone(),
@@ -282,6 +284,7 @@ impl Joiner<'_> {
             learner: self.learner,
             replaces: self.replaces,
             join_token: Vec::new(),
+            log_format: crate::replicated::LOG_FORMAT,
         };
         self.runtime
             .block_on(join(self.service, target.to_string(), request, self.tls))

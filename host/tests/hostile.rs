@@ -623,6 +623,7 @@ async fn joins_must_come_from_the_node_named_and_uploads_are_bounded() {
                 .join(JoinRequest {
                     address: nobody.clone(),
                     join_token: vec![1; 16],
+                    log_format: 2,
                     ..JoinRequest::default()
                 })
                 .await
@@ -630,6 +631,21 @@ async fn joins_must_come_from_the_node_named_and_uploads_are_bounded() {
             assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
             assert!(refused.message().contains("cannot confirm"), "{refused:?}");
         }
+        // A joiner whose host is older than packed log entries (it sends no `log_format`) is
+        // told why, before anything else is asked of it.
+        let refused = as_nobody
+            .join(JoinRequest {
+                address: nobody.clone(),
+                join_token: vec![1; 16],
+                ..JoinRequest::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains("older than this cluster's"),
+            "{refused:?}"
+        );
         // Another address than the certificate names, and addresses no one can dial.
         let member = cluster.addr(leader).to_string();
         for (address, code) in [

@@ -129,6 +129,7 @@ impl Client for NodeService {
             plugin_version: status.module.version,
             snapshot_index: status.snapshot_index,
             alarm: status.diverged.unwrap_or_default(),
+            log_format: LOG_FORMAT,
             upgrades: status
                 .upgrades
                 .into_iter()
@@ -148,6 +149,7 @@ impl Client for NodeService {
             join_token,
             learner,
             replaces,
+            log_format,
         } = request.get_ref().clone();
         let plan = LearnerPlan::for_join(learner, replaces).ok_or_else(|| {
             Status::invalid_argument("a node cannot both stay a learner and replace a voter")
@@ -161,6 +163,15 @@ impl Client for NodeService {
             tracing::warn!(%address, certificate = %named, "refused a join for another address");
             return Err(Status::permission_denied(format!(
                 "a node joins at the address its certificate names: {named}, not {address}"
+            )));
+        }
+        // Refused before the call back: an old host asks in good faith, and gets the reason.
+        if log_format < LOG_FORMAT {
+            return Err(Status::failed_precondition(format!(
+                "the joining node's riteraft-host is older than this cluster's: it reads log \
+                 format {log_format}, and the log may hold entries of format {LOG_FORMAT} (several \
+                 commands packed in one); run the same riteraft-host version (or a later one) on \
+                 the joiner"
             )));
         }
         // Every node that handles a join calls the joiner back, the leader too when the join

@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{self, Need};
 use crate::module_store::ModuleStore;
-use crate::replicated::{LearnerPlan, SnapshotData};
+use crate::replicated::{LOG_FORMAT, LearnerPlan, SnapshotData};
 
 use crate::node::{DeployOutcome, MAX_MODULE_BYTES, NodeError, NodeHandle, Request as NodeRequest};
 use crate::plugin::PluginRuntime;
@@ -244,6 +244,7 @@ async fn next_chunk<T>(chunks: &mut Streaming<T>) -> Result<Option<T>, Status> {
 // After the macro above: the services use it.
 mod client_service;
 mod deploys;
+mod member_formats;
 mod module_transfer;
 mod pipeline;
 mod raft_service;

@@ -194,6 +194,9 @@ pub enum Request {
     SnapshotSent(u64, bool),
     /// The leader says this node was removed from the cluster at this index.
     Removed(u64),
+    /// The members (other than this node) known to run hosts that read packed log entries
+    /// (see `grpc_services::member_formats`).
+    PackedReaders(std::collections::BTreeSet<u64>),
 }
 
 impl Request {

@@ -8,7 +8,7 @@
 //! - [`proposals`]: commands and deploys; [`membership`]: joins, leaves, transfers;
 //! - [`snapshots`]: taking, saving and installing them; [`safety`]: the rules around raft-rs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
@@ -108,6 +108,9 @@ pub struct Node<S: StateMachine, L: LogStore, O: Outbox> {
     snapshot_retry_at: Option<Instant>,
     /// Peers' messages refused at the door, logged at most once a second.
     refusals: LogLimiter,
+    /// The other members whose hosts read packed log entries, when the node is told (see
+    /// [`NodeOptions::check_member_log_formats`]).
+    packed_readers: BTreeSet<u64>,
     /// The time of the current round, and the wall clock then (ms since the Unix epoch, for
     /// the timestamps of entries): time is an input (see [`Node::round`]), so the node's rules
     /// run the same on a simulated clock.
@@ -198,6 +201,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             saving: None,
             snapshot_retry_at: None,
             refusals: LogLimiter::new(),
+            packed_readers: BTreeSet::new(),
             now,
             now_ms: 0,
             next_tick: now + tick,
@@ -411,6 +415,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 };
                 self.raw.report_snapshot(peer, status);
             }
+            Request::PackedReaders(readers) => self.note_packed_readers(readers),
             Request::Removed(index) => {
                 tracing::warn!(index, "the leader removed this node from the cluster");
                 self.removed = true;

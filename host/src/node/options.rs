@@ -51,6 +51,11 @@ pub struct NodeOptions {
     /// Serve linearizable reads on the leader from a lease (see [`Lease`]) instead of a
     /// heartbeat round per batch of reads. Off by default: it trusts timing (see `Lease`).
     pub read_lease: bool,
+    /// Pack commands only for members whose hosts are known to read packed entries (a running
+    /// node asks them, see `grpc_services::member_formats`, and tells the node with
+    /// `Request::PackedReaders`). Off, every member is taken to run this host: nodes in one
+    /// process or one simulation are one build.
+    pub check_member_log_formats: bool,
     /// The range election timeouts are drawn from, in ticks (`[min, max)`); `None`: raft's
     /// `[election_ticks, 2 * election_ticks)`. raft-rs draws from an RNG of its own, so a
     /// simulator that must replay a run gives each node a range of one value instead.
@@ -100,6 +105,7 @@ impl Default for NodeOptions {
             data_dir: None,
             min_free_disk_bytes: 256 << 20,
             read_lease: false,
+            check_member_log_formats: false,
             election_timeout_ticks: None,
             snapshot_on_thread: true,
             prepare_on_thread: true,

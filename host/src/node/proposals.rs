@@ -9,6 +9,7 @@
 //! unchanged. Each packed command still applies on its own, with its position in the entry
 //! ([`ApplyContext::position`]), and gets its own answer, rejection or trap.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -154,8 +155,43 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// Whether the next entry may pack several commands: only when the code that will apply
     /// it tells them apart by position. That code is what runs now unless a deploy not applied
     /// yet is in the log ahead of the entry; then nothing is packed until it has applied.
+    ///
+    /// And only while every other member's host reads packed entries, when the node is to
+    /// check (a member on an older host would stop at the first one).
     fn may_pack(&self) -> bool {
-        self.applied >= self.newest_deploy_at && self.state_machine.packs_commands()
+        self.applied >= self.newest_deploy_at
+            && self.state_machine.packs_commands()
+            && self.members_read_packed()
+    }
+
+    fn members_read_packed(&self) -> bool {
+        !self.options.check_member_log_formats
+            || (self.cluster.members.keys())
+                .all(|id| *id == self.id || self.packed_readers.contains(id))
+    }
+
+    /// The leader found which members' hosts read packed entries: says so when that changes
+    /// whether it packs (an operator upgrading hosts one by one sees when packing starts).
+    pub(super) fn note_packed_readers(&mut self, readers: BTreeSet<u64>) {
+        let before = self.members_read_packed();
+        self.packed_readers = readers;
+        let after = self.members_read_packed();
+        if before != after {
+            let older: Vec<&String> = (self.cluster.members.iter())
+                .filter(|(id, _)| **id != self.id && !self.packed_readers.contains(id))
+                .map(|(_, address)| address)
+                .collect();
+            match after {
+                true => {
+                    tracing::info!("every member's host reads packed entries: packing commands")
+                }
+                false => tracing::warn!(
+                    ?older,
+                    "not packing commands: these members run an older riteraft-host (or do not \
+                     answer); upgrade them to the same version"
+                ),
+            }
+        }
     }
 
     /// Proposes a deploy of the module `sha256`, which the caller stored in this node's module

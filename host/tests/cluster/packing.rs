@@ -35,6 +35,9 @@ async fn commands_sent_together_share_entries_and_a_trap_among_them_rejects_only
         let options = options().plugin(plugin("misbehaving"));
         let cluster = Arc::new(Cluster::start(3, options).await);
         let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        // It packs once it has asked its members what their hosts read (every second).
+        let packing = "every member's host reads packed entries";
+        cluster.wait_for_log(leader, packing, CONVERGE_LIMIT).await;
         // 300 commands at once; every 25th makes the plugin panic.
         let commands: Vec<Vec<u8>> = (0..300)
             .map(|i| match i % 25 {
@@ -77,6 +80,47 @@ async fn commands_sent_together_share_entries_and_a_trap_among_them_rejects_only
         }
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packing_goes_on_through_a_failover_with_a_member_down() {
+    within(TEST_LIMIT, async {
+        let cluster = Arc::new(Cluster::start(3, options()).await);
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        // Every node asks the others what their hosts read, not only the leader.
+        for id in cluster.ids() {
+            let packing = "every member's host reads packed entries";
+            cluster.wait_for_log(id, packing, CONVERGE_LIMIT).await;
+        }
+        // The leader goes down for good: the new one cannot ask it, but knew it already.
+        cluster.kill(leader);
+        let next = cluster
+            .wait_for("a new leader", ELECTION_LIMIT, async || {
+                cluster.leader().await.filter(|id| *id != leader)
+            })
+            .await;
+        let commands = (0..200)
+            .map(|i| format!("put k{i} v").into_bytes())
+            .collect();
+        let answers = propose_at_once(&cluster, next, commands).await;
+        let mut entries: Vec<u64> = answers.iter().map(|answer| answer.index).collect();
+        entries.dedup();
+        println!(
+            "200 commands in {} entries after the failover",
+            entries.len()
+        );
+        assert!(
+            entries.len() < 150,
+            "{} entries: little packing",
+            entries.len()
+        );
+        assert!(!log_of(&cluster, next).contains("not packing commands"));
+    })
+    .await
+}
+
+fn log_of(cluster: &Cluster, id: u64) -> String {
+    std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! to `Node::round`. No process, no socket, no sleep: the core runs in memory, in milliseconds.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -423,4 +423,52 @@ fn commands_of_one_round_share_entries_and_each_gets_its_own_answer() {
         let refused = sim.query(id, "get missing7", true);
         assert_eq!(refused, Err("no such key: missing7".into()), "node {id}");
     }
+}
+
+#[test]
+fn a_leader_packs_only_once_every_member_reads_packed_entries() {
+    let options = NodeOptions {
+        check_member_log_formats: true,
+        ..NodeOptions::default()
+    };
+    let mut sim = MemCluster::three_nodes_with(options);
+    sim.nodes.get_mut(&1).unwrap().campaign().unwrap();
+    let leader = sim.wait("a leader", |sim| sim.leader());
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    // 50 commands in one round; the distinct entries they landed in.
+    let burst = |sim: &mut MemCluster, round: usize| {
+        let mut waiting: Vec<_> = (0..50)
+            .map(|i| {
+                let (reply, answer) = oneshot::channel();
+                let command = format!("put r{round}k{i} v").into_bytes();
+                (sim.inbox.get_mut(&leader).unwrap())
+                    .push_back(Request::Propose { command, reply });
+                answer
+            })
+            .collect();
+        let mut indexes = BTreeSet::new();
+        sim.wait("the burst's answers", |_| {
+            waiting.retain_mut(|answer| match answer.try_recv() {
+                Ok(applied) => {
+                    indexes.insert(applied.expect("applied").index);
+                    false
+                }
+                Err(_) => true,
+            });
+            waiting.is_empty().then_some(())
+        });
+        indexes.len()
+    };
+    // Nobody has said what its host reads: one entry per command, as an old host needs.
+    assert_eq!(burst(&mut sim, 0), 50);
+    let tell = |sim: &mut MemCluster, readers: &[u64]| {
+        let readers = readers.iter().copied().collect();
+        (sim.inbox.get_mut(&leader).unwrap()).push_back(Request::PackedReaders(readers));
+    };
+    tell(&mut sim, &followers[..1]);
+    assert_eq!(burst(&mut sim, 1), 50, "one member still on an old host");
+    tell(&mut sim, &followers);
+    assert_eq!(burst(&mut sim, 2), 1, "every member reads packed entries");
+    tell(&mut sim, &followers[1..]);
+    assert_eq!(burst(&mut sim, 3), 50, "a member went back to an old host");
 }

@@ -325,6 +325,19 @@ impl Cluster {
         self.node(id).dir.join("node.log")
     }
 
+    /// Waits until node `id`'s output contains `needle` (at most `limit`).
+    pub async fn wait_for_log(&self, id: u64, needle: &str, limit: Duration) {
+        let path = self.log_path(id);
+        let deadline = tokio::time::Instant::now() + limit;
+        while !std::fs::read_to_string(&path).is_ok_and(|log| log.contains(needle)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} never logged {needle:?} within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Node `id`'s `--data-dir` (kept across restarts).
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.node(id).data_dir.clone()

@@ -209,6 +209,7 @@ impl ClientService for Fake {
             plugin_version: String::new(),
             snapshot_index: 10,
             alarm: String::new(),
+            log_format: 2,
             upgrades: vec![Upgrade {
                 index: 4,
                 sha256: "5ca1ab1e".into(),
