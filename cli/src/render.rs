@@ -390,6 +390,7 @@ mod tests {
                 "commit_index": 42,
                 "applied_index": 41,
                 "snapshot_index": 40,
+                "log_format": 2,
                 "plugin_sha256": "abc123",
                 "plugin_version": "1.2.0",
                 "members": [
