@@ -165,6 +165,8 @@ fn status_text(status: &NodeStatus) -> String {
     let _ = writeln!(out, "commit index:   {}", status.commit_index);
     let _ = writeln!(out, "applied index:  {}", status.applied_index);
     let _ = writeln!(out, "snapshot index: {}", status.snapshot_index);
+    // What a rolling upgrade of hosts needs to see: 0 is a host older than packed entries.
+    let _ = writeln!(out, "log format:     {}", status.log_format);
     let _ = writeln!(out, "plugin sha256:  {}", status.plugin_sha256);
     if let Some(version) = &status.plugin_version {
         let _ = writeln!(out, "plugin version: {version}");
@@ -419,6 +421,7 @@ term:           3
 commit index:   42
 applied index:  41
 snapshot index: 40
+log format:     2
 plugin sha256:  abc123
 plugin version: 1.2.0
 members:
