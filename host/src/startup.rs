@@ -87,11 +87,6 @@ pub enum RunError {
     Start(#[from] std::io::Error),
 }
 
-/// Runs a node until it is removed, shut down by a signal, or fails.
-///
-/// `release_memory` is called once, after the node restored its state and before it serves:
-/// the start-up copies of a large snapshot are freed by then, and the binary, which chooses the
-/// allocator, can have it hand them back to the system.
 /// Threads for gRPC and the network: every core but one, which the consensus thread (the busiest
 /// single thread) keeps for itself; at least one. On the 2-core machine the README measures,
 /// one network thread instead of two wrote 6 % more a second at 64 clients with 13 % less CPU
@@ -101,6 +96,11 @@ fn network_threads() -> usize {
     cores.saturating_sub(1).max(1)
 }
 
+/// Runs a node until it is removed, shut down by a signal, or fails.
+///
+/// `release_memory` is called once, after the node restored its state and before it serves:
+/// the start-up copies of a large snapshot are freed by then, and the binary, which chooses the
+/// allocator, can have it hand them back to the system.
 pub fn run(config: NodeConfig, release_memory: fn()) -> Result<NodeExit, RunError> {
     if config.learner && config.replaces.is_some() {
         return Err(RunError::Settings(

@@ -182,10 +182,6 @@ async fn speaks_without_a_certificate(cluster: &Cluster, addr: SocketAddr) -> bo
     )
 }
 
-fn log_of(cluster: &Cluster, id: u64) -> String {
-    std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outsiders_without_the_clusters_certificates_are_refused() {
     within(TEST_LIMIT, async {
@@ -585,19 +581,15 @@ async fn malformed_or_forged_messages_from_members_change_nothing() {
         let refusals: usize = cluster
             .ids()
             .iter()
-            .map(|id| {
-                log_of(&cluster, *id)
-                    .matches("refused a raft message")
-                    .count()
-            })
+            .map(|id| cluster.log(*id).matches("refused a raft message").count())
             .sum();
         assert!(refusals >= 2, "the refusals are logged");
-        assert!(log_of(&cluster, b).contains("no leader confirms"));
+        assert!(cluster.log(b).contains("no leader confirms"));
         assert!(
-            !log_of(&cluster, b).contains("received MsgTimeoutNow"),
+            !cluster.log(b).contains("received MsgTimeoutNow"),
             "an unasked transfer started an election"
         );
-        assert!(log_of(&cluster, b).contains("certificate names"));
+        assert!(cluster.log(b).contains("certificate names"));
         let members = cluster.status(leader).await.unwrap().members.len();
         assert_eq!(members, 3);
     })
@@ -770,7 +762,7 @@ async fn a_new_ca_file_is_picked_up_without_a_restart() {
             status_with(old_admin.clone()).await.is_err(),
             "the old CA is no longer trusted"
         );
-        assert!(log_of(&cluster, 1).contains("TLS certificates reloaded"));
+        assert!(cluster.log(1).contains("TLS certificates reloaded"));
 
         // And back, on SIGHUP alone: the file keeps its modification time, so the node's
         // check for changed files does not see it.
@@ -800,7 +792,8 @@ async fn a_new_ca_file_is_picked_up_without_a_restart() {
         std::fs::write(&node_ca, b"not a certificate").unwrap();
         cluster
             .wait_for("the node to log the bad file", CONVERGE, async || {
-                log_of(&cluster, 1)
+                cluster
+                    .log(1)
                     .contains("cannot reload the TLS certificates")
                     .then_some(())
             })

@@ -1,7 +1,7 @@
-//! A leader's check of what its members' hosts read: it packs several commands into one log
-//! entry only while every member's host reads packed entries ([`LOG_FORMAT`]). During a rolling
-//! upgrade a member still on an older host would otherwise stop at the first packed entry it
-//! applies, and again at every restart.
+//! Each node's check of what the other members' hosts read: a leader packs several commands
+//! into one log entry only while every member's host reads packed entries ([`LOG_FORMAT`]).
+//! During a rolling upgrade a member still on an older host would otherwise stop at the first
+//! packed entry it applies, and again at every restart.
 //!
 //! Why by asking: nothing new can be said to an old host through the log (it stops at what it
 //! cannot decode), but it answers `Status`, where the `log_format` it does not know reads as 0.
@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use super::*;
 
-/// How often a leader asks: packing starts this long after the last member is upgraded, and a
+/// How often a node asks: packing starts this long after the last member is upgraded, and a
 /// member that joins is asked within this long (it packs nothing for it meanwhile).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -25,6 +25,8 @@ impl NodeService {
         let service = self.clone();
         runtime.spawn(async move {
             let mut readers: BTreeSet<u64> = BTreeSet::new();
+            // What the node was last told (it starts knowing of no one).
+            let mut told = BTreeSet::new();
             // Kept across checks, by address: a check is a call on an open connection.
             let mut clients: HashMap<String, ClientClient<Channel>> = HashMap::new();
             let mut every = tokio::time::interval(CHECK_EVERY);
@@ -63,9 +65,13 @@ impl NodeService {
                         clients.remove(address);
                     }
                 }
-                service
-                    .node
-                    .send(NodeRequest::PackedReaders(readers.clone()));
+                if readers != told
+                    && service
+                        .node
+                        .send(NodeRequest::PackedReaders(readers.clone()))
+                {
+                    told = readers.clone();
+                }
             }
         });
     }

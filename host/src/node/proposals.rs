@@ -170,28 +170,32 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                 .all(|id| *id == self.id || self.packed_readers.contains(id))
     }
 
-    /// The leader found which members' hosts read packed entries: says so when that changes
-    /// whether it packs (an operator upgrading hosts one by one sees when packing starts).
+    /// The node learned which members' hosts read packed entries: says so when that changes
+    /// whether it would pack (an operator upgrading hosts one by one sees when packing starts).
     pub(super) fn note_packed_readers(&mut self, readers: BTreeSet<u64>) {
         let before = self.members_read_packed();
         self.packed_readers = readers;
         let after = self.members_read_packed();
-        if before != after {
-            let older: Vec<&String> = (self.cluster.members.iter())
-                .filter(|(id, _)| **id != self.id && !self.packed_readers.contains(id))
-                .map(|(_, address)| address)
-                .collect();
-            match after {
-                true => {
-                    tracing::info!("every member's host reads packed entries: packing commands")
-                }
-                false => tracing::warn!(
-                    ?older,
-                    "not packing commands: these members run an older riteraft-host (or do not \
-                     answer); upgrade them to the same version"
-                ),
-            }
+        if before == after {
+            return;
         }
+        if after {
+            // The count says which membership it was: nodes join one by one.
+            let others = self.cluster.members.len().saturating_sub(1);
+            tracing::info!(
+                "the hosts of all {others} other members read packed entries: packing commands"
+            );
+            return;
+        }
+        let older: Vec<&String> = (self.cluster.members.iter())
+            .filter(|(id, _)| **id != self.id && !self.packed_readers.contains(id))
+            .map(|(_, address)| address)
+            .collect();
+        tracing::warn!(
+            ?older,
+            "not packing commands: these members run an older riteraft-host (or do not answer); \
+             upgrade them to the same version"
+        );
     }
 
     /// Proposes a deploy of the module `sha256`, which the caller stored in this node's module

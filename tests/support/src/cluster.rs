@@ -325,11 +325,15 @@ impl Cluster {
         self.node(id).dir.join("node.log")
     }
 
+    /// Node `id`'s output so far (empty if there is none yet).
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
     /// Waits until node `id`'s output contains `needle` (at most `limit`).
     pub async fn wait_for_log(&self, id: u64, needle: &str, limit: Duration) {
-        let path = self.log_path(id);
         let deadline = tokio::time::Instant::now() + limit;
-        while !std::fs::read_to_string(&path).is_ok_and(|log| log.contains(needle)) {
+        while !self.log(id).contains(needle) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "node {id} never logged {needle:?} within {limit:?}"
