@@ -304,11 +304,44 @@ impl SnapshotData {
         }
         Ok(data)
     }
+
+    /// The encoding of this value up to its store's bytes, given their length: followed by
+    /// them, it is the whole encoding (bincode ends it with the store's length, then its
+    /// bytes). For a store that streams its bytes apart; `self.store` is not used.
+    pub fn into_head(mut self, store_len: u64) -> Vec<u8> {
+        self.store = Bytes::new();
+        let mut head = encode(&self);
+        // The empty store is encoded as its length alone, a single 0.
+        head.pop();
+        head.extend_from_slice(&encode(&store_len));
+        head
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_then_the_store_is_the_whole_encoding() {
+        // Lengths around each of bincode's steps of its variable-length integers.
+        for store_len in [0, 1, 250, 251, 65_535, 65_536, 1 << 20] {
+            let data = SnapshotData {
+                format: SNAPSHOT_FORMAT,
+                cluster: ClusterState {
+                    members: BTreeMap::from([(1, "127.0.0.1:7001".into())]),
+                    next_node_id: 2,
+                    ..ClusterState::default()
+                },
+                plugin_sha256: [3; 32],
+                module: Vec::new(),
+                store: vec![7; store_len].into(),
+            };
+            let mut assembled = data.clone().into_head(store_len as u64);
+            assembled.extend_from_slice(&data.store);
+            assert!(assembled == encode(&data), "store of {store_len} bytes");
+        }
+    }
 
     /// What an entry looked like before its bytes were `serde_bytes`: a plain `Vec<u8>`.
     #[derive(Serialize)]

@@ -5,6 +5,7 @@
 //! [`NativeStateMachine`] (a store compiled into the host, for tests and benchmarks).
 
 use std::cell::RefCell;
+use std::io::Write;
 
 use bytes::Bytes;
 use riteraft_plugin_sdk::RawStore;
@@ -85,6 +86,16 @@ pub trait StateMachine: Send {
     /// Replaces the whole state with a snapshot's.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError>;
 
+    /// Writes the bytes `snapshot` would return into `out` as they come, then flushes and
+    /// drops it: the node streams them to its snapshot file, so that a large state is never
+    /// held whole outside the store. The node then treats them as it treats `snapshot`'s
+    /// (see `checkpoint_saved`). The default writes `snapshot`'s bytes.
+    fn write_snapshot(&mut self, mut out: Box<dyn Write + Send>) -> Result<(), StateMachineError> {
+        let bytes = self.snapshot()?;
+        (out.write_all(&bytes).and_then(|()| out.flush()))
+            .map_err(|e| StateMachineError::Snapshot(format!("cannot hand on the snapshot: {e}")))
+    }
+
     /// The fuel the last `apply` or `query` used (for `riteraft_plugin_fuel_per_entry`); `None`
     /// for a store that is not metered.
     fn fuel_used(&self) -> Option<u64> {
@@ -125,12 +136,14 @@ pub trait StateMachine: Send {
         ))
     }
 
-    /// The state last returned by `snapshot` (or given to `restore`) is now durable in the
-    /// node's snapshot and can be read back with `read`: an implementation that keeps a copy of
-    /// it (to recover from failures) may drop the copy and use `read` when it needs it. The
-    /// node writes its snapshots on another thread while entries go on being applied, so this
-    /// may come late: an implementation that has checkpointed its state by itself since (e.g.
-    /// at an upgrade) must keep that newer checkpoint.
+    /// The state last returned by `snapshot` or written by `write_snapshot` (or given to
+    /// `restore`) is now durable in the node's snapshot and can be read back with `read`: an
+    /// implementation that keeps a copy of it (to recover from failures) may drop the copy and
+    /// use `read` when it needs it, and one that kept none may stop keeping what it would
+    /// replay on top of the checkpoint before. The node writes its snapshots on another
+    /// thread while entries go on being applied, so this may come late: an implementation that
+    /// has checkpointed its state by itself since (e.g. at an upgrade) must keep that newer
+    /// checkpoint.
     fn checkpoint_saved(&mut self, read: CheckpointReader) {
         let _ = read;
     }

@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 mod disk;
 mod entry_cache;
+mod snapshot_file;
+mod snapshot_stream;
 
 pub use disk::DiskLogStore;
+pub use snapshot_stream::{SnapshotStream, TailEnd, TailPiece, TailWriter};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
@@ -28,8 +31,10 @@ pub enum StorageError {
 /// Reads one snapshot back (see [`LogStore::snapshot_reader`]).
 pub type SnapshotReader = Box<dyn Fn() -> Result<Snapshot, StorageError> + Send>;
 
-/// Writes one snapshot durably where its store will find it (see [`LogStore::snapshot_saver`]).
-pub type SnapshotSaver = Box<dyn FnOnce(Snapshot) -> Result<SavedSnapshot, StorageError> + Send>;
+/// Writes one snapshot durably where its store will find it, as its pieces arrive (see
+/// [`LogStore::snapshot_saver`]).
+pub type SnapshotSaver =
+    Box<dyn FnOnce(SnapshotStream) -> Result<SavedSnapshot, StorageError> + Send>;
 
 /// A snapshot a [`SnapshotSaver`] wrote durably, for [`LogStore::compact_to_saved`] to record.
 #[derive(Debug)]
@@ -96,7 +101,7 @@ pub trait LogStore: raft::Storage + Send + 'static {
         snapshot: Snapshot,
         compact_index: u64,
     ) -> Result<(), StorageError> {
-        let saved = self.snapshot_saver()(snapshot)?;
+        let saved = self.snapshot_saver()(SnapshotStream::whole(snapshot))?;
         self.compact_to_saved(saved, compact_index)
     }
 
@@ -347,7 +352,8 @@ impl LogStore for MemLogStore {
     }
 
     fn snapshot_saver(&self) -> SnapshotSaver {
-        Box::new(|snapshot| {
+        Box::new(|stream| {
+            let snapshot = stream.collect()?;
             let bytes = snapshot.data.len() as u64;
             Ok(SavedSnapshot { snapshot, bytes })
         })
@@ -484,10 +490,11 @@ mod tests {
         let entries: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
         store.persist(&entries, None).unwrap();
         let saver = store.snapshot_saver();
-        let saved = std::thread::spawn(move || saver(snapshot(8, 1, vec![1])))
-            .join()
-            .unwrap()
-            .unwrap();
+        let saved =
+            std::thread::spawn(move || saver(SnapshotStream::whole(snapshot(8, 1, vec![1]))))
+                .join()
+                .unwrap()
+                .unwrap();
         assert_eq!(store.snapshot_metadata().index, 0, "not recorded yet");
         store.install_snapshot(snapshot(20, 2, vec![1, 2])).unwrap();
         store.compact_to_saved(saved, 6).unwrap();
@@ -579,11 +586,14 @@ mod tests {
             .unwrap()
             .unwrap()
             .path();
-        let mut bytes = std::fs::read(&file).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        std::fs::write(&file, bytes).unwrap();
-        let error = DiskLogStore::open(dir.path()).err().expect("refused");
-        assert!(error.to_string().contains("checksum"), "{error}");
+        let whole = std::fs::read(&file).unwrap();
+        // A byte of the store's state (the first after magic and checksum), and the last.
+        for at in [52, whole.len() - 1] {
+            let mut bytes = whole.clone();
+            bytes[at] ^= 0xff;
+            std::fs::write(&file, bytes).unwrap();
+            let error = DiskLogStore::open(dir.path()).err().expect("refused");
+            assert!(error.to_string().contains("damaged"), "{error}");
+        }
     }
 }

@@ -9,8 +9,11 @@
 //! [`StateMachine::wants_snapshot`]); only if the list grows to twice that does the state
 //! machine take a checkpoint on its own. Once the node's snapshot is durable, the in-memory
 //! copy is dropped and a rebuild reads the state back from the snapshot file
-//! ([`StateMachine::checkpoint_saved`]).
+//! ([`StateMachine::checkpoint_saved`]). A snapshot the node streams to its file
+//! ([`StateMachine::write_snapshot`]) leaves no copy at all: the entries it holds stay in the
+//! replay list until the file is durable.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -75,6 +78,10 @@ pub struct WasmStateMachine {
     replay: Vec<(ApplyContext, Vec<u8>)>,
     /// Sum of the entry sizes in `replay`.
     replay_bytes: usize,
+    /// How many entries of `replay` the state last written by `write_snapshot` holds: no copy
+    /// of that state is kept, so they stay in `replay` until the node's file of it is durable
+    /// (`checkpoint_saved`). `None` when no such state is awaited.
+    streamed: Option<usize>,
     limits: ReplayLimits,
     /// How many times a trap made us rebuild the instance (for status and tests).
     rebuilds: u64,
@@ -107,6 +114,7 @@ impl WasmStateMachine {
             checkpoint: Checkpoint::Initial,
             replay: Vec::new(),
             replay_bytes: 0,
+            streamed: None,
             limits,
             rebuilds: 0,
         })
@@ -145,8 +153,7 @@ impl WasmStateMachine {
         // Rebuilds after a trap now restore this (old-format) checkpoint with the new code,
         // which just proved it can.
         self.checkpoint = checkpoint;
-        self.replay.clear();
-        self.replay_bytes = 0;
+        self.clear_replay();
     }
 
     /// Takes the plugin's state now as the checkpoint (one of the state machine's own), from
@@ -164,9 +171,15 @@ impl WasmStateMachine {
         };
         let snapshot = Bytes::from(snapshot);
         self.checkpoint = Checkpoint::InMemory(snapshot.clone());
+        self.clear_replay();
+        Ok(snapshot)
+    }
+
+    /// Empties the replay list, for a checkpoint newer than anything awaited.
+    fn clear_replay(&mut self) {
         self.replay.clear();
         self.replay_bytes = 0;
-        Ok(snapshot)
+        self.streamed = None;
     }
 
     /// How many times a trap forced a rebuild of the instance.
@@ -270,8 +283,26 @@ impl StateMachine for WasmStateMachine {
         Ok(snapshot)
     }
 
+    fn write_snapshot(&mut self, out: Box<dyn Write + Send>) -> Result<(), StateMachineError> {
+        if let Err(e) = self.instance.snapshot_into(out) {
+            // Leave a usable instance behind, then report (as `checkpoint_now` does).
+            self.rebuild()?;
+            return Err(StateMachineError::Snapshot(e.to_string()));
+        }
+        // No copy is kept: until the node's file of this state is durable, a rebuild starts
+        // from the checkpoint before it and replays everything since.
+        self.streamed = Some(self.replay.len());
+        Ok(())
+    }
+
     fn checkpoint_saved(&mut self, read: CheckpointReader) {
-        if let Checkpoint::AwaitingSave(_) = self.checkpoint {
+        if let Some(held) = self.streamed.take() {
+            let dropped: usize = (self.replay.drain(..held))
+                .map(|(_, entry)| entry.len() + REPLAY_ENTRY_OVERHEAD)
+                .sum();
+            self.replay_bytes -= dropped;
+            self.checkpoint = Checkpoint::Saved(read);
+        } else if let Checkpoint::AwaitingSave(_) = self.checkpoint {
             self.checkpoint = Checkpoint::Saved(read);
         }
     }
@@ -369,8 +400,7 @@ impl StateMachine for WasmStateMachine {
             .map_err(|e| StateMachineError::Restore(e.to_string()))?;
         self.instance = instance;
         self.checkpoint = Checkpoint::AwaitingSave(Bytes::copy_from_slice(snapshot));
-        self.replay.clear();
-        self.replay_bytes = 0;
+        self.clear_replay();
         Ok(())
     }
 }

@@ -221,6 +221,62 @@ fn once_the_checkpoint_is_saved_a_rebuild_reads_it_back_instead_of_a_copy() {
     assert!(error.contains("snapshot file gone"), "{error}");
 }
 
+/// A snapshot streamed to the node's file leaves no copy in memory: until the node says the
+/// file is durable, a rebuild starts from the checkpoint before it and replays every entry
+/// since; after, from the file, replaying only what came after the snapshot.
+#[test]
+fn a_streamed_snapshot_keeps_its_entries_for_replay_until_it_is_saved() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "misbehaving");
+    for i in 1..=3 {
+        sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+    }
+    let streamed = Arc::new(Mutex::new(Vec::new()));
+    sm.write_snapshot(Box::new(Shared(streamed.clone())))
+        .unwrap();
+    let streamed = streamed.lock().unwrap().clone();
+    assert_eq!(
+        streamed,
+        sm.snapshot().unwrap(),
+        "the same bytes as `snapshot`"
+    );
+
+    let mut sm = machine(&runtime, "misbehaving");
+    for i in 1..=3 {
+        sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+    }
+    sm.write_snapshot(Box::new(std::io::sink())).unwrap();
+    sm.apply(ctx(4), b"add 2").unwrap().unwrap();
+    sm.apply(ctx(5), b"panic").unwrap().unwrap_err();
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("5".into()));
+
+    let reads = Arc::new(AtomicUsize::new(0));
+    sm.checkpoint_saved(Box::new({
+        let reads = reads.clone();
+        move || {
+            reads.fetch_add(1, Ordering::Relaxed);
+            Ok(streamed.clone())
+        }
+    }));
+    sm.apply(ctx(6), b"add 1").unwrap().unwrap();
+    sm.apply(ctx(7), b"panic").unwrap().unwrap_err();
+    // From the file (3), then entries 4 and 6 only: 3 + 2 + 1.
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("6".into()));
+    assert_eq!(reads.load(Ordering::Relaxed), 1, "one rebuild, one read");
+}
+
 /// The node writes its snapshot on another thread, so the word that it is durable can come
 /// after the state machine checkpointed by itself: the newer checkpoint must win, or a rebuild
 /// would restore the older state and replay only what came after the newer one.

@@ -1,7 +1,8 @@
 //! One suite for every `StateMachine` implementation: the contract in `state_machine.rs`,
 //! checked against the native `kv` and the `kv` plugin alike.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use kv::KvStore;
 use riteraft_host::plugin::{PluginLimits, PluginRuntime};
@@ -26,6 +27,7 @@ fn suite<M: StateMachine>(make: impl Fn() -> M) {
     rejections_are_answers_and_change_nothing(make());
     queries_do_not_change_state(make());
     snapshot_restores_the_same_state(&make);
+    a_written_snapshot_is_the_snapshot(&make);
     a_bad_snapshot_keeps_the_old_state(make());
 }
 
@@ -95,6 +97,36 @@ fn snapshot_restores_the_same_state<M: StateMachine>(make: &impl Fn() -> M) {
         apply(&mut b, 101, "del key3")
     );
     assert_eq!(a.snapshot().unwrap(), b.snapshot().unwrap());
+}
+
+/// What `write_snapshot` hands on is what `snapshot` returns, and restores the same state.
+fn a_written_snapshot_is_the_snapshot<M: StateMachine>(make: &impl Fn() -> M) {
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut a = make();
+    for i in 1..=100 {
+        apply(
+            &mut a,
+            i,
+            &format!("put key{i} {}", "v".repeat(i as usize * 50)),
+        )
+        .unwrap();
+    }
+    let written = Arc::new(Mutex::new(Vec::new()));
+    a.write_snapshot(Box::new(Shared(written.clone()))).unwrap();
+    let written = written.lock().unwrap().clone();
+    assert!(written == a.snapshot().unwrap(), "the same bytes");
+    let mut b = make();
+    b.restore(&written).unwrap();
+    assert_eq!(query(&mut b, "get key77"), query(&mut a, "get key77"));
 }
 
 fn a_bad_snapshot_keeps_the_old_state<M: StateMachine>(mut sm: M) {

@@ -1,11 +1,13 @@
-//! Snapshots: when one is due, gathering it on the consensus thread and writing it on a thread
-//! of its own, recording it once durable; installing a leader's; and the snapshot that starts a
-//! new cluster.
+//! Snapshots: when one is due, gathering it on the consensus thread as it streams to a thread
+//! of its own that writes it, recording it once durable; installing a leader's; and the
+//! snapshot that starts a new cluster.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use raft::StateRole;
 use raft::prelude::{Message, MessageType, Snapshot, SnapshotMetadata};
 
@@ -14,7 +16,7 @@ use super::{Node, Outbox};
 use crate::module_store::{HashedModule, ModuleStore};
 use crate::replicated::{ClusterState, SNAPSHOT_FORMAT, SnapshotData, encode};
 use crate::state_machine::{StateMachine, StateMachineError};
-use crate::storage::{LogStore, SavedSnapshot, StorageError};
+use crate::storage::{LogStore, SavedSnapshot, SnapshotStream, StorageError};
 
 /// How long after a failed snapshot write the node tries again: a full or failing disk is not
 /// asked to take the whole store again every round, and ten seconds add little to the log.
@@ -146,29 +148,30 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             ..Default::default()
         };
         metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        // The store's state goes to the file as the store hands it over (it is the tail of the
+        // snapshot's data); the rest of the data, which ends with the state's length, after.
         let data = SnapshotData {
             format: SNAPSHOT_FORMAT,
             cluster: self.cluster.clone(),
             plugin_sha256: self.state_machine.module_info().sha256,
             module: Vec::new(),
-            store: self.gather_store()?,
+            store: Bytes::new(),
         };
         let module = data.plugin_sha256;
+        let head = Box::new(move |store_len| data.into_head(store_len));
+        let (stream, writer, end) = SnapshotStream::new(metadata, head);
         let save = self.raw.store().snapshot_saver();
         let thread = std::thread::Builder::new()
             .name("snapshot-save".into())
-            .spawn(move || {
-                let mut snapshot = Snapshot {
-                    data: encode(&data).into(),
-                    ..Default::default()
-                };
-                // The store's bytes are in the encoding now: free them before the file is
-                // written.
-                drop(data);
-                snapshot.set_metadata(metadata);
-                save(snapshot)
-            })
+            .spawn(move || save(stream))
             .map_err(StorageError::Io)?;
+        if let Err(e) = self.gather_store(Box::new(writer)) {
+            // Without `end`, the saver abandons the file (and says so, to nobody).
+            drop(end);
+            let _ = thread.join();
+            return Err(e.into());
+        }
+        end.finish();
         self.saving = Some(SnapshotSave {
             thread,
             index: self.applied,
@@ -183,7 +186,8 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         Ok(())
     }
 
-    /// The store's snapshot, gathered on this thread (the store lives here). On a leader, a
+    /// Writes the store's snapshot into `out`, gathered on this thread (the store lives here),
+    /// as the store hands it over. On a leader, a
     /// thread of its own meanwhile sends the followers a heartbeat every heartbeat interval on
     /// the leader's behalf: gathering a large store stops this loop for seconds (1.4-2.2 s for
     /// 255 MiB with 64 clients writing), longer than followers wait for a heartbeat (1-2 s),
@@ -194,14 +198,14 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
     /// (`min(matched, committed)`, raft's own rule), so repeating them is harmless. Their
     /// answers wait in the mailbox until the loop is back, and are handled then. A simulated
     /// network has no way in from another thread, and gets none.
-    fn gather_store(&mut self) -> Result<bytes::Bytes, StateMachineError> {
+    fn gather_store(&mut self, out: Box<dyn Write + Send>) -> Result<(), StateMachineError> {
         let heartbeats = self.stand_in_heartbeats();
         let sender = match heartbeats.is_empty() {
             true => None,
             false => self.outbox.side_sender(),
         };
         let Some(sender) = sender else {
-            return self.state_machine.snapshot();
+            return self.state_machine.write_snapshot(out);
         };
         let interval = self.options.tick * self.options.heartbeat_ticks as u32;
         let done = (std::sync::Mutex::new(false), std::sync::Condvar::new());
@@ -224,7 +228,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
                     }
                 }
             });
-            let gathered = state_machine.snapshot();
+            let gathered = state_machine.write_snapshot(out);
             *done.0.lock().expect("heartbeat pump lock") = true;
             done.1.notify_all();
             gathered

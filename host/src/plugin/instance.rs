@@ -3,6 +3,7 @@
 //! `snapshot`, `restore`) with their fuel, their deterministic environment and the turning of
 //! a trap into the same rejection on every replica.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use wasmtime::component::{Linker, ResourceTable};
@@ -27,10 +28,18 @@ pub(super) struct Sandbox {
     /// What the guest wrote to stdout and stderr during the current call.
     stdout: GuestOutput,
     stderr: GuestOutput,
-    /// During `snapshot`: the pieces written so far through `snapshot-write`.
-    snapshot_out: Option<Vec<u8>>,
+    /// During `snapshot`: where the pieces written through `snapshot-write` go.
+    snapshot_out: Option<SnapshotOut>,
     /// During a streamed `restore`: the snapshot, and how much of it `snapshot-read` gave.
     snapshot_in: Option<(Vec<u8>, usize)>,
+}
+
+/// Where a snapshot's pieces go.
+enum SnapshotOut {
+    /// Gathered in memory.
+    Buffer(Vec<u8>),
+    /// Handed on as they come.
+    Writer(Box<dyn Write + Send>),
 }
 
 /// Largest piece `snapshot-read` hands over at once (the WIT contract says 1 MiB).
@@ -46,10 +55,13 @@ pub(super) fn add_snapshot_streams(linker: &mut Linker<Sandbox>) -> wasmtime::Re
             .data_mut()
             .snapshot_out
         {
-            Some(out) => {
+            Some(SnapshotOut::Buffer(out)) => {
                 out.extend_from_slice(&chunk);
                 Ok(())
             }
+            Some(SnapshotOut::Writer(out)) => out
+                .write_all(&chunk)
+                .map_err(|e| wasmtime::Error::msg(format!("cannot hand on the snapshot: {e}"))),
             None => Err(wasmtime::Error::msg(
                 "snapshot-write called outside `snapshot`",
             )),
@@ -252,27 +264,53 @@ impl PluginInstance {
     /// The plugin's snapshot of its whole state: what it wrote through `snapshot-write`, then
     /// what it returned.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, CallError> {
+        let expected = self.last_snapshot_len + self.last_snapshot_len / 8;
+        let written = self.call_snapshot(SnapshotOut::Buffer(Vec::with_capacity(expected)))?;
+        let SnapshotOut::Buffer(written) = written else {
+            unreachable!("call_snapshot gives back the output it was given");
+        };
+        self.last_snapshot_len = written.len();
+        Ok(written)
+    }
+
+    /// The plugin's snapshot of its whole state, written into `out` as the plugin hands it
+    /// over (then `out` is flushed and dropped): the host holds no copy of it.
+    pub fn snapshot_into(&mut self, out: Box<dyn Write + Send>) -> Result<(), CallError> {
+        let SnapshotOut::Writer(mut out) = self.call_snapshot(SnapshotOut::Writer(out))? else {
+            unreachable!("call_snapshot gives back the output it was given");
+        };
+        out.flush().map_err(|e| {
+            CallError::Failed(Rejection::Trapped(format!(
+                "cannot hand on the snapshot: {e}"
+            )))
+        })
+    }
+
+    /// Calls `snapshot` with its pieces going to `out`, then adds what it returned.
+    fn call_snapshot(&mut self, out: SnapshotOut) -> Result<SnapshotOut, CallError> {
         let exports = self.exports();
         let ctx = self.last;
-        let expected = self.last_snapshot_len + self.last_snapshot_len / 8;
-        self.store.data_mut().snapshot_out = Some(Vec::with_capacity(expected));
+        self.store.data_mut().snapshot_out = Some(out);
         let returned = self.call(self.limits.fuel_per_snapshot, ctx, |store| {
             exports.call_snapshot(store)
         });
-        let mut written = self
-            .store
-            .data_mut()
-            .snapshot_out
-            .take()
-            .unwrap_or_default();
+        let out = self.store.data_mut().snapshot_out.take();
         let returned = returned?;
-        if written.is_empty() {
-            written = returned;
-        } else {
-            written.extend_from_slice(&returned);
+        match out.expect("put there before the call") {
+            SnapshotOut::Buffer(written) if written.is_empty() => Ok(SnapshotOut::Buffer(returned)),
+            SnapshotOut::Buffer(mut written) => {
+                written.extend_from_slice(&returned);
+                Ok(SnapshotOut::Buffer(written))
+            }
+            SnapshotOut::Writer(mut out) => {
+                out.write_all(&returned).map_err(|e| {
+                    CallError::Failed(Rejection::Trapped(format!(
+                        "cannot hand on the snapshot: {e}"
+                    )))
+                })?;
+                Ok(SnapshotOut::Writer(out))
+            }
         }
-        self.last_snapshot_len = written.len();
-        Ok(written)
     }
 
     /// Replaces the plugin's state with a snapshot's: through `snapshot-read` for a plugin that

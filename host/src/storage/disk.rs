@@ -9,25 +9,22 @@
 //! - `raft-log/`: raft-engine's files: the entries, the hard state, the conf state and the
 //!   point the log was truncated at;
 //! - `snapshots/snapshot-<index>.snap`: the latest snapshot (an older one may linger until the
-//!   newer is durable), each a magic line, the sha256 of the rest, then the raft snapshot.
+//!   newer is durable), in the format of `snapshot_file`.
 //!
 //! Order of writes, so that a crash at any point leaves a consistent store: a snapshot file is
 //! durable (temp file, fsync, rename, fsync of the directory) before the log is truncated
 //! behind it, and older snapshot files are deleted only after that.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use raft_engine::{Command, Engine, LogBatch, MessageExt, ReadableSize};
-use sha2::{Digest, Sha256};
 
 use super::entry_cache::EntryCache;
-use super::{LogStore, StorageError};
+use super::{LogStore, SnapshotStream, StorageError, snapshot_file};
 
 /// raft-engine keeps logs for many raft groups; we have one.
 const GROUP: u64 = 1;
@@ -35,8 +32,6 @@ const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
 /// Index and term of the last entry dropped from the log, 16 bytes little-endian.
 const TRUNCATED: &[u8] = b"truncated";
-/// First line of every snapshot file.
-const SNAPSHOT_MAGIC: &[u8] = b"RITERAFT-SNAPSHOT-1\n";
 
 #[derive(Clone)]
 struct EntryExt;
@@ -67,11 +62,11 @@ pub struct DiskLogStore {
     recent: EntryCache,
 }
 
-fn io_error(e: impl std::fmt::Display) -> StorageError {
+pub(super) fn io_error(e: impl std::fmt::Display) -> StorageError {
     StorageError::Io(std::io::Error::other(e.to_string()))
 }
 
-fn damaged(e: impl std::fmt::Display) -> StorageError {
+pub(super) fn damaged(e: impl std::fmt::Display) -> StorageError {
     StorageError::Inconsistent(e.to_string())
 }
 
@@ -207,43 +202,6 @@ impl DiskLogStore {
     }
 }
 
-/// Writes `snapshot` durably into `dir` (temp file, fsync, rename, fsync of the directory).
-/// Touches no other file, so it may run beside the store's own writes. On failure (e.g. the
-/// disk is full) the temp file is removed, giving its space back.
-fn save_snapshot_file(dir: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
-    let index = snapshot.get_metadata().index;
-    let path = snapshot_path(dir, index);
-    let temp = path.with_extension("tmp");
-    if let Err(e) = write_snapshot_file(&temp, snapshot) {
-        let _ = fs::remove_file(&temp);
-        return Err(e);
-    }
-    fs::rename(&temp, &path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
-/// Writes and syncs one snapshot file at `path`: magic line, sha256 of the rest, the snapshot.
-fn write_snapshot_file(path: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
-    // The body is encoded straight into the file through the hasher, so a large store's state
-    // is not copied once more in memory; the checksum, which comes first in the file, is
-    // filled in afterwards.
-    let mut file = File::create(path)?;
-    file.write_all(SNAPSHOT_MAGIC)?;
-    file.write_all(&[0; 32])?;
-    let mut body = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, &mut file),
-        hasher: Sha256::new(),
-    };
-    snapshot.write_to_writer(&mut body).map_err(io_error)?;
-    let HashingWriter { inner, hasher } = body;
-    let file = inner.into_inner().map_err(|e| e.into_error())?;
-    file.seek(SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
-    file.write_all(&hasher.finalize())?;
-    file.sync_all()?;
-    Ok(())
-}
-
 fn truncation(index: u64, term: u64) -> Vec<u8> {
     let mut bytes = index.to_le_bytes().to_vec();
     bytes.extend_from_slice(&term.to_le_bytes());
@@ -269,24 +227,6 @@ fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     }
     files.sort_by_key(|(index, _)| std::cmp::Reverse(*index));
     Ok(files)
-}
-
-/// Writes through to `inner` and hashes what it writes.
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let written = self.inner.write(bytes)?;
-        self.hasher.update(&bytes[..written]);
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Times an append refused for want of space is tried again, and the pause between tries:
@@ -330,28 +270,11 @@ fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("snapshot-{index:020}.snap"))
 }
 
-/// Reads and checks one snapshot file.
-pub fn read_snapshot_file(path: &Path) -> Result<Snapshot, StorageError> {
-    let bytes = fs::read(path)?;
-    let damaged_file = |why: &str| damaged(format!("snapshot file {}: {why}", path.display()));
-    let rest = bytes
-        .strip_prefix(SNAPSHOT_MAGIC)
-        .ok_or_else(|| damaged_file("not a RiteRaft snapshot"))?;
-    if rest.len() < 32 {
-        return Err(damaged_file("truncated"));
-    }
-    let (checksum, body) = rest.split_at(32);
-    if Sha256::digest(body).as_slice() != checksum {
-        return Err(damaged_file("checksum mismatch (the file is damaged)"));
-    }
-    Snapshot::parse_from_bytes(body).map_err(|e| damaged_file(&e.to_string()))
-}
-
 /// The newest snapshot in `dir`. A damaged newest file is an error, not skipped: the log
 /// behind it may already be truncated, so an older snapshot would silently lose writes.
 fn read_latest_snapshot(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
     match snapshot_files(dir)?.first() {
-        Some((_, path)) => read_snapshot_file(path).map(Some),
+        Some((_, path)) => snapshot_file::read(path).map(Some),
         None => Ok(None),
     }
 }
@@ -487,7 +410,9 @@ impl LogStore for DiskLogStore {
     }
 
     fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        save_snapshot_file(&self.snapshot_dir, &snapshot)?;
+        let path = snapshot_path(&self.snapshot_dir, snapshot.get_metadata().index);
+        let whole = SnapshotStream::whole(snapshot.clone());
+        snapshot_file::save(&self.snapshot_dir, &path, whole)?;
         self.reset_to(snapshot.get_metadata())?;
         let index = snapshot.get_metadata().index;
         self.record_snapshot(snapshot.get_metadata(), snapshot.data.len() as u64);
@@ -497,12 +422,16 @@ impl LogStore for DiskLogStore {
 
     fn snapshot_saver(&self) -> super::SnapshotSaver {
         let dir = self.snapshot_dir.clone();
-        Box::new(move |mut snapshot| {
-            save_snapshot_file(&dir, &snapshot)?;
-            let bytes = snapshot.data.len() as u64;
-            // The data is in the file now; the store keeps only where the snapshot stands.
-            snapshot.data = Default::default();
-            Ok(super::SavedSnapshot { snapshot, bytes })
+        Box::new(move |stream| {
+            let path = snapshot_path(&dir, stream.metadata.index);
+            let written = snapshot_file::save(&dir, &path, stream)?;
+            // The data is in the file; the store keeps only where the snapshot stands.
+            let mut snapshot = Snapshot::default();
+            snapshot.set_metadata(written.metadata);
+            Ok(super::SavedSnapshot {
+                snapshot,
+                bytes: written.data_bytes,
+            })
         })
     }
 
@@ -554,14 +483,15 @@ impl LogStore for DiskLogStore {
         let index = self.snapshot.index;
         let path = snapshot_path(&self.snapshot_dir, index);
         (index > 0)
-            .then(|| -> super::SnapshotReader { Box::new(move || read_snapshot_file(&path)) })
+            .then(|| -> super::SnapshotReader { Box::new(move || snapshot_file::read(&path)) })
     }
 
     fn read_snapshot(&self) -> Result<Snapshot, StorageError> {
         if self.snapshot.index == 0 {
             return Ok(Snapshot::default());
         }
-        let snapshot = read_snapshot_file(&snapshot_path(&self.snapshot_dir, self.snapshot.index))?;
+        let snapshot =
+            snapshot_file::read(&snapshot_path(&self.snapshot_dir, self.snapshot.index))?;
         if snapshot.get_metadata() != &self.snapshot {
             return Err(damaged(format!(
                 "the snapshot file for index {1} in {0} holds another snapshot",

@@ -1,0 +1,255 @@
+//! The snapshot files of a [`super::DiskLogStore`]: written as their pieces arrive, read back
+//! whole.
+//!
+//! Format 2, written since snapshots stream: a magic line, the sha256 of everything after it,
+//! then the data's tail (the store's state, as it came), the data's head, the snapshot's
+//! metadata (protobuf), and the lengths of those three (u64 little-endian each). The head comes
+//! after the tail because it ends with the tail's length, known only once the tail is written.
+//! Format 1 (a magic line, the sha256 of the rest, the raft snapshot as protobuf) is still read,
+//! so a node upgraded in place resumes from its data dir.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Snapshot, SnapshotMetadata};
+use sha2::{Digest, Sha256};
+
+use super::{SnapshotStream, StorageError};
+
+/// First line of a snapshot file of format 1 (read only).
+const MAGIC_1: &[u8] = b"RITERAFT-SNAPSHOT-1\n";
+/// First line of a snapshot file of format 2.
+const MAGIC_2: &[u8] = b"RITERAFT-SNAPSHOT-2\n";
+/// Bytes of a format 2 file's trailer: three lengths.
+const TRAILER: usize = 24;
+/// A checksum's bytes.
+const CHECKSUM: usize = 32;
+
+/// What a saved snapshot file holds, besides its data.
+pub struct Written {
+    pub metadata: SnapshotMetadata,
+    /// Bytes of the snapshot's data (head and tail).
+    pub data_bytes: u64,
+}
+
+/// Writes `stream` durably at `path` (temp file, fsync, rename, fsync of the directory).
+/// Touches no other file, so it may run beside the store's own writes. On failure (e.g. the
+/// disk is full, or the stream was abandoned) the temp file is removed, giving its space back.
+pub fn save(dir: &Path, path: &Path, stream: SnapshotStream) -> Result<Written, StorageError> {
+    let temp = path.with_extension("tmp");
+    let written = match write(&temp, stream) {
+        Ok(written) => written,
+        Err(e) => {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    fs::rename(&temp, path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(written)
+}
+
+/// Writes and syncs one file of format 2 at `path`. The pieces go straight into the file
+/// through the hasher; the checksum, which comes first, is filled in afterwards.
+fn write(path: &Path, stream: SnapshotStream) -> Result<Written, StorageError> {
+    let mut file = File::create(path)?;
+    file.write_all(MAGIC_2)?;
+    file.write_all(&[0; CHECKSUM])?;
+    let mut body = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, &mut file),
+        hasher: Sha256::new(),
+    };
+    let tail_len = stream.for_each_piece(|piece| Ok(body.write_all(piece)?))?;
+    let SnapshotStream { metadata, head, .. } = stream;
+    let head = head(tail_len);
+    let encoded_metadata = metadata.write_to_bytes().map_err(super::disk::io_error)?;
+    body.write_all(&head)?;
+    body.write_all(&encoded_metadata)?;
+    for length in [tail_len, head.len() as u64, encoded_metadata.len() as u64] {
+        body.write_all(&length.to_le_bytes())?;
+    }
+    let HashingWriter { inner, hasher } = body;
+    let file = inner.into_inner().map_err(|e| e.into_error())?;
+    file.seek(SeekFrom::Start(MAGIC_2.len() as u64))?;
+    file.write_all(&hasher.finalize())?;
+    file.sync_all()?;
+    Ok(Written {
+        metadata,
+        data_bytes: tail_len + head.len() as u64,
+    })
+}
+
+/// Reads and checks one snapshot file, of either format.
+pub fn read(path: &Path) -> Result<Snapshot, StorageError> {
+    let damaged =
+        |why: &str| super::disk::damaged(format!("snapshot file {}: {why}", path.display()));
+    let mut file = File::open(path)?;
+    let mut magic = [0; MAGIC_2.len()];
+    file.read_exact(&mut magic)
+        .map_err(|_| damaged("not a RiteRaft snapshot"))?;
+    if magic == MAGIC_1 {
+        let mut rest = Vec::new();
+        file.read_to_end(&mut rest)?;
+        if rest.len() < CHECKSUM {
+            return Err(damaged("truncated"));
+        }
+        let (checksum, body) = rest.split_at(CHECKSUM);
+        if Sha256::digest(body).as_slice() != checksum {
+            return Err(damaged("checksum mismatch (the file is damaged)"));
+        }
+        return Snapshot::parse_from_bytes(body).map_err(|e| damaged(&e.to_string()));
+    }
+    if magic != MAGIC_2 {
+        return Err(damaged("not a RiteRaft snapshot"));
+    }
+    let file_len = file.metadata()?.len();
+    let fixed = (MAGIC_2.len() + CHECKSUM + TRAILER) as u64;
+    if file_len < fixed {
+        return Err(damaged("truncated"));
+    }
+    let mut checksum = [0; CHECKSUM];
+    file.read_exact(&mut checksum)?;
+    let mut trailer = [0; TRAILER];
+    file.seek(SeekFrom::Start(file_len - TRAILER as u64))?;
+    file.read_exact(&mut trailer)?;
+    let length = |at: usize| u64::from_le_bytes(trailer[at..at + 8].try_into().expect("8 bytes"));
+    let (tail_len, head_len, metadata_len) = (length(0), length(8), length(16));
+    let lengths_fit = tail_len
+        .checked_add(head_len)
+        .and_then(|sum| sum.checked_add(metadata_len))
+        .and_then(|sum| sum.checked_add(fixed))
+        == Some(file_len);
+    if !lengths_fit {
+        return Err(damaged("its lengths do not add up (the file is damaged)"));
+    }
+    // Read into the data's final place (head, then tail), hashing in the file's order.
+    let (tail_len, head_len) = (tail_len as usize, head_len as usize);
+    let mut data = vec![0; head_len + tail_len];
+    let mut encoded_metadata = vec![0; metadata_len as usize];
+    file.seek(SeekFrom::Start((MAGIC_2.len() + CHECKSUM) as u64))?;
+    file.read_exact(&mut data[head_len..])?;
+    file.read_exact(&mut data[..head_len])?;
+    file.read_exact(&mut encoded_metadata)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&data[head_len..]);
+    hasher.update(&data[..head_len]);
+    hasher.update(&encoded_metadata);
+    hasher.update(trailer);
+    if hasher.finalize().as_slice() != checksum {
+        return Err(damaged("checksum mismatch (the file is damaged)"));
+    }
+    let metadata = SnapshotMetadata::parse_from_bytes(&encoded_metadata)
+        .map_err(|e| damaged(&e.to_string()))?;
+    let mut snapshot = Snapshot {
+        data: data.into(),
+        ..Default::default()
+    };
+    snapshot.set_metadata(metadata);
+    Ok(snapshot)
+}
+
+/// Writes through to `inner` and hashes what it writes.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(index: u64, data: &[u8]) -> Snapshot {
+        let mut snapshot = Snapshot {
+            data: data.to_vec().into(),
+            ..Default::default()
+        };
+        snapshot.mut_metadata().index = index;
+        snapshot.mut_metadata().term = 2;
+        snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        snapshot
+    }
+
+    #[test]
+    fn a_streamed_snapshot_reads_back_as_its_head_then_its_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        let metadata = snapshot(9, b"").take_metadata();
+        let (stream, mut writer, end) = SnapshotStream::new(
+            metadata.clone(),
+            Box::new(|tail_len| format!("head:{tail_len}:").into_bytes()),
+        );
+        let tail = vec![5u8; 3 << 20];
+        let saved = std::thread::scope(|scope| {
+            let saver = scope.spawn(|| save(dir.path(), &path, stream));
+            writer.write_all(&tail).unwrap();
+            writer.flush().unwrap();
+            end.finish();
+            saver.join().unwrap().unwrap()
+        });
+        let head = format!("head:{}:", tail.len()).into_bytes();
+        assert_eq!(saved.data_bytes, (head.len() + tail.len()) as u64);
+        let read = read(&path).unwrap();
+        assert_eq!(read.get_metadata(), &metadata);
+        assert_eq!(&read.data[..head.len()], &head[..]);
+        assert!(read.data[head.len()..] == tail[..]);
+    }
+
+    #[test]
+    fn an_abandoned_stream_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        let (stream, mut writer, end) =
+            SnapshotStream::new(SnapshotMetadata::default(), Box::new(|_| Vec::new()));
+        writer.write_all(&[1; 100]).unwrap();
+        drop((writer, end));
+        assert!(save(dir.path(), &path, stream).is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_file_of_format_1_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.snap");
+        let body = snapshot(4, b"old state").write_to_bytes().unwrap();
+        let mut file = MAGIC_1.to_vec();
+        file.extend_from_slice(&Sha256::digest(&body));
+        file.extend_from_slice(&body);
+        fs::write(&path, file).unwrap();
+        assert_eq!(read(&path).unwrap(), snapshot(4, b"old state"));
+    }
+
+    #[test]
+    fn damage_anywhere_in_a_file_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        save(
+            dir.path(),
+            &path,
+            SnapshotStream::whole(snapshot(3, b"0123456789")),
+        )
+        .unwrap();
+        let whole = fs::read(&path).unwrap();
+        for at in 0..whole.len() {
+            let mut bytes = whole.clone();
+            bytes[at] ^= 0x40;
+            fs::write(&path, &bytes).unwrap();
+            assert!(read(&path).is_err(), "a flipped bit at {at} went unnoticed");
+        }
+        fs::write(&path, &whole[..whole.len() - 1]).unwrap();
+        assert!(read(&path).is_err(), "a truncated file went unnoticed");
+    }
+}
