@@ -52,6 +52,7 @@ fn main() {
         snapshots.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let module = runtime.load_file(&path).unwrap();
+    let state = bytes::Bytes::from(state);
     let (mut instantiates, mut restores) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let started = Instant::now();

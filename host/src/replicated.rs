@@ -276,18 +276,50 @@ pub fn decode<T: for<'de> Deserialize<'de>>(
     Ok(value)
 }
 
+/// What [`SnapshotData`] encodes before its store's bytes: every other field, then the
+/// store's length (how bincode starts a byte string).
+#[derive(Deserialize)]
+struct SnapshotHead {
+    format: u32,
+    cluster: ClusterState,
+    plugin_sha256: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    module: Vec<u8>,
+    store_len: u64,
+}
+
 impl SnapshotData {
-    /// Decodes snapshot data, checking its format.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+    /// Decodes snapshot data, checking its format. The store's bytes are not copied: they are
+    /// a slice of `bytes` (a large store's state is the most memory a node ever holds).
+    pub fn decode(bytes: &Bytes) -> Result<Self, DecodeError> {
+        let error = |reason: String| DecodeError {
+            what: "snapshot",
+            reason,
+        };
         // The format is the first field: read it alone to choose the layout.
-        let (format, _): (u32, usize) = bincode::serde::decode_from_slice(bytes, config())
-            .map_err(|e| DecodeError {
-                what: "snapshot",
-                reason: e.to_string(),
-            })?;
+        let (format, _): (u32, usize) =
+            bincode::serde::decode_from_slice(bytes, config()).map_err(|e| error(e.to_string()))?;
         let mut data: SnapshotData = match format {
             2 => decode::<format2::SnapshotData>("snapshot", bytes)?.into(),
-            _ => decode("snapshot", bytes)?,
+            _ => {
+                let (head, read): (SnapshotHead, usize) =
+                    bincode::serde::decode_from_slice(bytes, config())
+                        .map_err(|e| error(e.to_string()))?;
+                let left = (bytes.len() - read) as u64;
+                if left != head.store_len {
+                    return Err(error(format!(
+                        "the store's state is {} bytes, but {left} are left for it",
+                        head.store_len
+                    )));
+                }
+                SnapshotData {
+                    format: head.format,
+                    cluster: head.cluster,
+                    plugin_sha256: head.plugin_sha256,
+                    module: head.module,
+                    store: bytes.slice(read..),
+                }
+            }
         };
         if data.format == 3 {
             // The same layout, with the module's bytes in it.
@@ -340,6 +372,12 @@ mod tests {
             let mut assembled = data.clone().into_head(store_len as u64);
             assembled.extend_from_slice(&data.store);
             assert!(assembled == encode(&data), "store of {store_len} bytes");
+            let assembled = Bytes::from(assembled);
+            assert!(SnapshotData::decode(&assembled).unwrap() == data);
+            if store_len > 0 {
+                let short = assembled.slice(..assembled.len() - 1);
+                assert!(SnapshotData::decode(&short).is_err(), "a truncated store");
+            }
         }
     }
 
@@ -441,7 +479,7 @@ mod tests {
             module: vec![1, 2, 3],
             store: vec![9; 40],
         });
-        let data = SnapshotData::decode(&old).unwrap();
+        let data = SnapshotData::decode(&old.into()).unwrap();
         assert_eq!(data.cluster.members.len(), 2);
         assert_eq!(data.cluster.next_node_id, 3);
         assert!(data.cluster.learners.is_empty());
@@ -455,6 +493,6 @@ mod tests {
             },
             ..data
         };
-        assert_eq!(SnapshotData::decode(&encode(&new)).unwrap(), new);
+        assert_eq!(SnapshotData::decode(&encode(&new).into()).unwrap(), new);
     }
 }

@@ -54,7 +54,7 @@ pub enum StateMachineError {
 
 /// Reads back the store's state as of the node's latest durable snapshot (see
 /// [`StateMachine::checkpoint_saved`]); an error says why the file could not be read.
-pub type CheckpointReader = Box<dyn Fn() -> Result<Vec<u8>, String> + Send>;
+pub type CheckpointReader = Box<dyn Fn() -> Result<Bytes, String> + Send>;
 
 /// Which code a state machine runs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -83,8 +83,9 @@ pub trait StateMachine: Send {
     fn query(&mut self, request: &[u8]) -> Result<Outcome, StateMachineError>;
     /// The whole state as bytes (shared: an implementation may keep them as its checkpoint).
     fn snapshot(&mut self) -> Result<Bytes, StateMachineError>;
-    /// Replaces the whole state with a snapshot's.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError>;
+    /// Replaces the whole state with a snapshot's (shared, not copied: an implementation may
+    /// keep the bytes as its checkpoint).
+    fn restore(&mut self, snapshot: &Bytes) -> Result<(), StateMachineError>;
 
     /// Writes the bytes `snapshot` would return into `out` as they come, then flushes and
     /// drops it: the node streams them to its snapshot file, so that a large state is never
@@ -158,7 +159,7 @@ pub trait StateMachine: Send {
     fn restore_with_module(
         &mut self,
         module: &HashedModule,
-        snapshot: &[u8],
+        snapshot: &Bytes,
     ) -> Result<(), StateMachineError> {
         let _ = module;
         self.restore(snapshot)
@@ -201,7 +202,7 @@ impl<S: RawStore + Send> StateMachine for NativeStateMachine<S> {
         Ok(riteraft_plugin_sdk::__glue::snapshot(&self.slot).into())
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {
+    fn restore(&mut self, snapshot: &Bytes) -> Result<(), StateMachineError> {
         riteraft_plugin_sdk::__glue::restore(&self.slot, snapshot)
             .map_err(StateMachineError::Restore)
     }

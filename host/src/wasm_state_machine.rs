@@ -129,7 +129,7 @@ impl WasmStateMachine {
     fn instance_from(
         &self,
         module: &PluginModule,
-        snapshot: &[u8],
+        snapshot: &Bytes,
     ) -> Result<PluginInstance, String> {
         let mut instance = self
             .runtime
@@ -212,19 +212,15 @@ impl WasmStateMachine {
             .runtime
             .instantiate(&self.module)
             .map_err(|e| StateMachineError::Rebuild(e.to_string()))?;
-        let saved;
         let checkpoint = match &self.checkpoint {
             Checkpoint::Initial => None,
-            Checkpoint::InMemory(bytes) | Checkpoint::AwaitingSave(bytes) => Some(&bytes[..]),
-            Checkpoint::Saved(read) => {
-                saved = read().map_err(|e| {
-                    StateMachineError::Rebuild(format!("reading the checkpoint back: {e}"))
-                })?;
-                Some(&saved[..])
-            }
+            Checkpoint::InMemory(bytes) | Checkpoint::AwaitingSave(bytes) => Some(bytes.clone()),
+            Checkpoint::Saved(read) => Some(read().map_err(|e| {
+                StateMachineError::Rebuild(format!("reading the checkpoint back: {e}"))
+            })?),
         };
         if let Some(checkpoint) = checkpoint {
-            instance.restore(checkpoint).map_err(|e| {
+            instance.restore(&checkpoint).map_err(|e| {
                 StateMachineError::Rebuild(format!("restoring the checkpoint: {e}"))
             })?;
         }
@@ -369,7 +365,7 @@ impl StateMachine for WasmStateMachine {
     fn restore_with_module(
         &mut self,
         module: &HashedModule,
-        snapshot: &[u8],
+        snapshot: &Bytes,
     ) -> Result<(), StateMachineError> {
         let module = self
             .runtime
@@ -382,15 +378,11 @@ impl StateMachine for WasmStateMachine {
             .instance_from(&module, snapshot)
             .map_err(StateMachineError::Restore)?;
         // The node's snapshot: the node says when it is durable, as after `restore`.
-        self.switch_to(
-            module,
-            instance,
-            Checkpoint::AwaitingSave(Bytes::copy_from_slice(snapshot)),
-        );
+        self.switch_to(module, instance, Checkpoint::AwaitingSave(snapshot.clone()));
         Ok(())
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {
+    fn restore(&mut self, snapshot: &Bytes) -> Result<(), StateMachineError> {
         let mut instance = self
             .runtime
             .instantiate(&self.module)
@@ -399,7 +391,8 @@ impl StateMachine for WasmStateMachine {
             .restore(snapshot)
             .map_err(|e| StateMachineError::Restore(e.to_string()))?;
         self.instance = instance;
-        self.checkpoint = Checkpoint::AwaitingSave(Bytes::copy_from_slice(snapshot));
+        // Shared with the caller's copy, which the node drops once the snapshot is installed.
+        self.checkpoint = Checkpoint::AwaitingSave(snapshot.clone());
         self.clear_replay();
         Ok(())
     }

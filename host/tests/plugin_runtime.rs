@@ -187,7 +187,7 @@ fn a_snapshot_that_does_not_restore_keeps_the_old_state() {
     let runtime = runtime();
     let mut sm = machine(&runtime, "bare-wit");
     sm.apply(ctx(1), &5u64.to_le_bytes()).unwrap().unwrap();
-    let err = sm.restore(b"not a snapshot").unwrap_err();
+    let err = (sm.restore(&bytes::Bytes::from_static(b"not a snapshot"))).unwrap_err();
     assert!(err.to_string().contains("expected 8 bytes"), "{err}");
     assert_eq!(sm.query(b"").unwrap().unwrap(), 5u64.to_le_bytes());
 }
@@ -206,7 +206,7 @@ fn once_the_checkpoint_is_saved_a_rebuild_reads_it_back_instead_of_a_copy() {
         let reads = reads.clone();
         move || {
             reads.fetch_add(1, Ordering::Relaxed);
-            Ok(saved.to_vec())
+            Ok(saved.clone())
         }
     }));
     sm.apply(ctx(4), b"add 2").unwrap().unwrap();
@@ -267,7 +267,7 @@ fn a_streamed_snapshot_keeps_its_entries_for_replay_until_it_is_saved() {
         let reads = reads.clone();
         move || {
             reads.fetch_add(1, Ordering::Relaxed);
-            Ok(streamed.clone())
+            Ok(streamed.clone().into())
         }
     }));
     sm.apply(ctx(6), b"add 1").unwrap().unwrap();
@@ -303,7 +303,7 @@ fn a_checkpoint_saved_late_does_not_replace_a_newer_one() {
         let reads = reads.clone();
         move || {
             reads.fetch_add(1, Ordering::Relaxed);
-            Ok(taken_at_3.to_vec())
+            Ok(taken_at_3.clone())
         }
     }));
     sm.apply(ctx(8), b"add 1").unwrap().unwrap();
@@ -369,7 +369,7 @@ fn a_large_snapshot_streams_out_and_back_in() {
     assert_eq!(text(copy.query(b"get key2999").unwrap()), Ok(value.clone()));
     assert_eq!(copy.snapshot().unwrap(), snapshot);
     // A damaged snapshot is refused with the reader's reason, and the copy keeps its state.
-    let error = copy.restore(&snapshot[..snapshot.len() / 2]).unwrap_err();
+    let error = (copy.restore(&snapshot.slice(..snapshot.len() / 2))).unwrap_err();
     assert!(error.to_string().contains("snapshot"), "{error}");
     assert_eq!(text(copy.query(b"get key1").unwrap()), Ok(value));
 }

@@ -193,6 +193,7 @@ impl Raft for NodeService {
         }
         // Data that does not decode would stop the node once raft had taken it: refuse it
         // now, off the consensus thread.
+        let data = bytes::Bytes::from(data);
         let (data, decoded) = tokio::task::spawn_blocking(move || {
             let decoded = SnapshotData::decode(&data).map_err(|e| {
                 Status::invalid_argument(format!("the snapshot's data is unusable: {e}"))
@@ -210,7 +211,7 @@ impl Raft for NodeService {
             self.fetch_snapshot_module(sha256, sender.as_deref(), members)
                 .await?;
         }
-        message.mut_snapshot().data = data.into();
+        message.mut_snapshot().data = data;
         // The snapshot is precious: wait (boundedly) for room in the queue rather than drop it.
         let mut request = Some(NodeRequest::Raft(Box::new(message), sender));
         for _ in 0..50 {

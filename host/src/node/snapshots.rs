@@ -313,7 +313,7 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
         self.state_machine.checkpoint_saved(Box::new(move || {
             let snapshot = read().map_err(|e| e.to_string())?;
             let data = SnapshotData::decode(&snapshot.data).map_err(|e| e.to_string())?;
-            Ok(data.store.into())
+            Ok(data.store)
         }));
     }
 

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -31,7 +32,7 @@ pub(super) struct Sandbox {
     /// During `snapshot`: where the pieces written through `snapshot-write` go.
     snapshot_out: Option<SnapshotOut>,
     /// During a streamed `restore`: the snapshot, and how much of it `snapshot-read` gave.
-    snapshot_in: Option<(Vec<u8>, usize)>,
+    snapshot_in: Option<(Bytes, usize)>,
 }
 
 /// Where a snapshot's pieces go.
@@ -315,14 +316,15 @@ impl PluginInstance {
 
     /// Replaces the plugin's state with a snapshot's: through `snapshot-read` for a plugin that
     /// imports it (its `restore` then gets an empty list), else as `restore`'s argument.
-    pub fn restore(&mut self, snapshot: &[u8]) -> Result<(), CallError> {
+    pub fn restore(&mut self, snapshot: &Bytes) -> Result<(), CallError> {
         let exports = self.exports();
         let ctx = self.last;
         let argument = if self.reads_snapshots {
-            self.store.data_mut().snapshot_in = Some((snapshot.to_vec(), 0));
+            // Shared, not copied: the plugin takes it piece by piece.
+            self.store.data_mut().snapshot_in = Some((snapshot.clone(), 0));
             &[][..]
         } else {
-            snapshot
+            &snapshot[..]
         };
         let result = self.call(self.limits.fuel_per_snapshot, ctx, |store| {
             exports.call_restore(store, argument)

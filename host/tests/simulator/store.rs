@@ -91,7 +91,7 @@ impl StateMachine for SimStore {
         self.kv.snapshot()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateMachineError> {
+    fn restore(&mut self, snapshot: &Bytes) -> Result<(), StateMachineError> {
         self.kv.restore(snapshot)
     }
 
@@ -130,7 +130,7 @@ impl StateMachine for SimStore {
     fn restore_with_module(
         &mut self,
         module: &HashedModule,
-        snapshot: &[u8],
+        snapshot: &Bytes,
     ) -> Result<(), StateMachineError> {
         let module = &module.bytes[..];
         if version_of(module).is_none() {
