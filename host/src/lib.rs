@@ -33,6 +33,7 @@ pub mod node;
 pub mod peer_messages;
 pub mod plugin;
 mod raft_logger;
+pub mod replay_log;
 pub mod replicated;
 pub mod startup;
 pub mod state_machine;

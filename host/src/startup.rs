@@ -96,6 +96,10 @@ fn network_threads() -> usize {
     cores.saturating_sub(1).max(1)
 }
 
+/// Disk space the state machine's recovery data leaves free beyond `--min-free-disk-mib`: up
+/// to twice the replay limit can be written there before a checkpoint empties it.
+const RECOVERY_DISK_RESERVE: u64 = 128 << 20;
+
 /// Runs a node until it is removed, shut down by a signal, or fails.
 ///
 /// `release_memory` is called once, after the node restored its state and before it serves:
@@ -199,6 +203,12 @@ fn run_with<S: StateMachine + 'static>(
         replaces: config.replaces.unwrap_or(0),
     };
     let (id, store, cluster) = open_data_dir(&config, &joiner, &mut state_machine, &modules)?;
+    // What the state machine keeps to recover from a trap goes to the data dir, not to
+    // memory, while the disk has room for it besides the writes' own reserve.
+    let keep_free = (config.min_free_disk_mib << 20).saturating_add(RECOVERY_DISK_RESERVE);
+    if let Err(e) = state_machine.keep_recovery_data_in(&config.data_dir(), keep_free) {
+        tracing::warn!("what the store needs to recover from a trap is kept in memory: {e}");
+    }
     if let (Some(plugins), Some(loaded)) = (&plugins, &loaded) {
         plugins.use_compiled_cache(config.compiled_dir());
         plugins.keep_compiled(loaded);

@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::io::Write;
+use std::path::Path;
 
 use bytes::Bytes;
 use riteraft_plugin_sdk::RawStore;
@@ -147,6 +148,14 @@ pub trait StateMachine: Send {
     /// checkpoint.
     fn checkpoint_saved(&mut self, read: CheckpointReader) {
         let _ = read;
+    }
+
+    /// Gives the state machine a directory of the node's for what it keeps to recover from a
+    /// failure (e.g. entries to replay after a trap), instead of memory, leaving `keep_free`
+    /// bytes of its disk free. The default keeps nothing there.
+    fn keep_recovery_data_in(&mut self, dir: &Path, keep_free: u64) -> std::io::Result<()> {
+        let _ = (dir, keep_free);
+        Ok(())
     }
 
     /// Whether this state machine would like the node to take a snapshot soon, whatever the

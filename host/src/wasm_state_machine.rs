@@ -14,12 +14,14 @@
 //! replay list until the file is durable.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::module_store::HashedModule;
 use crate::plugin::{CallError, PluginInstance, PluginModule, PluginRuntime};
+use crate::replay_log::{ReplayError, ReplayLog, ReplayMark};
 use crate::state_machine::{
     ApplyContext, CheckpointReader, ModuleCompiler, ModuleInfo, Outcome, StateMachine,
     StateMachineError,
@@ -33,13 +35,10 @@ pub struct ReplayLimits {
     /// Entries applied since the checkpoint: 1,000,000 replays in about two seconds (about
     /// 2 µs per small entry), the rare price of a trap.
     pub max_entries: usize,
-    /// Bytes held for replay, each entry counted with [`REPLAY_ENTRY_OVERHEAD`]: 64 MiB.
+    /// Bytes held for replay, each entry counted with its header
+    /// ([`crate::replay_log::RECORD_HEADER`]): 64 MiB.
     pub max_bytes: usize,
 }
-
-/// Memory one replayed entry costs besides its bytes: its context, its `Vec` and the
-/// allocator's header.
-pub const REPLAY_ENTRY_OVERHEAD: usize = 64;
 
 impl Default for ReplayLimits {
     fn default() -> Self {
@@ -75,13 +74,14 @@ pub struct WasmStateMachine {
     /// The state before `replay`.
     checkpoint: Checkpoint,
     /// Entries applied since `checkpoint`, to replay after a trap.
-    replay: Vec<(ApplyContext, Vec<u8>)>,
-    /// Sum of the entry sizes in `replay`.
-    replay_bytes: usize,
-    /// How many entries of `replay` the state last written by `write_snapshot` holds: no copy
-    /// of that state is kept, so they stay in `replay` until the node's file of it is durable
-    /// (`checkpoint_saved`). `None` when no such state is awaited.
-    streamed: Option<usize>,
+    replay: ReplayLog,
+    /// Where `replay` ends at the state last written by `write_snapshot`: no copy of that
+    /// state is kept, so the entries before stay in `replay` until the node's file of it is
+    /// durable (`checkpoint_saved`). `None` when no such state is awaited.
+    streamed: Option<ReplayMark>,
+    /// Set when `replay` could not be kept whole (its file failed): a checkpoint is taken
+    /// before the next entry, so that a rebuild never needs it.
+    replay_lost: bool,
     limits: ReplayLimits,
     /// How many times a trap made us rebuild the instance (for status and tests).
     rebuilds: u64,
@@ -112,9 +112,9 @@ impl WasmStateMachine {
             module,
             instance,
             checkpoint: Checkpoint::Initial,
-            replay: Vec::new(),
-            replay_bytes: 0,
+            replay: ReplayLog::in_memory(),
             streamed: None,
+            replay_lost: false,
             limits,
             rebuilds: 0,
         })
@@ -177,9 +177,20 @@ impl WasmStateMachine {
 
     /// Empties the replay list, for a checkpoint newer than anything awaited.
     fn clear_replay(&mut self) {
-        self.replay.clear();
-        self.replay_bytes = 0;
         self.streamed = None;
+        self.replay_lost = false;
+        if let Err(e) = self.replay.clear() {
+            tracing::error!("cannot empty the replay file: {e}; keeping replays in memory");
+            self.replay = ReplayLog::in_memory();
+        }
+    }
+
+    /// Takes a checkpoint if the replay list was lost, before anything needs it.
+    fn ensure_replayable(&mut self) -> Result<(), StateMachineError> {
+        if self.replay_lost {
+            self.checkpoint_now()?;
+        }
+        Ok(())
     }
 
     /// How many times a trap forced a rebuild of the instance.
@@ -190,11 +201,20 @@ impl WasmStateMachine {
     /// Remembers an applied entry for replay, taking a checkpoint when the list has grown to
     /// twice its limits (the node did not snapshot when asked).
     fn remember(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<(), StateMachineError> {
-        self.replay.push((ctx, entry.to_vec()));
-        self.replay_bytes += entry.len() + REPLAY_ENTRY_OVERHEAD;
+        if let Err(e) = self.replay.push(ctx, entry) {
+            // The disk is (nearly) full: the state as of this entry becomes the checkpoint
+            // instead, and later entries are kept in memory, which gives the disk its space
+            // back.
+            tracing::warn!(
+                "cannot keep entries to replay after a trap in a file ({e}); keeping them in \
+                 memory from now on"
+            );
+            self.replay = ReplayLog::in_memory();
+            return self.checkpoint_now().map(drop);
+        }
         // The node snapshots when asked (`wants_snapshot`); this is only the safety net.
         if self.replay.len() >= self.limits.max_entries.saturating_mul(2)
-            || self.replay_bytes >= self.limits.max_bytes.saturating_mul(2)
+            || self.replay.bytes() >= (self.limits.max_bytes as u64).saturating_mul(2)
         {
             self.checkpoint_now()?;
         }
@@ -224,16 +244,23 @@ impl WasmStateMachine {
                 StateMachineError::Rebuild(format!("restoring the checkpoint: {e}"))
             })?;
         }
-        for (ctx, entry) in &self.replay {
-            match instance.apply(*ctx, entry) {
-                Ok(_) | Err(CallError::Rejected(_)) => {}
-                Err(CallError::Failed(e)) => {
-                    return Err(StateMachineError::Rebuild(format!(
-                        "entry {} trapped on replay although it did not the first time: {e}",
-                        ctx.index
-                    )));
-                }
+        let replayed = self
+            .replay
+            .replay(|ctx, entry| match instance.apply(ctx, entry) {
+                Ok(_) | Err(CallError::Rejected(_)) => Ok(()),
+                Err(CallError::Failed(e)) => Err(format!(
+                    "entry {} trapped on replay although it did not the first time: {e}",
+                    ctx.index
+                )),
+            });
+        match replayed {
+            Ok(()) => {}
+            Err(ReplayError::Read(e)) => {
+                return Err(StateMachineError::Rebuild(format!(
+                    "reading the entries to replay: {e}"
+                )));
             }
+            Err(ReplayError::Apply(e)) => return Err(StateMachineError::Rebuild(e)),
         }
         self.instance = instance;
         Ok(())
@@ -242,6 +269,7 @@ impl WasmStateMachine {
 
 impl StateMachine for WasmStateMachine {
     fn apply(&mut self, ctx: ApplyContext, entry: &[u8]) -> Result<Outcome, StateMachineError> {
+        self.ensure_replayable()?;
         match self.instance.apply(ctx, entry) {
             Ok(output) => {
                 self.remember(ctx, entry)?;
@@ -287,24 +315,38 @@ impl StateMachine for WasmStateMachine {
         }
         // No copy is kept: until the node's file of this state is durable, a rebuild starts
         // from the checkpoint before it and replays everything since.
-        self.streamed = Some(self.replay.len());
+        self.streamed = Some(self.replay.mark());
         Ok(())
     }
 
     fn checkpoint_saved(&mut self, read: CheckpointReader) {
         if let Some(held) = self.streamed.take() {
-            let dropped: usize = (self.replay.drain(..held))
-                .map(|(_, entry)| entry.len() + REPLAY_ENTRY_OVERHEAD)
-                .sum();
-            self.replay_bytes -= dropped;
+            if let Err(e) = self.replay.drop_before(held) {
+                tracing::error!("cannot trim the replay file: {e}; taking a checkpoint next");
+                self.replay_lost = true;
+            }
             self.checkpoint = Checkpoint::Saved(read);
         } else if let Checkpoint::AwaitingSave(_) = self.checkpoint {
             self.checkpoint = Checkpoint::Saved(read);
         }
     }
 
+    /// Keeps the entries to replay after a trap in an anonymous file of `dir` (see
+    /// [`ReplayLog`]). Once that disk is nearly full, they are kept in memory again.
+    fn keep_recovery_data_in(&mut self, dir: &Path, keep_free: u64) -> std::io::Result<()> {
+        let mut file = ReplayLog::in_file(dir, keep_free)?;
+        self.replay
+            .replay(|ctx, entry| file.push(ctx, entry))
+            .map_err(|e| match e {
+                ReplayError::Read(e) | ReplayError::Apply(e) => e,
+            })?;
+        self.replay = file;
+        Ok(())
+    }
+
     fn wants_snapshot(&self) -> bool {
-        self.replay.len() >= self.limits.max_entries || self.replay_bytes >= self.limits.max_bytes
+        self.replay.len() >= self.limits.max_entries
+            || self.replay.bytes() >= self.limits.max_bytes as u64
     }
 
     fn fuel_used(&self) -> Option<u64> {

@@ -223,7 +223,8 @@ fn once_the_checkpoint_is_saved_a_rebuild_reads_it_back_instead_of_a_copy() {
 
 /// A snapshot streamed to the node's file leaves no copy in memory: until the node says the
 /// file is durable, a rebuild starts from the checkpoint before it and replays every entry
-/// since; after, from the file, replaying only what came after the snapshot.
+/// since; after, from the file, replaying only what came after the snapshot. The same with
+/// the entries to replay in a file of their own, as a node keeps them.
 #[test]
 fn a_streamed_snapshot_keeps_its_entries_for_replay_until_it_is_saved() {
     use std::sync::Mutex;
@@ -253,28 +254,43 @@ fn a_streamed_snapshot_keeps_its_entries_for_replay_until_it_is_saved() {
         "the same bytes as `snapshot`"
     );
 
-    let mut sm = machine(&runtime, "misbehaving");
-    for i in 1..=3 {
-        sm.apply(ctx(i), b"add 1").unwrap().unwrap();
-    }
-    sm.write_snapshot(Box::new(std::io::sink())).unwrap();
-    sm.apply(ctx(4), b"add 2").unwrap().unwrap();
-    sm.apply(ctx(5), b"panic").unwrap().unwrap_err();
-    assert_eq!(text(sm.query(b"total").unwrap()), Ok("5".into()));
-
-    let reads = Arc::new(AtomicUsize::new(0));
-    sm.checkpoint_saved(Box::new({
-        let reads = reads.clone();
-        move || {
-            reads.fetch_add(1, Ordering::Relaxed);
-            Ok(streamed.clone().into())
+    // The entries to replay kept in memory, and in a file (as a node keeps them).
+    let dir = tempfile::tempdir().unwrap();
+    for in_file in [false, true] {
+        let mut sm = machine(&runtime, "misbehaving");
+        if in_file {
+            sm.keep_recovery_data_in(dir.path(), 0).unwrap();
         }
-    }));
-    sm.apply(ctx(6), b"add 1").unwrap().unwrap();
-    sm.apply(ctx(7), b"panic").unwrap().unwrap_err();
-    // From the file (3), then entries 4 and 6 only: 3 + 2 + 1.
-    assert_eq!(text(sm.query(b"total").unwrap()), Ok("6".into()));
-    assert_eq!(reads.load(Ordering::Relaxed), 1, "one rebuild, one read");
+        for i in 1..=3 {
+            sm.apply(ctx(i), b"add 1").unwrap().unwrap();
+        }
+        sm.write_snapshot(Box::new(std::io::sink())).unwrap();
+        sm.apply(ctx(4), b"add 2").unwrap().unwrap();
+        sm.apply(ctx(5), b"panic").unwrap().unwrap_err();
+        assert_eq!(text(sm.query(b"total").unwrap()), Ok("5".into()));
+
+        let reads = Arc::new(AtomicUsize::new(0));
+        sm.checkpoint_saved(Box::new({
+            let (reads, streamed) = (reads.clone(), streamed.clone());
+            move || {
+                reads.fetch_add(1, Ordering::Relaxed);
+                Ok(streamed.clone().into())
+            }
+        }));
+        sm.apply(ctx(6), b"add 1").unwrap().unwrap();
+        sm.apply(ctx(7), b"panic").unwrap().unwrap_err();
+        // From the file (3), then entries 4 and 6 only: 3 + 2 + 1.
+        assert_eq!(text(sm.query(b"total").unwrap()), Ok("6".into()));
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "one rebuild, one read");
+        sm.apply(ctx(8), b"add 1").unwrap().unwrap();
+        sm.apply(ctx(9), b"panic").unwrap().unwrap_err();
+        assert_eq!(text(sm.query(b"total").unwrap()), Ok("7".into()));
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no file left"
+    );
 }
 
 /// The node writes its snapshot on another thread, so the word that it is durable can come
