@@ -166,28 +166,23 @@ impl ReplayLog {
         if mark.records > self.records || mark.bytes > self.bytes {
             return Err(io::Error::other("a mark beyond the end of the replay log"));
         }
-        let kept = match &mut self.place {
-            Place::Memory(bytes) => {
-                bytes.drain(..mark.bytes as usize);
-                None
-            }
+        match &mut self.place {
+            Place::Memory(bytes) => drop(bytes.drain(..mark.bytes as usize)),
             Place::File { file, .. } => {
+                // What is kept was written while a snapshot was saved: little, so it is moved
+                // to the front through memory.
                 file.flush()?;
                 let file = file.get_mut();
                 file.seek(SeekFrom::Start(mark.bytes))?;
                 let mut kept = Vec::new();
                 file.read_to_end(&mut kept)?;
-                Some(kept)
+                file.set_len(0)?;
+                file.seek(SeekFrom::Start(0))?;
+                file.write_all(&kept)?;
             }
-        };
+        }
         self.records -= mark.records;
         self.bytes -= mark.bytes;
-        if let (Some(kept), Place::File { file, .. }) = (kept, &mut self.place) {
-            let file = file.get_mut();
-            file.set_len(0)?;
-            file.seek(SeekFrom::Start(0))?;
-            file.write_all(&kept)?;
-        }
         Ok(())
     }
 

@@ -277,17 +277,11 @@ impl PluginInstance {
     /// The plugin's snapshot of its whole state, written into `out` as the plugin hands it
     /// over (then `out` is flushed and dropped): the host holds no copy of it.
     pub fn snapshot_into(&mut self, out: Box<dyn Write + Send>) -> Result<(), CallError> {
-        let SnapshotOut::Writer(mut out) = self.call_snapshot(SnapshotOut::Writer(out))? else {
-            unreachable!("call_snapshot gives back the output it was given");
-        };
-        out.flush().map_err(|e| {
-            CallError::Failed(Rejection::Trapped(format!(
-                "cannot hand on the snapshot: {e}"
-            )))
-        })
+        self.call_snapshot(SnapshotOut::Writer(out)).map(drop)
     }
 
-    /// Calls `snapshot` with its pieces going to `out`, then adds what it returned.
+    /// Calls `snapshot` with its pieces going to `out`, then adds what it returned (and
+    /// flushes a writer).
     fn call_snapshot(&mut self, out: SnapshotOut) -> Result<SnapshotOut, CallError> {
         let exports = self.exports();
         let ctx = self.last;
@@ -304,7 +298,7 @@ impl PluginInstance {
                 Ok(SnapshotOut::Buffer(written))
             }
             SnapshotOut::Writer(mut out) => {
-                out.write_all(&returned).map_err(|e| {
+                (out.write_all(&returned).and_then(|()| out.flush())).map_err(|e| {
                     CallError::Failed(Rejection::Trapped(format!(
                         "cannot hand on the snapshot: {e}"
                     )))
