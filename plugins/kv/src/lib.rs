@@ -4,23 +4,27 @@
 //! Queries (read-only): `get KEY` and `keys [PREFIX]`.
 //! Keys are single words; a value is the rest of the line, spaces included.
 
-use std::collections::BTreeMap;
+mod compact_map;
+
 use std::fmt;
 use std::str::FromStr;
 
 use riteraft_plugin_sdk::serde::{Deserialize, Serialize};
 use riteraft_plugin_sdk::{ApplyContext, Store, Text, export_store};
 
+pub use compact_map::CompactMap;
+
 /// Longest key accepted, in bytes: keys are names, not payloads, and `keys` lists them.
 pub const MAX_KEY_LEN: usize = 1024;
 /// Most keys one `keys` query returns, so one query cannot build an answer bigger than the store.
 pub const MAX_KEYS_LISTED: usize = 1000;
 
-/// The whole state: a sorted map, so snapshots and `keys` answers are the same on every replica.
+/// The whole state: a sorted map, so snapshots and `keys` answers are the same on every replica
+/// (compact in memory, encoded as a `BTreeMap<String, String>`: see [`CompactMap`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(crate = "riteraft_plugin_sdk::serde")]
 pub struct KvStore {
-    map: BTreeMap<String, String>,
+    map: CompactMap,
 }
 
 /// A write.
@@ -51,14 +55,10 @@ impl Store for KvStore {
 
     fn apply(&mut self, _ctx: &ApplyContext, command: KvCommand) -> Result<String, String> {
         match command {
-            KvCommand::Put { key, value } => {
-                let answer = match self.map.get(&key) {
-                    Some(old) => format!("ok: {key} = {value} (was {old})"),
-                    None => format!("ok: {key} = {value} (new)"),
-                };
-                self.map.insert(key, value);
-                Ok(answer)
-            }
+            KvCommand::Put { key, value } => Ok(match self.map.insert(&key, &value) {
+                Some(old) => format!("ok: {key} = {value} (was {old})"),
+                None => format!("ok: {key} = {value} (new)"),
+            }),
             KvCommand::Del { key } => match self.map.remove(&key) {
                 Some(old) => Ok(format!("ok: deleted {key} (was {old})")),
                 None => Err(format!("no such key: {key}")),
@@ -71,15 +71,15 @@ impl Store for KvStore {
             KvQuery::Get { key } => self
                 .map
                 .get(&key)
-                .cloned()
+                .map(str::to_owned)
                 .ok_or_else(|| format!("no such key: {key}")),
             KvQuery::Keys { prefix } => {
                 let keys: Vec<&str> = self
                     .map
-                    .range(prefix.clone()..)
+                    .range_from(&prefix)
                     .take_while(|(k, _)| k.starts_with(&prefix))
                     .take(MAX_KEYS_LISTED)
-                    .map(|(k, _)| k.as_str())
+                    .map(|(k, _)| k)
                     .collect();
                 Ok(keys.join("\n"))
             }
