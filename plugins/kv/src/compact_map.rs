@@ -45,12 +45,23 @@ impl Entry {
     }
 
     fn key(&self) -> &str {
-        std::str::from_utf8(self.key_bytes()).expect("an entry's key was a str")
+        as_str(self.key_bytes())
     }
 
     fn value(&self) -> &str {
-        std::str::from_utf8(&self.0[self.key_end()..]).expect("an entry's value was a str")
+        as_str(&self.0[self.key_end()..])
     }
+}
+
+/// The `str` an entry's key or value is, unchecked: checking is what made gathering a
+/// snapshot of 1M keys twice as slow (1.3–2.2 s instead of 0.4–1.3 s, with fuel metering every
+/// byte's loop), and it cannot fail.
+fn as_str(bytes: &[u8]) -> &str {
+    debug_assert!(std::str::from_utf8(bytes).is_ok());
+    // SAFETY: an entry is made only by `Entry::new`, from a `&str` key and a `&str` value
+    // placed whole after the length prefix, and never changed; `key_end` is where the key
+    // ends, so both ranges are exactly those strings' bytes.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 // Entries are ordered, compared and looked up by their key's bytes alone, which orders them as
