@@ -26,6 +26,7 @@ use apply_queue::ApplyQueue;
 
 mod apply_queue;
 mod divergence;
+mod heartbeat_pump;
 mod learners;
 mod mailbox;
 mod membership;

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use raft::StateRole;
 use raft::prelude::{Message, MessageType, Snapshot, SnapshotMetadata};
 
+use super::heartbeat_pump::with_heartbeats;
 use super::mailbox::NodeFatal;
 use super::{Node, Outbox};
 use crate::module_store::{HashedModule, ModuleStore};
@@ -208,30 +209,9 @@ impl<S: StateMachine, L: LogStore, O: Outbox> Node<S, L, O> {
             return self.state_machine.write_snapshot(out);
         };
         let interval = self.options.tick * self.options.heartbeat_ticks as u32;
-        let done = (std::sync::Mutex::new(false), std::sync::Condvar::new());
         let state_machine = &mut self.state_machine;
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                let (lock, wake) = &done;
-                let mut finished = lock.lock().expect("heartbeat pump lock");
-                loop {
-                    let waited = wake.wait_timeout(finished, interval);
-                    let (guard, timeout) = waited.expect("heartbeat pump lock");
-                    finished = guard;
-                    if *finished {
-                        return;
-                    }
-                    if timeout.timed_out() {
-                        for heartbeat in &heartbeats {
-                            sender(heartbeat.clone());
-                        }
-                    }
-                }
-            });
-            let gathered = state_machine.write_snapshot(out);
-            *done.0.lock().expect("heartbeat pump lock") = true;
-            done.1.notify_all();
-            gathered
+        with_heartbeats(&heartbeats, &sender, interval, || {
+            state_machine.write_snapshot(out)
         })
     }
 
