@@ -8,6 +8,7 @@ use riteraft_host::plugin::{Contract, LoadError, PluginLimits, PluginRuntime};
 use riteraft_host::state_machine::{ApplyContext, Rejection, StateMachine};
 use riteraft_host::wasm_state_machine::{ReplayLimits, WasmStateMachine};
 use riteraft_test_support::plugin;
+use riteraft_test_support::tmpfs::{Tmpfs, fill_until_free, free_bytes};
 
 /// Small limits so the misbehaving plugin hits them quickly.
 fn test_limits() -> PluginLimits {
@@ -291,6 +292,38 @@ fn a_streamed_snapshot_keeps_its_entries_for_replay_until_it_is_saved() {
         0,
         "no file left"
     );
+}
+
+/// On a disk that fills up, the file of entries kept to replay after a trap can take no more:
+/// the state so far becomes the checkpoint and later entries are kept in memory. The node sees
+/// no error, the disk gets its space back, and a trap after that loses nothing.
+#[test]
+fn a_replay_file_on_a_filling_disk_gives_way_to_memory_and_loses_nothing() {
+    let Some(disk) = Tmpfs::mount_or_skip(16) else {
+        return;
+    };
+    let runtime = runtime();
+    let mut sm = machine(&runtime, "misbehaving");
+    sm.keep_recovery_data_in(disk.path(), 4 << 20).unwrap();
+    sm.apply(ctx(1), b"add 1").unwrap().unwrap();
+    fill_until_free(disk.path(), &disk.path().join("filler"), 2 << 20);
+    // 64 KiB commands (`add 1` padded with spaces, which the plugin trims): 2.4 MiB in all,
+    // more than the disk has, and the file checks the space it leaves once a MiB.
+    let mut padded = b"add 1".to_vec();
+    padded.resize(64 << 10, b' ');
+    for i in 2..=40 {
+        assert_eq!(text(sm.apply(ctx(i), &padded).unwrap()), Ok(i.to_string()));
+    }
+    assert!(
+        free_bytes(disk.path()) > 1 << 20,
+        "the replay file should have been dropped, leaving the disk its space: {} bytes free",
+        free_bytes(disk.path())
+    );
+    sm.apply(ctx(41), b"panic").unwrap().unwrap_err();
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("40".into()));
+    sm.apply(ctx(42), b"add 2").unwrap().unwrap();
+    sm.apply(ctx(43), b"panic").unwrap().unwrap_err();
+    assert_eq!(text(sm.query(b"total").unwrap()), Ok("42".into()));
 }
 
 /// The node writes its snapshot on another thread, so the word that it is durable can come
