@@ -14,7 +14,7 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::ops::Bound;
+use std::ops::{Bound, Deref};
 
 use riteraft_plugin_sdk::serde::de::{MapAccess, Visitor};
 use riteraft_plugin_sdk::serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -107,15 +107,13 @@ impl CompactMap {
     }
 
     /// Sets `key` to `value`; the value it replaced, if any.
-    pub fn insert(&mut self, key: &str, value: &str) -> Option<String> {
-        let old = self.entries.replace(Entry::new(key, value));
-        old.map(|old| old.value().to_owned())
+    pub fn insert(&mut self, key: &str, value: &str) -> Option<OldValue> {
+        self.entries.replace(Entry::new(key, value)).map(OldValue)
     }
 
     /// Removes `key`; its value, if it had one.
-    pub fn remove(&mut self, key: &str) -> Option<String> {
-        let old = self.entries.take(key.as_bytes());
-        old.map(|old| old.value().to_owned())
+    pub fn remove(&mut self, key: &str) -> Option<OldValue> {
+        self.entries.take(key.as_bytes()).map(OldValue)
     }
 
     /// The entries from `start` on, in key order.
@@ -141,6 +139,30 @@ impl CompactMap {
     /// Whether it holds no key.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// A value taken out of the map, read in place: the entry it came in, not a copy (kv's answer
+/// to every `put` of a key it had quotes the old value).
+pub struct OldValue(Entry);
+
+impl Deref for OldValue {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.0.value()
+    }
+}
+
+impl fmt::Display for OldValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl fmt::Debug for OldValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -194,8 +216,8 @@ mod tests {
         let mut plain = BTreeMap::new();
         for (key, value) in pairs {
             assert_eq!(
-                compact.insert(key, value),
-                plain.insert(key.to_string(), value.to_string())
+                compact.insert(key, value).as_deref(),
+                plain.insert(key.to_string(), value.to_string()).as_deref()
             );
         }
         (compact, plain)
@@ -222,8 +244,11 @@ mod tests {
         assert_eq!(compact.get("c"), None);
         let from_a: Vec<&str> = compact.range_from("a").map(|(k, _)| k).collect();
         assert_eq!(from_a, ["a", "ab", "b"]);
-        assert_eq!(compact.remove("ab"), plain.remove("ab"));
-        assert_eq!(compact.remove("ab"), None);
+        assert_eq!(
+            compact.remove("ab").as_deref(),
+            plain.remove("ab").as_deref()
+        );
+        assert_eq!(compact.remove("ab").as_deref(), None);
         assert_eq!(compact.get("ab"), None);
         assert!(!compact.is_empty());
     }

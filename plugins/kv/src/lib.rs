@@ -12,7 +12,7 @@ use std::str::FromStr;
 use riteraft_plugin_sdk::serde::{Deserialize, Serialize};
 use riteraft_plugin_sdk::{ApplyContext, Store, Text, export_store};
 
-pub use compact_map::CompactMap;
+pub use compact_map::{CompactMap, OldValue};
 
 /// Longest key accepted, in bytes: keys are names, not payloads, and `keys` lists them.
 pub const MAX_KEY_LEN: usize = 1024;
