@@ -1,11 +1,10 @@
-//! `riteraft bench --against HOST_B`: the same load on a fresh local cluster of each of two
-//! `riteraft-host` binaries, alternating A, B, A, B ... for `--rounds` rounds, and the medians
-//! and ratios of the two. Alternating, because this kind of machine drifts: two runs of one
-//! binary minutes apart differ by more than most changes, and runs side by side share the
-//! drift.
+//! Alternating runs of two setups, A, B, A, B ... for `--rounds` rounds, each on a fresh local
+//! cluster, and the medians and ratios of the two: `riteraft bench --against HOST_B` (two
+//! `riteraft-host` binaries) and `--compare` (the store compiled into the host, then the wasm
+//! plugin). Alternating, because this kind of machine drifts: two runs of one setup minutes
+//! apart differ by more than most changes, and runs side by side share the drift.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 
@@ -14,11 +13,14 @@ use super::report::RunReport;
 /// Most `--rounds`: each round is two clusters started, loaded and stopped.
 pub const MAX_ROUNDS: u32 = 20;
 
-/// The runs of both binaries, in the order they ran (A then B in each round).
+/// The runs of both setups, in the order they ran (A then B in each round).
 #[derive(Debug, Clone)]
 pub struct Alternating {
-    pub a_host: PathBuf,
-    pub b_host: PathBuf,
+    /// What A and B are, for people (a host binary's path, or "native" and "wasm plugin").
+    pub a: String,
+    pub b: String,
+    /// Set for `--compare`: A is native, B the wasm plugin, and the JSON says so.
+    pub compare: bool,
     pub rounds: Vec<(RunReport, RunReport)>,
 }
 
@@ -97,9 +99,14 @@ impl Alternating {
         (a, b, ratio)
     }
 
+    /// The median of the rounds' throughput ratios B / A (for `--compare`: wasm / native).
+    pub fn throughput_ratio(&self) -> Option<f64> {
+        self.medians(&FIGURES[0]).2
+    }
+
     pub fn text(&self, out: &mut String) {
-        let _ = writeln!(out, "A:           {}", self.a_host.display());
-        let _ = writeln!(out, "B:           {}", self.b_host.display());
+        let _ = writeln!(out, "A:           {}", self.a);
+        let _ = writeln!(out, "B:           {}", self.b);
         for (round, (a, b)) in self.rounds.iter().enumerate() {
             for (name, run) in [("A", a), ("B", b)] {
                 let cpu = run
@@ -145,6 +152,18 @@ impl Alternating {
                 unit = figure.unit
             );
         }
+        if self.compare {
+            let rounds: Vec<String> = (self.rounds.iter())
+                .map(|(native, wasm)| format!("{:.3}", wasm.ops_per_sec() / native.ops_per_sec()))
+                .collect();
+            let _ = writeln!(
+                out,
+                "wasm / native throughput: {} (rounds: {})",
+                self.throughput_ratio()
+                    .map_or("unknown".into(), |r| format!("{r:.3}")),
+                rounds.join(" / ")
+            );
+        }
     }
 
     pub fn json_into(&self, object: &mut Map<String, Value>) {
@@ -156,11 +175,22 @@ impl Alternating {
                 json!({ "a": a, "b": b, "b_over_a": ratio }),
             );
         }
+        if self.compare {
+            object.insert("compare".into(), json!(true));
+            // What scripts read: wasm / native, the median of the rounds' ratios.
+            object.insert(
+                "ratio".into(),
+                json!(
+                    self.throughput_ratio()
+                        .map(|r| (r * 1000.0).round() / 1000.0)
+                ),
+            );
+        }
         object.insert(
             "alternating".into(),
             json!({
-                "a_host": self.a_host.display().to_string(),
-                "b_host": self.b_host.display().to_string(),
+                "a_setup": self.a,
+                "b_setup": self.b,
                 "a": self.rounds.iter().map(|(a, _)| a.json()).collect::<Vec<_>>(),
                 "b": self.rounds.iter().map(|(_, b)| b.json()).collect::<Vec<_>>(),
                 "medians": medians,

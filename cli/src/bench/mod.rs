@@ -2,9 +2,9 @@
 //!
 //! Without `--cluster` (flag or `RITERAFT_CLUSTER`), it starts a local 3-node cluster of its
 //! own (see [`local`]), loads it, reports, and stops it; with one, it loads that cluster.
-//! `--compare` runs the same load on a cluster running the wasm plugin and then on a fresh one
-//! running the same store compiled into the host (`riteraft-host --builtin-kv`), and prints the
-//! throughput ratio.
+//! `--compare` runs the same load on a cluster running the same store compiled into the host
+//! (`riteraft-host --builtin-kv`), then on a fresh one running the wasm plugin, for `--rounds`
+//! rounds, and prints the median of the rounds' throughput ratios (see [`alternating`]).
 //!
 //! The load (see [`load`]): `--clients` tasks, each in a closed loop (send, wait for the answer,
 //! send the next), for `--warmup` then `--duration` seconds; only requests completing in the
@@ -182,8 +182,9 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "compare")]
     pub native: bool,
 
-    /// Local clusters only: run the load on a cluster running the wasm plugin, then on a fresh
-    /// one running the store compiled into the host, and print the throughput ratio.
+    /// Local clusters only: run the load on a cluster running the store compiled into the
+    /// host, then on a fresh one running the wasm plugin, for `--rounds` rounds, and print the
+    /// median of the rounds' throughput ratios wasm / native.
     #[arg(long)]
     pub compare: bool,
 
@@ -193,7 +194,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH", conflicts_with_all = ["compare", "deploy"])]
     pub against: Option<PathBuf>,
 
-    /// With `--against`: rounds of A then B.
+    /// With `--against` or `--compare`: rounds of A then B.
     #[arg(
         long,
         value_name = "N",
@@ -407,33 +408,30 @@ impl Plan {
                     host: b_host.clone(),
                     ..options.clone()
                 };
-                let mut rounds = Vec::new();
-                for round in 1..=self.rounds {
-                    let a = self
-                        .load_local(options, self.native, Some(&format!("round {round}, A")))
-                        .await?;
-                    let b = self
-                        .load_local(&b_options, self.native, Some(&format!("round {round}, B")))
-                        .await?;
-                    rounds.push((a, b));
-                }
+                let a = (options, self.native);
+                let rounds = self.alternate(a, (&b_options, self.native)).await?;
                 Ok(BenchOutcome::Alternating(
                     self.config.clone(),
                     Box::new(alternating::Alternating {
-                        a_host: options.host.clone(),
-                        b_host,
+                        a: options.host.display().to_string(),
+                        b: b_host.display().to_string(),
+                        compare: false,
                         rounds,
                     }),
                 ))
             }
             (Target::Local, Some(options)) if self.compare => {
-                let wasm = self.load_local(options, false, Some("wasm")).await?;
-                let native = self.load_local(options, true, Some("native")).await?;
-                Ok(BenchOutcome::Compare {
-                    config: self.config.clone(),
-                    wasm: Box::new(wasm),
-                    native: Box::new(native),
-                })
+                // Native as A, so that B / A reads wasm / native.
+                let rounds = self.alternate((options, true), (options, false)).await?;
+                Ok(BenchOutcome::Alternating(
+                    self.config.clone(),
+                    Box::new(alternating::Alternating {
+                        a: "native: the kv store compiled into the host (--builtin-kv)".into(),
+                        b: format!("wasm plugin: {}", options.plugin.display()),
+                        compare: true,
+                        rounds,
+                    }),
+                ))
             }
             (Target::Local, Some(options)) => {
                 let run = self.load_local(options, self.native, None).await?;
@@ -441,6 +439,21 @@ impl Plan {
             }
             (Target::Local, None) => unreachable!("a local plan has local options"),
         }
+    }
+
+    /// `--rounds` rounds of a run of setup `a` then one of `b`, each on a fresh local cluster.
+    async fn alternate(
+        &self,
+        (a, a_native): (&LocalOptions, bool),
+        (b, b_native): (&LocalOptions, bool),
+    ) -> anyhow::Result<Vec<(RunReport, RunReport)>> {
+        let mut rounds = Vec::new();
+        for round in 1..=self.rounds {
+            let a = (self.load_local(a, a_native, Some(&format!("round {round}, A")))).await?;
+            let b = (self.load_local(b, b_native, Some(&format!("round {round}, B")))).await?;
+            rounds.push((a, b));
+        }
+        Ok(rounds)
     }
 
     /// Starts a local cluster, loads it, measures its nodes, and stops it.

@@ -100,12 +100,8 @@ pub struct RunReport {
 #[derive(Debug, Clone)]
 pub enum BenchOutcome {
     Single(Config, Box<RunReport>),
-    Compare {
-        config: Config,
-        wasm: Box<RunReport>,
-        native: Box<RunReport>,
-    },
-    /// `--against`: runs of two host binaries, alternating.
+    /// `--against` (runs of two host binaries) or `--compare` (native, then the wasm plugin),
+    /// alternating.
     Alternating(Config, Box<Alternating>),
 }
 
@@ -438,19 +434,8 @@ impl Config {
 }
 
 impl BenchOutcome {
-    /// Throughput of the wasm run over the native run (`--compare` only).
-    pub fn ratio(&self) -> Option<f64> {
-        match self {
-            BenchOutcome::Compare { wasm, native, .. } if native.ops_per_sec() > 0.0 => {
-                Some(wasm.ops_per_sec() / native.ops_per_sec())
-            }
-            _ => None,
-        }
-    }
-
-    /// The whole outcome as one JSON object: the configuration, then the figures. For a
-    /// `--compare` the runs are under `wasm` and `native`, with `ratio`; the top-level figures
-    /// (`ops_per_sec`, `p50_ms`, ...) are then the wasm run's, the configuration users run.
+    /// The whole outcome as one JSON object: the configuration, then the figures. Alternating
+    /// runs are under `alternating` (for a `--compare` with `ratio`, wasm / native).
     pub fn json(&self) -> Value {
         let mut object = Map::new();
         match self {
@@ -459,25 +444,6 @@ impl BenchOutcome {
                 if let Value::Object(figures) = run.json() {
                     object.extend(figures);
                 }
-            }
-            BenchOutcome::Compare {
-                config,
-                wasm,
-                native,
-            } => {
-                config.json_into(&mut object);
-                object.insert("compare".into(), json!(true));
-                let wasm_json = wasm.json();
-                for key in ["ops_per_sec", "p50_ms", "p99_ms", "p999_ms", "errors"] {
-                    object.insert(key.into(), wasm_json[key].clone());
-                }
-                object.insert(
-                    "errors".into(),
-                    json!(wasm.tally.errors + native.tally.errors),
-                );
-                object.insert("wasm".into(), wasm_json);
-                object.insert("native".into(), native.json());
-                object.insert("ratio".into(), json!(self.ratio().map(|r| round(r, 3))));
             }
             BenchOutcome::Alternating(config, runs) => {
                 config.json_into(&mut object);
@@ -494,31 +460,6 @@ impl BenchOutcome {
             BenchOutcome::Single(config, run) => {
                 config.text(&mut out);
                 run.text(&mut out);
-            }
-            BenchOutcome::Compare {
-                config,
-                wasm,
-                native,
-            } => {
-                config.text(&mut out);
-                out.push_str("\n== wasm plugin ==\n");
-                wasm.text(&mut out);
-                out.push_str("\n== native (the same kv store compiled into the host) ==\n");
-                native.text(&mut out);
-                out.push('\n');
-                match self.ratio() {
-                    Some(ratio) => {
-                        let _ = writeln!(
-                            out,
-                            "wasm / native throughput: {ratio:.3} ({:.0} / {:.0} ops/s)",
-                            wasm.ops_per_sec(),
-                            native.ops_per_sec()
-                        );
-                    }
-                    None => {
-                        out.push_str("wasm / native throughput: unknown (native did nothing)\n")
-                    }
-                }
             }
             BenchOutcome::Alternating(config, runs) => {
                 config.text(&mut out);
@@ -635,24 +576,30 @@ mod tests {
     }
 
     #[test]
-    fn compare_json_has_both_runs_and_the_ratio() {
-        let outcome = BenchOutcome::Compare {
-            config: config(),
-            wasm: Box::new(run(3, false)),
-            native: Box::new(run(4, true)),
-        };
+    fn compare_gives_the_median_of_the_rounds_ratios() {
+        // Rounds of (native, wasm): ratios 0.75, 0.4 and 1.0.
+        let rounds = [(4, 3), (5, 2), (2, 2)]
+            .map(|(native, wasm)| (run(native, true), run(wasm, false)))
+            .to_vec();
+        let outcome = BenchOutcome::Alternating(
+            config(),
+            Box::new(Alternating {
+                a: "native".into(),
+                b: "wasm plugin".into(),
+                compare: true,
+                rounds,
+            }),
+        );
         let json = outcome.json();
+        assert_eq!(json["compare"], true);
         assert_eq!(json["ratio"], 0.75);
-        assert_eq!(json["wasm"]["state_machine"], "wasm");
-        assert_eq!(json["native"]["state_machine"], "native");
-        assert_eq!(json["ops_per_sec"], json["wasm"]["ops_per_sec"]);
-        assert_eq!(json["native"]["ops_per_sec"], 4000.0);
-        for key in ["p50_ms", "p99_ms", "p999_ms", "errors", "clients"] {
-            assert!(json.get(key).is_some(), "{key}");
-        }
+        let runs = &json["alternating"];
+        assert_eq!(runs["a"][1]["state_machine"], "native");
+        assert_eq!(runs["b"][1]["state_machine"], "wasm");
+        assert_eq!(runs["medians"]["throughput"]["b_over_a"], 0.75);
         let text = outcome.text();
         assert!(
-            text.contains("wasm / native throughput: 0.750 (3000 / 4000 ops/s)"),
+            text.contains("wasm / native throughput: 0.750 (rounds: 0.750 / 0.400 / 1.000)"),
             "{text}"
         );
     }
