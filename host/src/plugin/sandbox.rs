@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,21 +31,34 @@ pub struct CallEnvironment {
     timestamp_ms: AtomicU64,
     /// The command whose random stream this call reads: its index, term and position in its
     /// entry. The seed itself is derived only when the plugin asks for randomness (most calls
-    /// never do).
-    entry: Mutex<(u64, u64, u32)>,
+    /// never do). Atomics rather than a lock, since this is set before every call: the thread
+    /// that enters a call is the one that runs it, so relaxed order is enough.
+    index: AtomicU64,
+    term: AtomicU64,
+    position: AtomicU32,
 }
 
 impl CallEnvironment {
     /// Sets the time and random seed for a call made in the context of `ctx`.
     pub fn enter(&self, ctx: ApplyContext) {
         self.timestamp_ms.store(ctx.timestamp_ms, Ordering::Relaxed);
-        *self.entry.lock().expect("entry lock is never poisoned") =
-            (ctx.index, ctx.term, ctx.position);
+        self.index.store(ctx.index, Ordering::Relaxed);
+        self.term.store(ctx.term, Ordering::Relaxed);
+        self.position.store(ctx.position, Ordering::Relaxed);
+    }
+
+    /// The current call's command: its index, term and position.
+    fn entry(&self) -> (u64, u64, u32) {
+        (
+            self.index.load(Ordering::Relaxed),
+            self.term.load(Ordering::Relaxed),
+            self.position.load(Ordering::Relaxed),
+        )
     }
 
     /// The seed of the current call's random stream.
     fn seed(&self) -> [u8; 32] {
-        let (index, term, position) = *self.entry.lock().expect("entry lock is never poisoned");
+        let (index, term, position) = self.entry();
         let mut seed = Sha256::new()
             .chain_update(b"riteraft random seed v1")
             .chain_update(index.to_le_bytes())
@@ -116,11 +129,7 @@ impl EntryRandom {
     }
 
     fn next_byte(&mut self) -> u8 {
-        let entry = *self
-            .environment
-            .entry
-            .lock()
-            .expect("entry lock is never poisoned");
+        let entry = self.environment.entry();
         if self.entry != Some(entry) {
             self.entry = Some(entry);
             self.seed = self.environment.seed();
@@ -171,6 +180,9 @@ impl rand_core::TryRng for EntryRandom {
 #[derive(Clone)]
 pub struct GuestOutput {
     buffer: Arc<Mutex<OutputBuffer>>,
+    /// Set by a write, cleared by the drain: most calls write nothing, and this spares each
+    /// of them the lock (the drain runs after every call).
+    written: Arc<AtomicBool>,
 }
 
 struct OutputBuffer {
@@ -187,10 +199,12 @@ impl GuestOutput {
                 capacity,
                 dropped: 0,
             })),
+            written: Arc::new(AtomicBool::new(false)),
         }
     }
 
     fn push(&self, bytes: &[u8]) {
+        self.written.store(true, Ordering::Relaxed);
         let mut buffer = self.buffer.lock().expect("output lock is never poisoned");
         let room = buffer.capacity.saturating_sub(buffer.bytes.len());
         let kept = bytes.len().min(room);
@@ -200,6 +214,10 @@ impl GuestOutput {
 
     /// Logs what the guest wrote during the call, line by line, and returns the text.
     pub fn drain_to_log(&self, stream: &'static str) -> String {
+        // Writes come from the guest, on the thread that drains after the call.
+        if !self.written.swap(false, Ordering::Relaxed) {
+            return String::new();
+        }
         let mut buffer = self.buffer.lock().expect("output lock is never poisoned");
         if buffer.bytes.is_empty() && buffer.dropped == 0 {
             return String::new();
