@@ -55,9 +55,11 @@ impl Store for KvStore {
 
     fn apply(&mut self, _ctx: &ApplyContext, command: KvCommand) -> Result<String, String> {
         match command {
+            // Joined rather than `format!`ted: one allocation of the exact size, and in wasm
+            // the formatting machinery was a tenth of a put's time.
             KvCommand::Put { key, value } => Ok(match self.map.insert(&key, &value) {
-                Some(old) => format!("ok: {key} = {value} (was {old})"),
-                None => format!("ok: {key} = {value} (new)"),
+                Some(old) => ["ok: ", &key, " = ", &value, " (was ", &old, ")"].concat(),
+                None => ["ok: ", &key, " = ", &value, " (new)"].concat(),
             }),
             KvCommand::Del { key } => match self.map.remove(&key) {
                 Some(old) => Ok(format!("ok: deleted {key} (was {old})")),
