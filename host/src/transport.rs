@@ -334,26 +334,30 @@ async fn send_snapshot(
     mut message: Message,
 ) -> bool {
     let data = std::mem::take(&mut message.mut_snapshot().data);
+    let data_len = data.len();
     let header = SnapshotChunk {
         message: message
             .write_to_bytes()
             .expect("raft messages always encode"),
-        data_len: data.len() as u64,
+        data_len: data_len as u64,
         data: Vec::new(),
     };
-    let chunks: Vec<SnapshotChunk> = std::iter::once(header)
-        .chain(
-            data.chunks(riteraft_proto::CHUNK_BYTES)
-                .map(|chunk| SnapshotChunk {
-                    message: Vec::new(),
-                    data_len: 0,
-                    data: chunk.to_vec(),
-                }),
-        )
-        .collect();
+    // Each chunk is copied out of the data when the call takes it, not all up front: a copy
+    // of the whole snapshot beside the data would double what a leader holds while it sends
+    // a large store to a follower.
+    let pieces = data_len.div_ceil(riteraft_proto::CHUNK_BYTES);
+    let chunks = std::iter::once(header).chain((0..pieces).map(move |piece| {
+        let start = piece * riteraft_proto::CHUNK_BYTES;
+        let end = data_len.min(start + riteraft_proto::CHUNK_BYTES);
+        SnapshotChunk {
+            message: Vec::new(),
+            data_len: 0,
+            data: data[start..end].to_vec(),
+        }
+    }));
     // A generous bound: 10 s plus one second per 16 MiB.
-    let timeout = Duration::from_secs(10 + (data.len() as u64 >> 24));
-    tracing::info!(to = message.to, bytes = data.len(), "sending a snapshot");
+    let timeout = Duration::from_secs(10 + (data_len as u64 >> 24));
+    tracing::info!(to = message.to, bytes = data_len, "sending a snapshot");
     let call = async {
         let client = ensure_client(client, address, tls).await?;
         client
