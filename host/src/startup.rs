@@ -217,7 +217,13 @@ fn run_with<S: StateMachine + 'static>(
     }
     let fetcher = GrpcModuleFetcher::new(runtime.handle().clone(), client_tls.clone());
 
-    let transport = Transport::new(id, handle.clone(), runtime.handle().clone(), client_tls);
+    let transport = Transport::new(
+        id,
+        handle.clone(),
+        runtime.handle().clone(),
+        client_tls,
+        store.snapshot_opener(),
+    );
     let options = NodeOptions {
         snapshot_entries: config.snapshot_entries,
         request_timeout: Duration::from_millis(config.proposal_timeout_ms),

@@ -12,6 +12,7 @@ mod snapshot_file;
 mod snapshot_stream;
 
 pub use disk::DiskLogStore;
+pub use snapshot_file::SnapshotContents;
 pub use snapshot_stream::{SnapshotStream, TailEnd, TailPiece, TailWriter};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -27,6 +28,12 @@ pub enum StorageError {
     #[error("inconsistent raft log: {0}")]
     Inconsistent(String),
 }
+
+/// Opens the data of this node's snapshot of the given metadata, to be read piece by piece
+/// (see [`LogStore::snapshot_opener`]).
+pub type SnapshotOpener = std::sync::Arc<
+    dyn Fn(&SnapshotMetadata) -> Result<SnapshotContents, StorageError> + Send + Sync,
+>;
 
 /// Reads one snapshot back (see [`LogStore::snapshot_reader`]).
 pub type SnapshotReader = Box<dyn Fn() -> Result<Snapshot, StorageError> + Send>;
@@ -60,7 +67,10 @@ impl SavedSnapshot {
 /// The writes of the Ready loop. Every method is durable when it returns `Ok`.
 ///
 /// Contract: entries are contiguous from `first_index()`, `term(first_index() - 1)` is known,
-/// and the latest snapshot's index is at least `first_index() - 1`.
+/// and the latest snapshot's index is at least `first_index() - 1`. The snapshot raft gets
+/// (`raft::Storage::snapshot`) comes with its data, or, from a store with a
+/// [`LogStore::snapshot_opener`], possibly with its metadata alone: the transport then reads
+/// the data through the opener as it sends it.
 pub trait LogStore: raft::Storage + Send + 'static {
     /// Appends `entries` (replacing any conflicting suffix) and records `hard_state`: one sync
     /// for both (the group commit of a Ready).
@@ -114,6 +124,12 @@ pub trait LogStore: raft::Storage + Send + 'static {
 
     /// The bytes of log entries kept after the latest snapshot.
     fn log_bytes(&self) -> u64;
+
+    /// What opens the data of a snapshot this store gave raft without it; `None` for a store
+    /// that always gives the data (a [`MemLogStore`]).
+    fn snapshot_opener(&self) -> Option<SnapshotOpener> {
+        None
+    }
 
     /// Something that reads the latest snapshot back later, from another place than this
     /// store's memory (its file), even after the store moved on; `None` if there is no such
@@ -414,6 +430,8 @@ impl LogStore for MemLogStore {
 mod tests {
     //! One suite for every `LogStore`: the contract above, checked against each.
 
+    use std::io::Read;
+
     use raft::Storage;
 
     use super::*;
@@ -464,7 +482,18 @@ mod tests {
         assert!(all(&store, 5, 8).is_err());
         let served = store.snapshot(8, 1).unwrap();
         assert_eq!(served.get_metadata().index, 8);
-        assert_eq!(served.data.len(), 100, "with its data, read back");
+        let data_len = match store.snapshot_opener() {
+            // Without its data, which opens in full.
+            Some(open) if served.data.is_empty() => {
+                let mut contents = open(served.get_metadata()).unwrap();
+                let mut data = Vec::new();
+                contents.reader.read_to_end(&mut data).unwrap();
+                assert_eq!(data, vec![7; 100]);
+                contents.len
+            }
+            _ => served.data.len() as u64,
+        };
+        assert_eq!(data_len, 100, "with its data, read back");
         assert_eq!(store.snapshot_bytes(), 100);
         // Node 2 is not in the snapshot's membership: a newer one is requested.
         assert!(store.snapshot(8, 2).is_err());

@@ -5,9 +5,12 @@
 //! as one batch on a long-lived stream to the peer (the `Stream` call: a message on an open
 //! stream costs far less than a call of its own, and arrives in order), opens a new stream
 //! with backoff after a failure, and reports the failure to raft as "unreachable". Snapshots
-//! go as a call of their own, in chunks, since one can be far larger than a gRPC message.
+//! go as a call of their own, in chunks, since one can be far larger than a gRPC message; a
+//! snapshot whose message carries only its metadata is read from this node's snapshot file as
+//! it goes (see [`crate::storage::LogStore::snapshot_opener`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::node::{NodeHandle, Outbox, Request, SideSender};
+use crate::storage::SnapshotOpener;
 
 /// Messages queued for one peer before new ones are dropped (and the peer reported
 /// unreachable): enough for a few seconds of full-speed replication.
@@ -52,6 +56,8 @@ pub struct Transport {
     self_id: u64,
     /// This node's TLS identity for dialing peers (`None`: plain connections).
     tls: Option<Arc<ClientTls>>,
+    /// Opens the data of a snapshot whose message carries none.
+    snapshots: Option<SnapshotOpener>,
     /// Only the consensus thread uses the transport, so no lock.
     peers: HashMap<u64, Peer>,
 }
@@ -69,18 +75,22 @@ impl Drop for Peer {
 }
 
 impl Transport {
-    /// A transport for node `self_id`, running its tasks on `runtime`.
+    /// A transport for node `self_id`, running its tasks on `runtime`; `snapshots` opens the
+    /// data of a snapshot whose message carries none (see
+    /// [`crate::storage::LogStore::snapshot_opener`]).
     pub fn new(
         self_id: u64,
         node: NodeHandle,
         runtime: tokio::runtime::Handle,
         tls: Option<Arc<ClientTls>>,
+        snapshots: Option<SnapshotOpener>,
     ) -> Self {
         Self {
             node,
             runtime,
             self_id,
             tls,
+            snapshots,
             peers: HashMap::new(),
         }
     }
@@ -123,6 +133,7 @@ impl Outbox for Transport {
                 receiver,
                 self.node.clone(),
                 self.tls.clone(),
+                self.snapshots.clone(),
             ));
             peers.insert(
                 *id,
@@ -197,6 +208,7 @@ async fn deliver(
     mut queue: mpsc::Receiver<Message>,
     node: NodeHandle,
     tls: Option<Arc<ClientTls>>,
+    snapshots: Option<SnapshotOpener>,
 ) {
     let mut client: Option<RaftClient<Channel>> = None;
     let mut stream: Option<PeerStream> = None;
@@ -211,7 +223,7 @@ async fn deliver(
             },
         };
         let delivered = if first.get_msg_type() == MessageType::MsgSnapshot {
-            let delivered = send_snapshot(&mut client, &address, &tls, first).await;
+            let delivered = send_snapshot(&mut client, &address, &tls, &snapshots, first).await;
             node.send(Request::SnapshotSent(id, delivered));
             delivered
         } else {
@@ -331,37 +343,38 @@ async fn send_snapshot(
     client: &mut Option<RaftClient<Channel>>,
     address: &str,
     tls: &Option<Arc<ClientTls>>,
+    snapshots: &Option<SnapshotOpener>,
     mut message: Message,
 ) -> bool {
     let data = std::mem::take(&mut message.mut_snapshot().data);
-    let data_len = data.len();
+    let (data_len, data): (u64, Box<dyn std::io::Read + Send>) = if data.is_empty() {
+        // Only the metadata came: the data is in this node's snapshot file.
+        let metadata = message.get_snapshot().get_metadata().clone();
+        match open_snapshot_file(snapshots.clone(), metadata).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::warn!(to = message.to, "cannot send a snapshot: {e}");
+                return false;
+            }
+        }
+    } else {
+        (data.len() as u64, Box::new(std::io::Cursor::new(data)))
+    };
     let header = SnapshotChunk {
         message: message
             .write_to_bytes()
             .expect("raft messages always encode"),
-        data_len: data_len as u64,
+        data_len,
         data: Vec::new(),
     };
-    // Each chunk is copied out of the data when the call takes it, not all up front: a copy
-    // of the whole snapshot beside the data would double what a leader holds while it sends
-    // a large store to a follower.
-    let pieces = data_len.div_ceil(riteraft_proto::CHUNK_BYTES);
-    let chunks = std::iter::once(header).chain((0..pieces).map(move |piece| {
-        let start = piece * riteraft_proto::CHUNK_BYTES;
-        let end = data_len.min(start + riteraft_proto::CHUNK_BYTES);
-        SnapshotChunk {
-            message: Vec::new(),
-            data_len: 0,
-            data: data[start..end].to_vec(),
-        }
-    }));
+    let chunks = chunks_of(header, data);
     // A generous bound: 10 s plus one second per 16 MiB.
-    let timeout = Duration::from_secs(10 + (data_len as u64 >> 24));
+    let timeout = Duration::from_secs(10 + (data_len >> 24));
     tracing::info!(to = message.to, bytes = data_len, "sending a snapshot");
     let call = async {
         let client = ensure_client(client, address, tls).await?;
         client
-            .install_snapshot(tokio_stream::iter(chunks))
+            .install_snapshot(chunks)
             .await
             .map_err(|e| e.message().to_string())
     };
@@ -376,4 +389,63 @@ async fn send_snapshot(
             false
         }
     }
+}
+
+/// Most chunks read ahead of the call.
+const CHUNKS_AHEAD: usize = 2;
+
+/// `header`, then `data` in chunks, read by a blocking thread as the call takes them (a
+/// snapshot file is read from disk; and no copy of a whole snapshot is made beside its data,
+/// which would double what a leader holds while it sends a large store). A read that fails
+/// half-way ends the stream short, which the receiver refuses.
+fn chunks_of(
+    header: SnapshotChunk,
+    mut data: Box<dyn std::io::Read + Send>,
+) -> tokio_stream::wrappers::ReceiverStream<SnapshotChunk> {
+    let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        if sender.blocking_send(header).is_err() {
+            return;
+        }
+        loop {
+            let mut chunk = Vec::with_capacity(riteraft_proto::CHUNK_BYTES);
+            let read = (&mut data)
+                .take(riteraft_proto::CHUNK_BYTES as u64)
+                .read_to_end(&mut chunk);
+            match read {
+                Ok(0) => return,
+                Ok(_) => {
+                    let chunk = SnapshotChunk {
+                        message: Vec::new(),
+                        data_len: 0,
+                        data: chunk,
+                    };
+                    if sender.blocking_send(chunk).is_err() {
+                        return; // the call ended
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("reading a snapshot to send it failed: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+/// Opens the snapshot of `metadata` through `snapshots`, off the network threads (the file is
+/// checked whole against its checksum first): its data's length and a reader of it.
+async fn open_snapshot_file(
+    snapshots: Option<SnapshotOpener>,
+    metadata: raft::prelude::SnapshotMetadata,
+) -> Result<(u64, Box<dyn std::io::Read + Send>), String> {
+    let Some(open) = snapshots else {
+        return Err("its message has no data and this node keeps no snapshot files".into());
+    };
+    let contents = tokio::task::spawn_blocking(move || open(&metadata))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((contents.len, contents.reader))
 }

@@ -330,13 +330,20 @@ impl raft::Storage for DiskLogStore {
         Ok(self.last())
     }
 
+    /// The latest snapshot's metadata, without its data: the transport reads that from the
+    /// file as it sends it (see `snapshot_opener`), so that neither a large store's state is
+    /// held in memory nor its file read on the consensus thread.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         super::snapshot_for(
             &self.snapshot,
             &self.snapshot_requested,
             request_index,
             to,
-            || self.read_snapshot(),
+            || {
+                let mut snapshot = Snapshot::default();
+                snapshot.set_metadata(self.snapshot.clone());
+                Ok(snapshot)
+            },
         )
     }
 }
@@ -477,6 +484,23 @@ impl LogStore for DiskLogStore {
 
     fn snapshot_metadata(&self) -> &SnapshotMetadata {
         &self.snapshot
+    }
+
+    /// Opens a snapshot's data from its file, checked against the file's checksum. A snapshot
+    /// replaced by a newer one meanwhile is gone: raft then asks for the newer one.
+    fn snapshot_opener(&self) -> Option<super::SnapshotOpener> {
+        let dir = self.snapshot_dir.clone();
+        Some(std::sync::Arc::new(move |wanted: &SnapshotMetadata| {
+            let contents = snapshot_file::open_data(&snapshot_path(&dir, wanted.index))?;
+            if &contents.metadata != wanted {
+                return Err(damaged(format!(
+                    "the snapshot file for index {} in {} holds another snapshot",
+                    wanted.index,
+                    dir.display()
+                )));
+            }
+            Ok(contents)
+        }))
     }
 
     fn snapshot_reader(&self) -> Option<super::SnapshotReader> {

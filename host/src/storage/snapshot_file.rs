@@ -1,5 +1,5 @@
 //! The snapshot files of a [`super::DiskLogStore`]: written as their pieces arrive, read back
-//! whole.
+//! whole, or piece by piece for a follower ([`open_data`]).
 //!
 //! Format 2, written since snapshots stream: a magic line, the sha256 of everything after it,
 //! then the data's tail (the store's state, as it came), the data's head, the snapshot's
@@ -9,7 +9,8 @@
 //! so a node upgraded in place resumes from its data dir.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Cursor, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use protobuf::Message as _;
@@ -104,31 +105,12 @@ pub fn read(path: &Path) -> Result<Snapshot, StorageError> {
     if magic != MAGIC_2 {
         return Err(damaged("not a RiteRaft snapshot"));
     }
-    let file_len = file.metadata()?.len();
-    let fixed = (MAGIC_2.len() + CHECKSUM + TRAILER) as u64;
-    if file_len < fixed {
-        return Err(damaged("truncated"));
-    }
-    let mut checksum = [0; CHECKSUM];
-    file.read_exact(&mut checksum)?;
-    let mut trailer = [0; TRAILER];
-    file.seek(SeekFrom::Start(file_len - TRAILER as u64))?;
-    file.read_exact(&mut trailer)?;
-    let length = |at: usize| u64::from_le_bytes(trailer[at..at + 8].try_into().expect("8 bytes"));
-    let (tail_len, head_len, metadata_len) = (length(0), length(8), length(16));
-    let lengths_fit = tail_len
-        .checked_add(head_len)
-        .and_then(|sum| sum.checked_add(metadata_len))
-        .and_then(|sum| sum.checked_add(fixed))
-        == Some(file_len);
-    if !lengths_fit {
-        return Err(damaged("its lengths do not add up (the file is damaged)"));
-    }
+    let layout = Layout::of(&mut file, damaged)?;
     // Read into the data's final place (head, then tail), hashing in the file's order.
-    let (tail_len, head_len) = (tail_len as usize, head_len as usize);
+    let (tail_len, head_len) = (layout.tail_len as usize, layout.head_len as usize);
     let mut data = vec![0; head_len + tail_len];
-    let mut encoded_metadata = vec![0; metadata_len as usize];
-    file.seek(SeekFrom::Start((MAGIC_2.len() + CHECKSUM) as u64))?;
+    let mut encoded_metadata = vec![0; layout.metadata_len as usize];
+    file.seek(SeekFrom::Start(BODY))?;
     file.read_exact(&mut data[head_len..])?;
     file.read_exact(&mut data[..head_len])?;
     file.read_exact(&mut encoded_metadata)?;
@@ -136,8 +118,8 @@ pub fn read(path: &Path) -> Result<Snapshot, StorageError> {
     hasher.update(&data[head_len..]);
     hasher.update(&data[..head_len]);
     hasher.update(&encoded_metadata);
-    hasher.update(trailer);
-    if hasher.finalize().as_slice() != checksum {
+    hasher.update(layout.trailer);
+    if hasher.finalize().as_slice() != layout.checksum {
         return Err(damaged("checksum mismatch (the file is damaged)"));
     }
     let metadata = SnapshotMetadata::parse_from_bytes(&encoded_metadata)
@@ -148,6 +130,141 @@ pub fn read(path: &Path) -> Result<Snapshot, StorageError> {
     };
     snapshot.set_metadata(metadata);
     Ok(snapshot)
+}
+
+/// A snapshot file's data, to be read piece by piece: what a leader sends a follower, without
+/// holding a large store's state in memory. Its metadata and the data's length come with it.
+pub struct SnapshotContents {
+    pub metadata: SnapshotMetadata,
+    pub len: u64,
+    pub reader: Box<dyn Read + Send>,
+}
+
+/// Opens the data of the snapshot file at `path`, checked first against the file's checksum
+/// in one pass over it (so nothing damaged is ever sent), then read as it is needed.
+pub fn open_data(path: &Path) -> Result<SnapshotContents, StorageError> {
+    let damaged =
+        |why: &str| super::disk::damaged(format!("snapshot file {}: {why}", path.display()));
+    let mut file = File::open(path)?;
+    let mut magic = [0; MAGIC_2.len()];
+    file.read_exact(&mut magic)
+        .map_err(|_| damaged("not a RiteRaft snapshot"))?;
+    if magic != MAGIC_2 {
+        // Format 1 keeps the data inside a protobuf message: read it whole.
+        let mut snapshot = read(path)?;
+        let data = std::mem::take(&mut snapshot.data);
+        return Ok(SnapshotContents {
+            metadata: snapshot.take_metadata(),
+            len: data.len() as u64,
+            reader: Box::new(Cursor::new(data)),
+        });
+    }
+    let layout = Layout::of(&mut file, damaged)?;
+    let mut hasher = HashingWriter {
+        inner: std::io::sink(),
+        hasher: Sha256::new(),
+    };
+    file.seek(SeekFrom::Start(BODY))?;
+    std::io::copy(
+        &mut (&mut file).take(layout.tail_len + layout.head_len),
+        &mut hasher,
+    )?;
+    let mut encoded_metadata = vec![0; layout.metadata_len as usize];
+    file.read_exact(&mut encoded_metadata)?;
+    hasher.write_all(&encoded_metadata)?;
+    hasher.write_all(&layout.trailer)?;
+    if hasher.hasher.finalize().as_slice() != layout.checksum {
+        return Err(damaged("checksum mismatch (the file is damaged)"));
+    }
+    let metadata = SnapshotMetadata::parse_from_bytes(&encoded_metadata)
+        .map_err(|e| damaged(&e.to_string()))?;
+    let head = (BODY + layout.tail_len, layout.head_len);
+    let tail = (BODY, layout.tail_len);
+    Ok(SnapshotContents {
+        metadata,
+        len: layout.head_len + layout.tail_len,
+        reader: Box::new(RegionsReader {
+            file,
+            regions: [head, tail],
+            region: 0,
+        }),
+    })
+}
+
+/// Where a format 2 file's data starts: after its magic line and checksum.
+const BODY: u64 = (MAGIC_2.len() + CHECKSUM) as u64;
+
+/// What a format 2 file's trailer and checksum say.
+struct Layout {
+    checksum: [u8; CHECKSUM],
+    trailer: [u8; TRAILER],
+    tail_len: u64,
+    head_len: u64,
+    metadata_len: u64,
+}
+
+impl Layout {
+    /// Reads them from `file`; `damaged` makes the error that says how the file is damaged.
+    fn of(file: &mut File, damaged: impl Fn(&str) -> StorageError) -> Result<Layout, StorageError> {
+        let file_len = file.metadata()?.len();
+        let fixed = BODY + TRAILER as u64;
+        if file_len < fixed {
+            return Err(damaged("truncated"));
+        }
+        let mut checksum = [0; CHECKSUM];
+        file.seek(SeekFrom::Start(MAGIC_2.len() as u64))?;
+        file.read_exact(&mut checksum)?;
+        let mut trailer = [0; TRAILER];
+        file.seek(SeekFrom::Start(file_len - TRAILER as u64))?;
+        file.read_exact(&mut trailer)?;
+        let length =
+            |at: usize| u64::from_le_bytes(trailer[at..at + 8].try_into().expect("8 bytes"));
+        let (tail_len, head_len, metadata_len) = (length(0), length(8), length(16));
+        let lengths_fit = tail_len
+            .checked_add(head_len)
+            .and_then(|sum| sum.checked_add(metadata_len))
+            .and_then(|sum| sum.checked_add(fixed))
+            == Some(file_len);
+        if !lengths_fit {
+            return Err(damaged("its lengths do not add up (the file is damaged)"));
+        }
+        Ok(Layout {
+            checksum,
+            trailer,
+            tail_len,
+            head_len,
+            metadata_len,
+        })
+    }
+}
+
+/// Reads regions of a file one after the other, each from its own offset (`pread`, so no
+/// shared file position to keep right).
+struct RegionsReader {
+    file: File,
+    /// (offset, length) of each region; a region is shrunk from the front as it is read.
+    regions: [(u64, u64); 2],
+    region: usize,
+}
+
+impl Read for RegionsReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some((offset, left)) = self.regions.get_mut(self.region) {
+            if *left == 0 {
+                self.region += 1;
+                continue;
+            }
+            let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+            let read = self.file.read_at(&mut buf[..want], *offset)?;
+            if read == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            *offset += read as u64;
+            *left -= read as u64;
+            return Ok(read);
+        }
+        Ok(0)
+    }
 }
 
 /// Writes through to `inner` and hashes what it writes.
@@ -206,6 +323,28 @@ mod tests {
         assert_eq!(read.get_metadata(), &metadata);
         assert_eq!(&read.data[..head.len()], &head[..]);
         assert!(read.data[head.len()..] == tail[..]);
+        assert_eq!(read_by_pieces(&path), read);
+    }
+
+    /// The snapshot at `path` as `open_data` gives it, read in small odd-sized pieces.
+    fn read_by_pieces(path: &Path) -> Snapshot {
+        let mut contents = open_data(path).unwrap();
+        let mut data = Vec::new();
+        let mut piece = [0; 1000];
+        loop {
+            let read = contents.reader.read(&mut piece).unwrap();
+            if read == 0 {
+                break;
+            }
+            data.extend_from_slice(&piece[..read]);
+        }
+        assert_eq!(data.len() as u64, contents.len);
+        let mut snapshot = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        snapshot.set_metadata(contents.metadata.clone());
+        snapshot
     }
 
     #[test]
@@ -230,6 +369,7 @@ mod tests {
         file.extend_from_slice(&body);
         fs::write(&path, file).unwrap();
         assert_eq!(read(&path).unwrap(), snapshot(4, b"old state"));
+        assert_eq!(read_by_pieces(&path), snapshot(4, b"old state"));
     }
 
     #[test]
@@ -248,8 +388,13 @@ mod tests {
             bytes[at] ^= 0x40;
             fs::write(&path, &bytes).unwrap();
             assert!(read(&path).is_err(), "a flipped bit at {at} went unnoticed");
+            assert!(
+                open_data(&path).is_err(),
+                "a flipped bit at {at} went unnoticed when opened to be sent"
+            );
         }
         fs::write(&path, &whole[..whole.len() - 1]).unwrap();
         assert!(read(&path).is_err(), "a truncated file went unnoticed");
+        assert!(open_data(&path).is_err(), "a truncated file was opened");
     }
 }
