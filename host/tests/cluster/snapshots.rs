@@ -77,6 +77,77 @@ async fn a_node_joining_after_compaction_catches_up_by_snapshot() {
     .await
 }
 
+/// A leader reads the snapshot it sends from its file, checked whole first: a damaged file is
+/// never sent (nor does it stop the leader, as when raft read it on the consensus thread); the
+/// leader says so, keeps serving, and its next snapshot catches the follower up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_file_is_never_sent_and_the_next_snapshot_is() {
+    within(Duration::from_secs(180), async {
+        let mut cluster = Cluster::start(3, options().snapshot_entries(100)).await;
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
+        let behind = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+        cluster.kill(behind);
+        // One at a time, so an entry each: the leader compacts its log (it keeps 1,000 entries
+        // behind its snapshot) past what `behind` holds, and a snapshot is the only way to
+        // catch it up.
+        let commands: Vec<String> = (0..1600).map(|i| format!("put k{i:04} v{i}")).collect();
+        cluster.propose_many(leader, commands, 1).await.unwrap();
+        let snapshots = cluster.data_dir(leader).join("snapshots");
+        // The file of the snapshot the leader records as its latest (and so will send).
+        let newest = cluster
+            .wait_for("the leader's snapshot file", CONVERGE_LIMIT, async || {
+                let index = cluster.status(leader).await.ok()?.snapshot_index;
+                let path = snapshots.join(format!("snapshot-{index:020}.snap"));
+                (index > 1000 && path.exists()).then_some(path)
+            })
+            .await;
+        // Flip one byte in the middle of the store's state.
+        let mut bytes = std::fs::read(&newest).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&newest, &bytes).unwrap();
+        eprintln!("damaged {}", newest.display());
+
+        // Once the leader has refused to send the damaged file, more writes make it take a
+        // newer snapshot, which the follower gets.
+        let log = cluster.log_path(leader);
+        let mut client = cluster.client(leader);
+        let writer = tokio::spawn(async move {
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("cannot send a snapshot")
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for i in 1600..1800 {
+                let command = format!("put k{i:04} v{i}").into_bytes();
+                let call = client.propose(ProposeRequest { command });
+                tokio::time::timeout(Duration::from_secs(10), call)
+                    .await
+                    .expect("a write after the damaged snapshot timed out")
+                    .expect("a write after the damaged snapshot failed");
+            }
+        });
+        cluster.restart(behind).await;
+        writer.await.unwrap();
+        assert!(cluster.is_running(leader), "the leader stopped");
+        let log = cluster.log(leader);
+        assert!(log.contains("checksum mismatch"), "{log}");
+        let commit = cluster.status(leader).await.unwrap().commit_index;
+        cluster
+            .wait_for("the follower to catch up", CONVERGE_LIMIT, async || {
+                let status = cluster.status(behind).await.ok()?;
+                (status.applied_index >= commit).then_some(())
+            })
+            .await;
+        for i in [0, 1599, 1799] {
+            let (key, value) = (format!("k{i:04}"), format!("v{i}"));
+            assert_get(&cluster, behind, &key, &value, true).await;
+        }
+    })
+    .await
+}
+
 /// A store snapshot of more than 64 MiB reaches a new node: it travels as a stream of chunks,
 /// each within the gRPC message limit (16 MiB), never as one message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
