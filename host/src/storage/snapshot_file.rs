@@ -82,14 +82,25 @@ fn write(path: &Path, stream: SnapshotStream) -> Result<Written, StorageError> {
     })
 }
 
-/// Reads and checks one snapshot file, of either format.
-pub fn read(path: &Path) -> Result<Snapshot, StorageError> {
-    let damaged =
-        |why: &str| super::disk::damaged(format!("snapshot file {}: {why}", path.display()));
+/// Opens the snapshot file at `path` and reads its magic line (of either format: both are
+/// as long).
+fn open(path: &Path) -> Result<(File, [u8; MAGIC_2.len()]), StorageError> {
     let mut file = File::open(path)?;
     let mut magic = [0; MAGIC_2.len()];
     file.read_exact(&mut magic)
-        .map_err(|_| damaged("not a RiteRaft snapshot"))?;
+        .map_err(|_| damaged_file(path, "not a RiteRaft snapshot"))?;
+    Ok((file, magic))
+}
+
+/// The error for the snapshot file at `path`, damaged as `why` says.
+fn damaged_file(path: &Path, why: &str) -> StorageError {
+    super::disk::damaged(format!("snapshot file {}: {why}", path.display()))
+}
+
+/// Reads and checks one snapshot file, of either format.
+pub fn read(path: &Path) -> Result<Snapshot, StorageError> {
+    let damaged = |why: &str| damaged_file(path, why);
+    let (mut file, magic) = open(path)?;
     if magic == MAGIC_1 {
         let mut rest = Vec::new();
         file.read_to_end(&mut rest)?;
@@ -143,12 +154,8 @@ pub struct SnapshotContents {
 /// Opens the data of the snapshot file at `path`, checked first against the file's checksum
 /// in one pass over it (so nothing damaged is ever sent), then read as it is needed.
 pub fn open_data(path: &Path) -> Result<SnapshotContents, StorageError> {
-    let damaged =
-        |why: &str| super::disk::damaged(format!("snapshot file {}: {why}", path.display()));
-    let mut file = File::open(path)?;
-    let mut magic = [0; MAGIC_2.len()];
-    file.read_exact(&mut magic)
-        .map_err(|_| damaged("not a RiteRaft snapshot"))?;
+    let damaged = |why: &str| damaged_file(path, why);
+    let (mut file, magic) = open(path)?;
     if magic != MAGIC_2 {
         // Format 1 keeps the data inside a protobuf message: read it whole.
         let mut snapshot = read(path)?;
