@@ -79,7 +79,8 @@ async fn a_node_joining_after_compaction_catches_up_by_snapshot() {
 
 /// A leader reads the snapshot it sends from its file, checked whole first: a damaged file is
 /// never sent (nor does it stop the leader, as when raft read it on the consensus thread); the
-/// leader says so, keeps serving, and its next snapshot catches the follower up.
+/// leader says so, keeps serving, and its next snapshot catches the follower up. Under load
+/// another node may take over: every live node's file is damaged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_file_is_never_sent_and_the_next_snapshot_is() {
     within(Duration::from_secs(180), async {
@@ -92,33 +93,36 @@ async fn a_damaged_snapshot_file_is_never_sent_and_the_next_snapshot_is() {
         // catch it up.
         let commands: Vec<String> = (0..1600).map(|i| format!("put k{i:04} v{i}")).collect();
         cluster.propose_many(leader, commands, 1).await.unwrap();
-        let snapshots = cluster.data_dir(leader).join("snapshots");
-        // The file of the snapshot the leader records as its latest (and so will send).
-        let newest = cluster
-            .wait_for("the leader's snapshot file", CONVERGE_LIMIT, async || {
-                let index = cluster.status(leader).await.ok()?.snapshot_index;
-                let path = snapshots.join(format!("snapshot-{index:020}.snap"));
-                (index > 1000 && path.exists()).then_some(path)
-            })
-            .await;
-        // Flip one byte in the middle of the store's state.
-        let mut bytes = std::fs::read(&newest).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x40;
-        std::fs::write(&newest, &bytes).unwrap();
-        eprintln!("damaged {}", newest.display());
+        // Both live nodes' latest snapshot files are damaged, so that whichever leads when
+        // `behind` comes back (a busy machine may change leader) holds a damaged one.
+        let live: Vec<u64> = cluster.live_ids();
+        for &id in &live {
+            let file = settled_snapshot_file(&cluster, id).await;
+            // Flip one byte in the middle of the store's state.
+            let mut bytes = std::fs::read(&file).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            std::fs::write(&file, &bytes).unwrap();
+            eprintln!("damaged {}", file.display());
+        }
 
-        // Once the leader has refused to send the damaged file, more writes make it take a
+        // Once a leader has refused to send its damaged file, more writes make it take a
         // newer snapshot, which the follower gets.
-        let log = cluster.log_path(leader);
+        let logs: Vec<_> = live.iter().map(|id| cluster.log_path(*id)).collect();
         let mut client = cluster.client(leader);
         let writer = tokio::spawn(async move {
-            while !std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("cannot send a snapshot")
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let refused = async {
+                while !logs.iter().any(|log| {
+                    (std::fs::read_to_string(log).unwrap_or_default())
+                        .contains("cannot send a snapshot")
+                }) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(60), refused)
+                .await
+                .expect("no leader said it cannot send the damaged snapshot");
+            // Through `leader`, which forwards them if it no longer leads.
             for i in 1600..1800 {
                 let command = format!("put k{i:04} v{i}").into_bytes();
                 let call = client.propose(ProposeRequest { command });
@@ -130,9 +134,15 @@ async fn a_damaged_snapshot_file_is_never_sent_and_the_next_snapshot_is() {
         });
         cluster.restart(behind).await;
         writer.await.unwrap();
-        assert!(cluster.is_running(leader), "the leader stopped");
-        let log = cluster.log(leader);
-        assert!(log.contains("checksum mismatch"), "{log}");
+        for &id in &live {
+            assert!(cluster.is_running(id), "node {id} stopped");
+        }
+        let logs: Vec<String> = live.iter().map(|id| cluster.log(*id)).collect();
+        assert!(
+            logs.iter().any(|log| log.contains("checksum mismatch")),
+            "{logs:?}"
+        );
+        let leader = cluster.wait_for_leader(ELECTION_LIMIT).await;
         let commit = cluster.status(leader).await.unwrap().commit_index;
         cluster
             .wait_for("the follower to catch up", CONVERGE_LIMIT, async || {
@@ -146,6 +156,29 @@ async fn a_damaged_snapshot_file_is_never_sent_and_the_next_snapshot_is() {
         }
     })
     .await
+}
+
+/// The file of the snapshot node `id` records as its latest (and so would send), once no
+/// other is being written: one finished after the test damaged this one would be sent instead.
+async fn settled_snapshot_file(cluster: &Cluster, id: u64) -> std::path::PathBuf {
+    let snapshots = cluster.data_dir(id).join("snapshots");
+    let mut seen = 0;
+    let what = format!("node {id}'s last snapshot file");
+    cluster
+        .wait_for(&what, CONVERGE_LIMIT, async || {
+            let index = cluster.status(id).await.ok()?.snapshot_index;
+            let writing = std::fs::read_dir(&snapshots)
+                .ok()?
+                .any(|entry| entry.is_ok_and(|e| e.path().extension() == Some("tmp".as_ref())));
+            let path = snapshots.join(format!("snapshot-{index:020}.snap"));
+            let settled = index == seen && !writing && path.exists();
+            seen = index;
+            if !settled {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            (index > 1000 && settled).then_some(path)
+        })
+        .await
 }
 
 /// A store snapshot of more than 64 MiB reaches a new node: it travels as a stream of chunks,
