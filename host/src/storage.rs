@@ -118,8 +118,9 @@ pub trait LogStore: raft::Storage + Send + 'static {
     /// Where the latest snapshot stands (index 0 when there is none).
     fn snapshot_metadata(&self) -> &SnapshotMetadata;
 
-    /// The latest snapshot with its data. A [`DiskLogStore`] reads it from its file: a store's
-    /// whole state is not worth keeping in memory for the rare follower that needs it.
+    /// The latest snapshot with its data, read whole (a node restarting from it). A
+    /// [`DiskLogStore`] reads it from its file: a store's whole state is not worth keeping in
+    /// memory; a follower that needs it is sent it through [`LogStore::snapshot_opener`].
     fn read_snapshot(&self) -> Result<Snapshot, StorageError>;
 
     /// The bytes of log entries kept after the latest snapshot.
